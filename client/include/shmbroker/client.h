@@ -1,0 +1,122 @@
+// The shmbroker C++ client. Including this header brings in the whole public API:
+//
+//   auto client = shmbroker::Client::Connect();
+//   if (!client.ok()) { /* client.status().ToString() says why */ }
+//   auto seg = client->Create({.name = "job7/weights", .dtype = "<f4", .shape = {1024, 1024}});
+//   std::span<float> w = seg->as<float>().value();
+//
+// Errors: every call returns a Status or a Result<T> (shmbroker/status.h) whose codes are the
+// wire protocol's. Nothing throws except std::bad_alloc.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "shmbroker/segment.h"
+#include "shmbroker/status.h"
+#include "shmbroker/version.h"
+
+namespace shmbroker {
+
+// The socket path every shmbroker program uses: `explicit_path` if not empty, else
+// $SHMBROKER_SOCKET, else /run/shmbroker/shmbroker.sock when running as root, else
+// $XDG_RUNTIME_DIR/shmbroker/shmbroker.sock, else /tmp/shmbroker-$UID/shmbroker.sock.
+std::string ResolveSocketPath(std::string_view explicit_path = {});
+
+struct ClientOptions {
+  std::string socket_path;  // Empty: ResolveSocketPath().
+  std::string client_name;  // Shown in the daemon's log; default "cpp:<program>".
+  // Map new regions with all their page tables filled in at once (MADV_POPULATE_*; no-op on
+  // kernels before 5.14): far cheaper than a page fault per 4 KiB when the data is read whole.
+  bool prefault = true;
+};
+
+struct CreateOptions {
+  std::string name;                  // 1..255 printable ASCII bytes, no spaces; '/' allowed.
+  std::string dtype = "|u1";         // NumPy type string; "|u1" with shape {n} is n raw bytes.
+  std::vector<std::uint64_t> shape;  // Empty: a 0-d array of one item.
+  Order order = Order::kC;
+  std::uint32_t mode = 0600;  // Who may attach: owner/group/other read and write bits.
+  std::map<std::string, std::string> attrs;
+};
+
+// What the daemon said in the handshake.
+struct ServerInfo {
+  std::uint32_t protocol_version = 0;
+  std::string version;
+  std::uint32_t pid = 0;
+  std::uint64_t max_memory = 0;  // 0: no cap.
+  std::uint32_t max_name_bytes = 0;
+  std::uint32_t max_dims = 0;
+  std::uint32_t max_attrs = 0;
+};
+
+struct DaemonStats {
+  std::string version;
+  std::uint32_t pid = 0;
+  std::chrono::system_clock::time_point started;
+  std::string socket_path;
+  std::uint64_t segments = 0;
+  std::uint64_t bytes_held = 0;
+  std::uint64_t max_memory = 0;  // 0: no cap.
+  std::uint32_t clients = 0;
+  std::map<std::string, std::uint64_t> requests;  // By operation: "create", "attach", ...
+  std::map<std::string, std::uint64_t> errors;    // By code name: "NOT_FOUND", ...
+};
+
+// A connection to shmbrokerd. Thread-safe: one Client may be shared by any number of threads
+// (requests are serialized on its one connection). Move-only. The connection closes when the
+// Client and every Segment obtained from it are gone. A lost connection is not re-established:
+// calls then fail with UNAVAILABLE, while mapped Segments stay valid.
+class Client {
+ public:
+  // Connects and performs the handshake. UNAVAILABLE (naming the path) when no daemon answers.
+  static Result<Client> Connect(const ClientOptions& options = {});
+
+  Client(Client&&) noexcept;
+  Client& operator=(Client&&) noexcept;
+  ~Client();
+
+  // Creates a segment and maps it read-write. ALREADY_EXISTS if the name is taken;
+  // RESOURCE_EXHAUSTED when the memory cannot be reserved (nothing is created then).
+  Result<Segment> Create(const CreateOptions& options);
+
+  // Creates a C-order array of T (dtype DtypeOf<T>()).
+  template <typename T>
+  Result<Segment> CreateArray(std::string name, std::vector<std::uint64_t> shape,
+                              std::uint32_t mode = 0600) {
+    return Create({.name = std::move(name),
+                   .dtype = std::string(DtypeOf<T>()),
+                   .shape = std::move(shape),
+                   .mode = mode});
+  }
+
+  // Maps an existing segment. Read-only unless asked otherwise; PERMISSION_DENIED when the
+  // segment's mode does not grant the access to this process's uid/gid.
+  Result<Segment> Attach(std::string_view name, Access access = Access::kReadOnly);
+
+  // Removes the name at once (owner or root). Processes that have it mapped keep their mapping;
+  // the memory returns to the system when the last mapping goes.
+  Status Unlink(std::string_view name);
+
+  Result<SegmentInfo> Stat(std::string_view name);
+
+  // Segments whose names match the glob `pattern` (fnmatch(3); '*' also matches '/'), sorted by
+  // name; all of them when `pattern` is empty.
+  Result<std::vector<SegmentInfo>> List(std::string_view pattern = {});
+
+  Result<DaemonStats> Stats();
+
+  const ServerInfo& server() const;
+  const std::string& socket_path() const;
+
+ private:
+  explicit Client(std::shared_ptr<internal::ClientCore> core);
+  std::shared_ptr<internal::ClientCore> core_;
+};
+
+}  // namespace shmbroker

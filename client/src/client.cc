@@ -1,0 +1,381 @@
+#include "shmbroker/client.h"
+
+#include <errno.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "client_core.h"
+
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#define MADV_POPULATE_WRITE 23
+#endif
+
+namespace shmbroker {
+
+namespace internal {
+
+static_assert(static_cast<int>(Code::kInvalidArgument) == wire::INVALID_ARGUMENT &&
+                  static_cast<int>(Code::kResourceExhausted) == wire::RESOURCE_EXHAUSTED &&
+                  static_cast<int>(Code::kUnavailable) == wire::UNAVAILABLE,
+              "shmbroker::Code must match the wire codes");
+
+Region::~Region() {
+  if (addr != nullptr) ::munmap(addr, length);
+}
+
+ClientCore::ClientCore(wire::UniqueFd sock, std::string path, bool prefault)
+    : sock_(std::move(sock)),
+      path_(std::move(path)),
+      prefault_(prefault),
+      buffer_(wire::kMaxReplyBytes + 1) {}
+
+Status ClientCore::Broken(const std::string& what) {
+  broken_ = true;
+  return Status::Unavailable(what + " (shmbrokerd at '" + path_ + "')");
+}
+
+Result<wire::Reply> ClientCore::Call(const wire::Request& request, wire::Reply::BodyCase expected,
+                                     std::vector<wire::UniqueFd>* fds) {
+  std::lock_guard lock(mu_);
+  return CallLocked(request, expected, fds);
+}
+
+Result<wire::Reply> ClientCore::CallLocked(const wire::Request& request,
+                                           wire::Reply::BodyCase expected,
+                                           std::vector<wire::UniqueFd>* fds) {
+  if (broken_)
+    return Status::Unavailable("the connection to shmbrokerd at '" + path_ + "' was lost");
+  std::string bytes;
+  if (!request.SerializeToString(&bytes)) return Status::Internal("cannot serialize a request");
+  if (bytes.size() > wire::kMaxRequestBytes) {
+    return Status::InvalidArgument("request of " + std::to_string(bytes.size()) +
+                                   " bytes exceeds the protocol's " +
+                                   std::to_string(wire::kMaxRequestBytes));
+  }
+  if (int err = wire::SendPacket(sock_.get(), std::as_bytes(std::span(bytes)), {}, false)) {
+    return Broken(std::string("cannot send to the daemon: ") + std::strerror(err));
+  }
+  wire::RecvResult r = wire::RecvPacket(sock_.get(), buffer_, /*nonblocking=*/false);
+  switch (r.status) {
+    case wire::RecvStatus::kOk:
+      break;
+    case wire::RecvStatus::kClosed:
+      return Broken("the daemon closed the connection");
+    case wire::RecvStatus::kTruncated:
+      broken_ = true;
+      return Status::ProtocolError("a reply from the daemon did not fit");
+    default:
+      return Broken(std::string("cannot receive from the daemon: ") + std::strerror(r.error));
+  }
+  wire::Reply reply;
+  if (!reply.ParseFromArray(buffer_.data(), static_cast<int>(r.size))) {
+    broken_ = true;
+    return Status::ProtocolError("the daemon's reply could not be parsed");
+  }
+  int code = reply.code();
+  if (code < 0 || code > kMaxCode) {
+    return Status::ProtocolError("unknown status code " + std::to_string(code) + ": " +
+                                 reply.message());
+  }
+  if (code != wire::OK) return Status(static_cast<Code>(code), reply.message());
+  if (reply.body_case() != expected) {
+    return Status::ProtocolError("the daemon answered with an unexpected reply");
+  }
+  if (fds != nullptr) {
+    *fds = std::move(r.fds);
+  } else if (!r.fds.empty()) {
+    return Status::ProtocolError("the daemon sent descriptors with a reply that takes none");
+  }
+  return reply;
+}
+
+Status ClientCore::Handshake(const std::string& client_name) {
+  wire::Request req;
+  req.mutable_hello()->set_protocol_version(wire::PROTOCOL_VERSION_CURRENT);
+  req.mutable_hello()->set_client_name(client_name);
+  auto reply = Call(req, wire::Reply::kHello);
+  if (!reply.ok()) return reply.status();
+  const auto& h = reply->hello();
+  server_.protocol_version = h.protocol_version();
+  server_.version = h.server_version();
+  server_.pid = h.server_pid();
+  server_.max_memory = h.limits().max_memory();
+  server_.max_name_bytes = h.limits().max_name_bytes();
+  server_.max_dims = h.limits().max_dims();
+  server_.max_attrs = h.limits().max_attrs();
+  return Status::Ok();
+}
+
+SegmentInfo FromWire(const wire::SegmentInfo& w) {
+  SegmentInfo info;
+  info.name = w.name();
+  info.dtype = w.dtype();
+  info.shape.assign(w.shape().begin(), w.shape().end());
+  info.order = w.order() == wire::ORDER_F ? Order::kF : Order::kC;
+  info.nbytes = w.nbytes();
+  info.attrs.insert(w.attrs().begin(), w.attrs().end());
+  info.uid = w.uid();
+  info.gid = w.gid();
+  info.creator_pid = w.creator_pid();
+  info.created = std::chrono::system_clock::time_point(
+      std::chrono::duration_cast<std::chrono::system_clock::duration>(
+          std::chrono::nanoseconds(w.created_unix_ns())));
+  info.mode = w.mode();
+  info.attachments = w.attachments();
+  info.creator_connected = w.creator_connected();
+  return info;
+}
+
+Result<Segment> ClientCore::Map(const wire::Request& request) {
+  std::lock_guard lock(mu_);
+  std::vector<wire::UniqueFd> fds;
+  auto reply = CallLocked(request, wire::Reply::kAttach, &fds);
+  if (!reply.ok()) return reply.status();
+  const wire::AttachReply& a = reply->attach();
+  const wire::Mapping& m = a.mapping();
+  // The daemon counts the attachment from here on: a failure below must give it back (and the
+  // region, if its fd came with this reply) before returning.
+  auto fail = [&](Status status) -> Status {
+    wire::Request detach;
+    detach.mutable_detach()->set_attachment_id(a.attachment_id());
+    if (m.fd_attached()) detach.mutable_detach()->set_released_region_id(m.region_id());
+    (void)CallLocked(detach, wire::Reply::kEmpty, nullptr);
+    return status;
+  };
+  Segment seg;
+  seg.info_ = FromWire(a.info());
+  seg.attachment_id_ = a.attachment_id();
+  seg.access_ = m.access() == wire::READ_WRITE ? Access::kReadWrite : Access::kReadOnly;
+  if (m.length() != seg.info_.nbytes || m.offset() > m.region_size() ||
+      m.length() > m.region_size() - m.offset()) {
+    return fail(
+        Status::ProtocolError("the daemon described a mapping that does not fit its region"));
+  }
+  if (m.length() > 0 && m.fd_attached()) {
+    if (fds.size() != 1)
+      return fail(Status::ProtocolError("expected one descriptor with the reply"));
+    bool rw = seg.access_ == Access::kReadWrite;
+    std::size_t len = static_cast<std::size_t>(m.region_size());
+    void* addr =
+        ::mmap(nullptr, len, PROT_READ | (rw ? PROT_WRITE : 0), MAP_SHARED, fds[0].get(), 0);
+    if (addr == MAP_FAILED) {
+      int err = errno;
+      return fail(Status(err == ENOMEM ? Code::kResourceExhausted : Code::kInternal,
+                         "cannot map segment '" + seg.info_.name + "': " + std::strerror(err)));
+    }
+    fds.clear();  // The mapping keeps the memory; the descriptor is not needed any more.
+    if (prefault_) {
+      // Best effort: old kernels say EINVAL, and the pages are reserved already.
+      ::madvise(addr, len, rw ? MADV_POPULATE_WRITE : MADV_POPULATE_READ);
+    }
+    seg.region_ = std::make_shared<Region>(m.region_id(), addr, len);
+    regions_[m.region_id()] = seg.region_;
+  } else if (m.length() > 0) {
+    if (!fds.empty()) return fail(Status::ProtocolError("unexpected descriptor with the reply"));
+    auto it = regions_.find(m.region_id());
+    if (it != regions_.end()) seg.region_ = it->second.lock();
+    if (!seg.region_) {
+      return fail(Status::ProtocolError("the daemon did not send region " +
+                                        std::to_string(m.region_id()) +
+                                        ", which is not mapped here"));
+    }
+  }
+  if (seg.region_) seg.data_ = static_cast<std::byte*>(seg.region_->addr) + m.offset();
+  seg.core_ = shared_from_this();  // From here on, ~Segment detaches.
+  return seg;
+}
+
+Status ClientCore::Release(Segment& segment) {
+  std::lock_guard lock(mu_);
+  wire::Request req;
+  auto* d = req.mutable_detach();
+  d->set_attachment_id(segment.attachment_id_);
+  if (segment.region_) {
+    std::uint64_t id = segment.region_->id;
+    segment.region_.reset();
+    auto it = regions_.find(id);
+    if (it != regions_.end() && it->second.expired()) {
+      regions_.erase(it);
+      d->set_released_region_id(id);
+    }
+  }
+  auto reply = CallLocked(req, wire::Reply::kEmpty, nullptr);
+  return reply.status();
+}
+
+}  // namespace internal
+
+// --- Segment ---------------------------------------------------------------------------------
+
+Segment::Segment(Segment&& o) noexcept
+    : core_(std::move(o.core_)),
+      region_(std::move(o.region_)),
+      data_(std::exchange(o.data_, nullptr)),
+      info_(std::move(o.info_)),
+      attachment_id_(std::exchange(o.attachment_id_, 0)),
+      access_(o.access_) {}
+
+Segment& Segment::operator=(Segment&& o) noexcept {
+  if (this != &o) {
+    (void)Detach();
+    core_ = std::move(o.core_);
+    region_ = std::move(o.region_);
+    data_ = std::exchange(o.data_, nullptr);
+    info_ = std::move(o.info_);
+    attachment_id_ = std::exchange(o.attachment_id_, 0);
+    access_ = o.access_;
+  }
+  return *this;
+}
+
+Segment::~Segment() { (void)Detach(); }
+
+Status Segment::Detach() {
+  if (!core_) return Status::Ok();
+  auto core = std::move(core_);
+  Status s = core->Release(*this);
+  region_.reset();
+  data_ = nullptr;
+  attachment_id_ = 0;
+  return s;
+}
+
+Result<std::span<std::byte>> Segment::mutable_bytes() {
+  if (Status s = CheckView("", true, 1); !s.ok()) return s;
+  return std::span<std::byte>(data_, size_bytes());
+}
+
+Status Segment::CheckView(std::string_view dtype, bool write, std::size_t elem_size) const {
+  if (!valid()) return Status::FailedPrecondition("the segment is not attached");
+  if (write && access_ != Access::kReadWrite) {
+    return Status::FailedPrecondition("segment '" + name() + "' is attached read-only");
+  }
+  if (!dtype.empty() && dtype != info_.dtype) {
+    return Status::FailedPrecondition("segment '" + name() + "' has dtype '" + info_.dtype +
+                                      "', not '" + std::string(dtype) + "'");
+  }
+  if (elem_size == 0 || size_bytes() % elem_size != 0) {
+    return Status::FailedPrecondition("segment '" + name() +
+                                      "' size is not a multiple of the element");
+  }
+  return Status::Ok();
+}
+
+// --- Client ----------------------------------------------------------------------------------
+
+std::string ResolveSocketPath(std::string_view explicit_path) {
+  return wire::ResolveSocketPath(std::string(explicit_path));
+}
+
+Client::Client(std::shared_ptr<internal::ClientCore> core) : core_(std::move(core)) {}
+Client::Client(Client&&) noexcept = default;
+Client& Client::operator=(Client&&) noexcept = default;
+Client::~Client() = default;
+
+Result<Client> Client::Connect(const ClientOptions& options) {
+  std::string path = ResolveSocketPath(options.socket_path);
+  sockaddr_un addr{};
+  if (path.size() >= sizeof(addr.sun_path)) {
+    return Status::InvalidArgument("socket path '" + path + "' is longer than " +
+                                   std::to_string(sizeof(addr.sun_path) - 1) + " bytes");
+  }
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.data(), path.size());
+  wire::UniqueFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  if (!fd) return Status::Internal(std::string("socket: ") + std::strerror(errno));
+  int rc;
+  do {
+    rc = ::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  } while (rc != 0 && errno == EINTR);
+  if (rc != 0) {
+    int err = errno;
+    return Status::Unavailable("no shmbrokerd answers at '" + path + "': " + std::strerror(err) +
+                               " (is the daemon running? see --socket / $SHMBROKER_SOCKET)");
+  }
+  auto core = std::make_shared<internal::ClientCore>(std::move(fd), path, options.prefault);
+  std::string name = options.client_name.empty()
+                         ? std::string("cpp:") + program_invocation_short_name
+                         : options.client_name;
+  if (Status s = core->Handshake(name); !s.ok()) return s;
+  return Client(std::move(core));
+}
+
+Result<Segment> Client::Create(const CreateOptions& o) {
+  wire::Request req;
+  auto* c = req.mutable_create();
+  c->set_name(o.name);
+  c->set_dtype(o.dtype);
+  for (auto d : o.shape) c->add_shape(d);
+  c->set_order(o.order == Order::kF ? wire::ORDER_F : wire::ORDER_C);
+  c->set_mode(o.mode);
+  c->mutable_attrs()->insert(o.attrs.begin(), o.attrs.end());
+  return core_->Map(req);
+}
+
+Result<Segment> Client::Attach(std::string_view name, Access access) {
+  wire::Request req;
+  req.mutable_attach()->set_name(std::string(name));
+  req.mutable_attach()->set_access(access == Access::kReadWrite ? wire::READ_WRITE
+                                                                : wire::READ_ONLY);
+  return core_->Map(req);
+}
+
+Status Client::Unlink(std::string_view name) {
+  wire::Request req;
+  req.mutable_unlink()->set_name(std::string(name));
+  return core_->Call(req, wire::Reply::kEmpty).status();
+}
+
+Result<SegmentInfo> Client::Stat(std::string_view name) {
+  wire::Request req;
+  req.mutable_stat()->set_name(std::string(name));
+  auto reply = core_->Call(req, wire::Reply::kStat);
+  if (!reply.ok()) return reply.status();
+  return internal::FromWire(reply->stat());
+}
+
+Result<std::vector<SegmentInfo>> Client::List(std::string_view pattern) {
+  std::vector<SegmentInfo> out;
+  wire::Request req;
+  req.mutable_list()->set_pattern(std::string(pattern));
+  for (;;) {
+    auto reply = core_->Call(req, wire::Reply::kList);
+    if (!reply.ok()) return reply.status();
+    for (const auto& s : reply->list().segments()) out.push_back(internal::FromWire(s));
+    if (!reply->list().truncated() || reply->list().segments().empty()) break;
+    req.mutable_list()->set_start_after(out.back().name);
+  }
+  return out;
+}
+
+Result<DaemonStats> Client::Stats() {
+  wire::Request req;
+  req.mutable_stats();
+  auto reply = core_->Call(req, wire::Reply::kStats);
+  if (!reply.ok()) return reply.status();
+  const auto& s = reply->stats();
+  DaemonStats d;
+  d.version = s.server_version();
+  d.pid = s.server_pid();
+  d.started = std::chrono::system_clock::time_point(
+      std::chrono::duration_cast<std::chrono::system_clock::duration>(
+          std::chrono::nanoseconds(s.started_unix_ns())));
+  d.socket_path = s.socket_path();
+  d.segments = s.segments();
+  d.bytes_held = s.bytes_held();
+  d.max_memory = s.max_memory();
+  d.clients = s.clients();
+  for (const auto& c : s.requests()) d.requests[c.name()] = c.value();
+  for (const auto& c : s.errors()) d.errors[c.name()] = c.value();
+  return d;
+}
+
+const ServerInfo& Client::server() const { return core_->server(); }
+const std::string& Client::socket_path() const { return core_->path(); }
+
+}  // namespace shmbroker

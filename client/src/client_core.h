@@ -1,0 +1,67 @@
+// The client's connection: one SEQPACKET socket, serialized request/reply round trips, and the
+// cache of mapped regions keyed by region id (never by fd number: fd numbers get reused).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "shmbroker.pb.h"
+#include "shmbroker/client.h"
+#include "wire.h"
+
+namespace shmbroker::internal {
+
+// One mapping of a daemon region; unmapped when the last Segment using it goes.
+struct Region {
+  Region(std::uint64_t id, void* addr, std::size_t length) : id(id), addr(addr), length(length) {}
+  Region(const Region&) = delete;
+  Region& operator=(const Region&) = delete;
+  ~Region();
+  const std::uint64_t id;
+  void* const addr;
+  const std::size_t length;
+};
+
+class ClientCore : public std::enable_shared_from_this<ClientCore> {
+ public:
+  ClientCore(wire::UniqueFd sock, std::string path, bool prefault);
+
+  Status Handshake(const std::string& client_name);
+
+  // One round trip. Fails with the reply's code when it is not OK, and with PROTOCOL_ERROR when
+  // the reply's body is not `expected`.
+  Result<wire::Reply> Call(const wire::Request& request, wire::Reply::BodyCase expected,
+                           std::vector<wire::UniqueFd>* fds = nullptr);
+
+  // Create or attach: one round trip and the mapping.
+  Result<Segment> Map(const wire::Request& request);
+
+  // Called by ~Segment / Segment::Detach.
+  Status Release(Segment& segment);
+
+  const ServerInfo& server() const { return server_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  Result<wire::Reply> CallLocked(const wire::Request& request, wire::Reply::BodyCase expected,
+                                 std::vector<wire::UniqueFd>* fds);
+  Status Broken(const std::string& what);
+
+  std::mutex mu_;
+  wire::UniqueFd sock_;
+  const std::string path_;
+  const bool prefault_;
+  ServerInfo server_;
+  bool broken_ = false;
+  std::vector<std::byte> buffer_;
+  std::unordered_map<std::uint64_t, std::weak_ptr<Region>> regions_;
+};
+
+// Conversions from the wire.
+SegmentInfo FromWire(const wire::SegmentInfo& w);
+
+}  // namespace shmbroker::internal

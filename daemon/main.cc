@@ -1,0 +1,94 @@
+// shmbrokerd: owns named shared-memory segments and hands them to clients over a Unix socket.
+#include <sys/resource.h>
+
+#include <CLI/CLI.hpp>
+#include <asio.hpp>
+#include <csignal>
+#include <cstdio>
+
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include "server.h"
+#include "shmbroker/version.h"
+#include "validate.h"
+#include "wire.h"
+
+namespace {
+
+// The daemon holds one or two fds per segment: take all the hard limit allows.
+void RaiseFileLimit() {
+  struct rlimit rl {};
+  if (::getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= rl.rlim_max) return;
+  rlim_t old = rl.rlim_cur;
+  rl.rlim_cur = rl.rlim_max;
+  if (::setrlimit(RLIMIT_NOFILE, &rl) == 0) {
+    spdlog::debug("raised RLIMIT_NOFILE from {} to {}", old, rl.rlim_cur);
+  } else {
+    spdlog::warn("cannot raise RLIMIT_NOFILE from {}: {}", old, std::strerror(errno));
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace shmbroker;
+  CLI::App app{"shmbrokerd: a shared-memory broker for NumPy arrays and raw segments"};
+  std::string socket;
+  std::string log_level = "info";
+  std::string max_memory_text = "0";
+  app.add_option("--socket", socket,
+                 "Socket path (default: $SHMBROKER_SOCKET, else /run/shmbroker/shmbroker.sock "
+                 "as root, else $XDG_RUNTIME_DIR/shmbroker/shmbroker.sock, else "
+                 "/tmp/shmbroker-$UID/shmbroker.sock)");
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}))
+      ->capture_default_str();
+  app.add_option("--max-memory", max_memory_text,
+                 "Cap on the bytes all segments may hold: bytes, or 512M, 8G, 1T; 0 = no cap "
+                 "beyond the machine's")
+      ->capture_default_str();
+  app.set_config("--config", "", "Read options from a TOML/INI file (keys as the long options)");
+  app.set_version_flag("--version", std::string("shmbrokerd ") + SHMBROKER_VERSION);
+  CLI11_PARSE(app, argc, argv);
+
+  auto max_memory = daemon::ParseSize(max_memory_text);
+  if (!max_memory.ok()) {
+    std::fprintf(stderr, "shmbrokerd: --max-memory: %s\n", max_memory.status().message().c_str());
+    return 2;
+  }
+
+  auto logger = spdlog::stderr_color_mt("shmbrokerd");
+  spdlog::set_default_logger(logger);
+  spdlog::set_level(spdlog::level::from_str(log_level));
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+
+  ::signal(SIGPIPE, SIG_IGN);
+  RaiseFileLimit();
+
+  try {
+    asio::io_context io(1);
+    daemon::Server server(io, {.socket_path = wire::ResolveSocketPath(socket),
+                               .max_memory = *max_memory,
+                               .version = SHMBROKER_VERSION});
+    if (Status s = server.Listen(); !s.ok()) {
+      spdlog::critical("cannot start: {}", s.message());
+      return 1;
+    }
+    asio::signal_set signals(io, SIGINT, SIGTERM);
+    signals.async_wait([&](const asio::error_code& ec, int signo) {
+      if (ec) return;
+      spdlog::info("received {}, shutting down", signo == SIGINT ? "SIGINT" : "SIGTERM");
+      server.Stop();
+      io.stop();
+    });
+    spdlog::info("shmbrokerd {} listening on {} (max memory: {})", SHMBROKER_VERSION,
+                 server.socket_path(),
+                 *max_memory == 0 ? std::string("no cap") : std::to_string(*max_memory) + " bytes");
+    io.run();
+  } catch (const std::exception& e) {
+    spdlog::critical("fatal: {}", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,118 @@
+#include "memfd.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#ifndef MFD_NOEXEC_SEAL
+#define MFD_NOEXEC_SEAL 0x0008U
+#endif
+
+namespace shmbroker::daemon {
+namespace {
+
+std::string Errno(const char* what, int err) {
+  return std::string(what) + ": " + std::strerror(err);
+}
+
+int MemfdCreate(const std::string& label) {
+  // MFD_NOEXEC_SEAL is Linux 6.3+; older kernels reject unknown flags with EINVAL.
+  static bool noexec_supported = true;
+  if (noexec_supported) {
+    int fd = ::memfd_create(label.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_NOEXEC_SEAL);
+    if (fd >= 0 || errno != EINVAL) return fd;
+    noexec_supported = false;
+  }
+  return ::memfd_create(label.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING);
+}
+
+std::uint64_t ReadMeminfoKiB(const std::string& text, const char* key) {
+  auto pos = text.find(key);
+  if (pos == std::string::npos) return 0;
+  return std::strtoull(text.c_str() + pos + std::strlen(key), nullptr, 10);
+}
+
+std::string Slurp(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
+Result<UniqueFd> CreateSegmentMemfd(const std::string& label, std::uint64_t size) {
+  UniqueFd fd(MemfdCreate(label));
+  if (!fd) {
+    int err = errno;
+    if (err == EMFILE || err == ENFILE || err == ENOMEM) {
+      return Status::ResourceExhausted(Errno("memfd_create", err));
+    }
+    return Status::Internal(Errno("memfd_create", err));
+  }
+  if (::ftruncate(fd.get(), static_cast<off_t>(size)) != 0) {
+    int err = errno;
+    if (err == EFBIG || err == ENOSPC || err == ENOMEM) {
+      return Status::ResourceExhausted("cannot size a segment of " + std::to_string(size) +
+                                       " bytes: " + std::strerror(err));
+    }
+    return Status::Internal(Errno("ftruncate", err));
+  }
+  if (::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) != 0) {
+    return Status::Internal(Errno("F_ADD_SEALS", errno));
+  }
+  if (size > 0) {
+    int rc;
+    do {
+      rc = ::fallocate(fd.get(), 0, 0, static_cast<off_t>(size));
+    } while (rc != 0 && errno == EINTR);
+    if (rc != 0) {
+      int err = errno;
+      return Status::ResourceExhausted("cannot reserve " + std::to_string(size) +
+                                       " bytes for the segment: " + std::strerror(err));
+    }
+  }
+  if (::fchmod(fd.get(), 0600) != 0) return Status::Internal(Errno("fchmod", errno));
+  return fd;
+}
+
+Result<UniqueFd> ReopenReadOnly(int fd) {
+  std::string path = "/proc/self/fd/" + std::to_string(fd);
+  UniqueFd ro(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!ro) {
+    int err = errno;
+    if (err == EMFILE || err == ENFILE) return Status::ResourceExhausted(Errno("open", err));
+    return Status::Internal(Errno(("open " + path).c_str(), err));
+  }
+  return ro;
+}
+
+std::uint64_t AvailableMemory() {
+  std::string meminfo = Slurp("/proc/meminfo");
+  std::uint64_t avail =
+      (ReadMeminfoKiB(meminfo, "MemAvailable:") + ReadMeminfoKiB(meminfo, "SwapFree:")) * 1024;
+  // cgroup v2: "0::/system.slice/shmbroker.service"
+  std::string cg = Slurp("/proc/self/cgroup");
+  if (cg.rfind("0::", 0) == 0) {
+    std::string rel = cg.substr(3);
+    while (!rel.empty() && (rel.back() == '\n' || rel.back() == '\r')) rel.pop_back();
+    std::string dir = "/sys/fs/cgroup" + (rel == "/" ? std::string() : rel);
+    std::string max = Slurp(dir + "/memory.max");
+    std::string cur = Slurp(dir + "/memory.current");
+    if (!max.empty() && max.rfind("max", 0) != 0 && !cur.empty()) {
+      std::uint64_t m = std::strtoull(max.c_str(), nullptr, 10);
+      std::uint64_t c = std::strtoull(cur.c_str(), nullptr, 10);
+      std::uint64_t headroom = m > c ? m - c : 0;
+      if (headroom < avail) avail = headroom;
+    }
+  }
+  return avail;
+}
+
+}  // namespace shmbroker::daemon

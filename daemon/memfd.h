@@ -1,0 +1,30 @@
+// Backing memory for segments: sealed, fully reserved memfds.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "shmbroker/status.h"
+#include "wire.h"
+
+namespace shmbroker::daemon {
+
+using wire::UniqueFd;
+
+// A memfd of exactly `size` bytes: close-on-exec, sealed against grow, shrink and further seals,
+// every page reserved with fallocate (so running out of memory is an error here, never a SIGBUS
+// in a client later), and chmod 0600 so a reader of another uid cannot reopen it read-write
+// through /proc. `label` names it in /proc/PID/fd and /proc/PID/maps.
+// Errors: RESOURCE_EXHAUSTED when the memory cannot be reserved, INTERNAL otherwise.
+Result<UniqueFd> CreateSegmentMemfd(const std::string& label, std::uint64_t size);
+
+// A read-only descriptor for the same memory (reopened O_RDONLY through /proc/self/fd), so that a
+// reader can neither map it writable nor mprotect a mapping to writable.
+Result<UniqueFd> ReopenReadOnly(int fd);
+
+// Bytes the machine can still back now: MemAvailable + SwapFree, bounded by this process's
+// cgroup memory.max headroom when there is one. Used to refuse a create that could only end in
+// the OOM killer (fallocate on memfd has no size limit of its own).
+std::uint64_t AvailableMemory();
+
+}  // namespace shmbroker::daemon

@@ -1,0 +1,161 @@
+#include "registry.h"
+
+#include <fnmatch.h>
+
+#include <algorithm>
+#include <chrono>
+
+#include "validate.h"
+
+namespace shmbroker::daemon {
+namespace {
+
+std::int64_t NowUnixNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string Quoted(std::string_view name) { return "'" + std::string(name) + "'"; }
+
+// Below this size a create never reads /proc: the machine always has a few MiB, and the cost of
+// the check would dominate small creates.
+constexpr std::uint64_t kCheckAvailableAbove = std::uint64_t{64} << 20;
+
+}  // namespace
+
+Segment::Segment(std::uint64_t id, SegmentSpec spec, std::uint64_t nbytes, const Credentials& owner,
+                 std::uint64_t creator_connection, UniqueFd fd)
+    : id_(id),
+      spec_(std::move(spec)),
+      nbytes_(nbytes),
+      uid_(owner.uid),
+      gid_(owner.gid),
+      creator_pid_(owner.pid),
+      creator_connection_(creator_connection),
+      created_unix_ns_(NowUnixNs()),
+      rw_fd_(std::move(fd)) {}
+
+Result<int> Segment::Fd(Access access) {
+  if (!rw_fd_) return Status::Internal("segment " + Quoted(name()) + " has no memory");
+  if (access == Access::kReadWrite) return rw_fd_.get();
+  if (!ro_fd_) {
+    auto ro = ReopenReadOnly(rw_fd_.get());
+    if (!ro.ok()) return ro.status();
+    ro_fd_ = std::move(ro).value();
+  }
+  return ro_fd_.get();
+}
+
+Registry::Registry(RegistryOptions options) : options_(std::move(options)) {}
+
+bool Registry::Allowed(const Segment& s, Access access, const Credentials& creds) {
+  if (creds.uid == 0) return true;
+  std::uint32_t bit = access == Access::kReadWrite ? 2 : 4;
+  std::uint32_t mode = s.spec().mode;
+  if (creds.uid == s.uid()) return mode & (bit << 6);
+  bool in_group = creds.gid == s.gid() || std::find(creds.groups.begin(), creds.groups.end(),
+                                                    s.gid()) != creds.groups.end();
+  if (in_group) return mode & (bit << 3);
+  return mode & bit;
+}
+
+Result<std::shared_ptr<Segment>> Registry::Create(SegmentSpec spec, const Credentials& creds,
+                                                  std::uint64_t connection) {
+  if (Status s = ValidateName(spec.name); !s.ok()) return s;
+  auto itemsize = ParseDtype(spec.dtype);
+  if (!itemsize.ok()) return itemsize.status();
+  auto nbytes = ComputeNbytes(*itemsize, spec.shape);
+  if (!nbytes.ok()) return nbytes.status();
+  if (Status s = ValidateMode(spec.mode); !s.ok()) return s;
+  if (Status s = ValidateAttrs(spec.attrs); !s.ok()) return s;
+  if (segments_.find(spec.name) != segments_.end()) {
+    return Status::AlreadyExists("a segment named " + Quoted(spec.name) + " exists already");
+  }
+  std::uint64_t size = *nbytes;
+  if (options_.max_memory != 0 &&
+      size > options_.max_memory - std::min(bytes_held_, options_.max_memory)) {
+    return Status::ResourceExhausted("creating " + Quoted(spec.name) + " needs " +
+                                     std::to_string(size) + " bytes; the daemon holds " +
+                                     std::to_string(bytes_held_) + " of its --max-memory " +
+                                     std::to_string(options_.max_memory));
+  }
+  if (size > kCheckAvailableAbove) {
+    std::uint64_t avail = options_.available_memory();
+    if (size > avail) {
+      return Status::ResourceExhausted("creating " + Quoted(spec.name) + " needs " +
+                                       std::to_string(size) + " bytes; the machine has " +
+                                       std::to_string(avail) + " available");
+    }
+  }
+  auto fd = options_.make_memfd("shmbroker:" + spec.name, size);
+  if (!fd.ok()) {
+    Status s = fd.status();
+    return Status(s.code(), "creating " + Quoted(spec.name) + " (" + std::to_string(size) +
+                                " bytes): " + s.message());
+  }
+  std::string name = spec.name;
+  auto seg = std::make_shared<Segment>(next_id_++, std::move(spec), size, creds, connection,
+                                       std::move(fd).value());
+  segments_.emplace(std::move(name), seg);
+  bytes_held_ += size;
+  return seg;
+}
+
+Result<std::shared_ptr<Segment>> Registry::Find(std::string_view name) {
+  auto it = segments_.find(name);
+  if (it == segments_.end()) {
+    if (Status s = ValidateName(name); !s.ok()) return s;
+    return Status::NotFound("no segment named " + Quoted(name));
+  }
+  return it->second;
+}
+
+Result<std::shared_ptr<Segment>> Registry::Open(std::string_view name, Access access,
+                                                const Credentials& creds) {
+  auto seg = Find(name);
+  if (!seg.ok()) return seg;
+  if (!Allowed(**seg, access, creds)) {
+    char mode[8];
+    std::snprintf(mode, sizeof(mode), "0%03o", (*seg)->spec().mode);
+    return Status::PermissionDenied(
+        std::string(access == Access::kReadWrite ? "read-write" : "read-only") + " access to " +
+        Quoted(name) + " denied for uid " + std::to_string(creds.uid) + " (owner uid " +
+        std::to_string((*seg)->uid()) + ", mode " + mode + ")");
+  }
+  return seg;
+}
+
+Status Registry::Unlink(std::string_view name, const Credentials& creds) {
+  auto it = segments_.find(name);
+  if (it == segments_.end()) {
+    if (Status s = ValidateName(name); !s.ok()) return s;
+    return Status::NotFound("no segment named " + Quoted(name));
+  }
+  const Segment& s = *it->second;
+  if (creds.uid != 0 && creds.uid != s.uid()) {
+    return Status::PermissionDenied("only the owner (uid " + std::to_string(s.uid()) +
+                                    ") or root may unlink " + Quoted(name) + "; caller is uid " +
+                                    std::to_string(creds.uid));
+  }
+  bytes_held_ -= s.nbytes();
+  segments_.erase(it);
+  return Status::Ok();
+}
+
+Status Registry::List(std::string_view pattern, std::string_view start_after,
+                      const std::function<bool(const Segment&)>& visit) const {
+  if (pattern.size() > kMaxPatternBytes) {
+    return Status::InvalidArgument("pattern is longer than " + std::to_string(kMaxPatternBytes) +
+                                   " bytes");
+  }
+  std::string pat(pattern);
+  auto it = start_after.empty() ? segments_.begin() : segments_.upper_bound(start_after);
+  for (; it != segments_.end(); ++it) {
+    if (!pat.empty() && ::fnmatch(pat.c_str(), it->first.c_str(), 0) != 0) continue;
+    if (!visit(*it->second)) break;
+  }
+  return Status::Ok();
+}
+
+}  // namespace shmbroker::daemon

@@ -1,0 +1,137 @@
+// The segment registry: names to segments, memory accounting, permission checks.
+//
+// Not thread-safe: owned by the daemon's single event-loop thread.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "memfd.h"
+#include "shmbroker/status.h"
+
+namespace shmbroker::daemon {
+
+// A peer's identity, from SO_PEERCRED / SO_PEERGROUPS at connect time.
+struct Credentials {
+  std::uint32_t uid = 0;
+  std::uint32_t gid = 0;
+  std::uint32_t pid = 0;
+  std::vector<std::uint32_t> groups;  // Supplementary groups, when the kernel tells.
+};
+
+enum class Order { kC = 0, kF = 1 };
+enum class Access { kReadOnly = 0, kReadWrite = 1 };
+
+struct SegmentSpec {
+  std::string name;
+  std::string dtype;
+  std::vector<std::uint64_t> shape;
+  Order order = Order::kC;
+  std::uint32_t mode = 0600;
+  std::map<std::string, std::string> attrs;
+};
+
+// One named segment. The descriptors close when the last reference goes: the registry drops its
+// reference at unlink, attachments and replies in flight hold theirs.
+class Segment {
+ public:
+  Segment(std::uint64_t id, SegmentSpec spec, std::uint64_t nbytes, const Credentials& owner,
+          std::uint64_t creator_connection, UniqueFd fd);
+
+  std::uint64_t id() const { return id_; }
+  const SegmentSpec& spec() const { return spec_; }
+  const std::string& name() const { return spec_.name; }
+  std::uint64_t nbytes() const { return nbytes_; }
+  std::uint32_t uid() const { return uid_; }
+  std::uint32_t gid() const { return gid_; }
+  std::uint32_t creator_pid() const { return creator_pid_; }
+  std::uint64_t creator_connection() const { return creator_connection_; }
+  std::int64_t created_unix_ns() const { return created_unix_ns_; }
+  std::uint32_t attachments() const { return attachments_; }
+
+  // Region ids name (memory, access) pairs: a read-only and a read-write region per segment.
+  std::uint64_t RegionId(Access access) const { return id_ * 2 + (access == Access::kReadWrite); }
+
+  // The descriptor to hand out for `access` (the read-only one is opened on first use).
+  Result<int> Fd(Access access);
+
+ private:
+  friend class Registry;
+  const std::uint64_t id_;
+  const SegmentSpec spec_;
+  const std::uint64_t nbytes_;
+  const std::uint32_t uid_, gid_, creator_pid_;
+  const std::uint64_t creator_connection_;
+  const std::int64_t created_unix_ns_;
+  std::uint32_t attachments_ = 0;
+  UniqueFd rw_fd_;
+  UniqueFd ro_fd_;
+};
+
+struct RegistryOptions {
+  std::uint64_t max_memory = 0;  // 0: no cap beyond the machine's.
+  // Seams for tests (fault injection without flags in production code).
+  std::function<std::uint64_t()> available_memory = AvailableMemory;
+  std::function<Result<UniqueFd>(const std::string&, std::uint64_t)> make_memfd =
+      CreateSegmentMemfd;
+};
+
+class Registry {
+ public:
+  explicit Registry(RegistryOptions options = {});
+
+  // Validates `spec`, reserves its memory and registers it. ALREADY_EXISTS if the name is taken,
+  // RESOURCE_EXHAUSTED over the cap or out of memory, INVALID_ARGUMENT for a bad spec.
+  Result<std::shared_ptr<Segment>> Create(SegmentSpec spec, const Credentials& creds,
+                                          std::uint64_t connection);
+
+  // The segment, if `creds` may access it so. NOT_FOUND / PERMISSION_DENIED.
+  Result<std::shared_ptr<Segment>> Open(std::string_view name, Access access,
+                                        const Credentials& creds);
+
+  // The segment for metadata only (anyone may look).
+  Result<std::shared_ptr<Segment>> Find(std::string_view name);
+
+  // Frees the name at once. Owner or root only.
+  Status Unlink(std::string_view name, const Credentials& creds);
+
+  // Segments whose names match the glob `pattern` (all if empty) and sort after `start_after`, in
+  // name order, while `visit` returns true.
+  Status List(std::string_view pattern, std::string_view start_after,
+              const std::function<bool(const Segment&)>& visit) const;
+
+  void Attach(Segment& s) { ++s.attachments_; }
+  void Detach(Segment& s) {
+    if (s.attachments_ > 0) --s.attachments_;
+  }
+
+  // Tracks which connections are open so a segment can tell whether its creator is.
+  void ConnectionOpened(std::uint64_t connection) { open_connections_.insert(connection); }
+  void ConnectionClosed(std::uint64_t connection) { open_connections_.erase(connection); }
+  bool IsConnectionOpen(std::uint64_t connection) const {
+    return open_connections_.count(connection) != 0;
+  }
+
+  static bool Allowed(const Segment& s, Access access, const Credentials& creds);
+
+  std::size_t size() const { return segments_.size(); }
+  std::uint64_t bytes_held() const { return bytes_held_; }
+  std::uint64_t max_memory() const { return options_.max_memory; }
+
+ private:
+  RegistryOptions options_;
+  std::map<std::string, std::shared_ptr<Segment>, std::less<>> segments_;
+  std::set<std::uint64_t> open_connections_;
+  std::uint64_t bytes_held_ = 0;
+  std::uint64_t next_id_ = 1;
+};
+
+}  // namespace shmbroker::daemon

@@ -1,0 +1,292 @@
+#include "request_handler.h"
+
+#include <unistd.h>
+
+#include <spdlog/spdlog.h>
+
+#include "validate.h"
+
+namespace shmbroker::daemon {
+namespace {
+
+static_assert(static_cast<int>(Code::kUnavailable) == wire::UNAVAILABLE &&
+                  static_cast<int>(Code::kInternal) == wire::INTERNAL &&
+                  static_cast<int>(Code::kProtocolError) == wire::PROTOCOL_ERROR &&
+                  static_cast<int>(Code::kNotFound) == wire::NOT_FOUND,
+              "shmbroker::Code must match the wire codes");
+
+constexpr std::string_view kOpNames[] = {"none",   "hello", "create", "attach", "detach",
+                                         "unlink", "stat",  "list",   "stats"};
+static_assert(std::size(kOpNames) == wire::Request::kStats + 1);
+
+Access FromWire(wire::Access a) {
+  return a == wire::READ_WRITE ? Access::kReadWrite : Access::kReadOnly;
+}
+wire::Access ToWire(Access a) {
+  return a == Access::kReadWrite ? wire::READ_WRITE : wire::READ_ONLY;
+}
+
+// Reply pages stay well below the largest reply a client reads, whatever the entries hold.
+constexpr std::size_t kListPageBytes = wire::kMaxReplyBytes / 2;
+
+}  // namespace
+
+RequestHandler::RequestHandler(Registry& registry, ServerInfo info)
+    : registry_(registry), info_(std::move(info)) {}
+
+void RequestHandler::Opened(Session& session) {
+  ++clients_;
+  registry_.ConnectionOpened(session.id);
+}
+
+void RequestHandler::Closed(Session& session) {
+  for (auto& [id, att] : session.attachments) registry_.Detach(*att.segment);
+  session.attachments.clear();
+  session.regions_sent.clear();
+  registry_.ConnectionClosed(session.id);
+  --clients_;
+}
+
+Outcome RequestHandler::Error(const Status& status) {
+  Outcome out;
+  out.reply.set_code(static_cast<wire::Code>(status.code()));
+  out.reply.set_message(status.message());
+  ++errors_[static_cast<int>(status.code())];
+  return out;
+}
+
+Outcome RequestHandler::ProtocolError(Session& session, const std::string& why) {
+  spdlog::warn("client {} (pid {}, uid {}): protocol error: {}; closing its connection", session.id,
+               session.creds.pid, session.creds.uid, why);
+  Outcome out = Error(Status::ProtocolError(why));
+  out.close_connection = true;
+  return out;
+}
+
+Outcome RequestHandler::Handle(Session& session, std::span<const std::byte> packet) {
+  wire::Request request;
+  if (!request.ParseFromArray(packet.data(), static_cast<int>(packet.size()))) {
+    return ProtocolError(session, "the packet is not a shmbroker Request (" +
+                                      std::to_string(packet.size()) + " bytes)");
+  }
+  if (request.body_case() == wire::Request::BODY_NOT_SET) {
+    return ProtocolError(session, "the request has no known operation (a newer client?)");
+  }
+  ++requests_[request.body_case()];
+  spdlog::debug("client {}: {} {}", session.id, kOpNames[request.body_case()],
+                request.ShortDebugString());
+  if (!session.greeted && request.body_case() != wire::Request::kHello) {
+    return ProtocolError(session, "the first request must be hello");
+  }
+  return Dispatch(session, request);
+}
+
+Outcome RequestHandler::Dispatch(Session& session, const wire::Request& request) {
+  switch (request.body_case()) {
+    case wire::Request::kHello:
+      return Hello(session, request.hello());
+    case wire::Request::kCreate:
+      return Create(session, request.create());
+    case wire::Request::kAttach:
+      return Attach(session, request.attach());
+    case wire::Request::kDetach:
+      return Detach(session, request.detach());
+    case wire::Request::kUnlink:
+      return Unlink(session, request.unlink());
+    case wire::Request::kStat:
+      return Stat(session, request.stat());
+    case wire::Request::kList:
+      return List(session, request.list());
+    case wire::Request::kStats:
+      return Stats(session);
+    case wire::Request::BODY_NOT_SET:
+      break;
+  }
+  return ProtocolError(session, "unknown request");
+}
+
+Outcome RequestHandler::Hello(Session& session, const wire::Hello& hello) {
+  if (session.greeted) return ProtocolError(session, "hello sent twice");
+  if (hello.protocol_version() != wire::PROTOCOL_VERSION_CURRENT) {
+    Outcome out = Error(Status::FailedPrecondition(
+        "protocol version " + std::to_string(hello.protocol_version()) +
+        " is not supported; this shmbrokerd " + info_.version + " speaks version " +
+        std::to_string(wire::PROTOCOL_VERSION_CURRENT)));
+    out.close_connection = true;
+    spdlog::warn("client {} (pid {}): {}", session.id, session.creds.pid, out.reply.message());
+    return out;
+  }
+  session.greeted = true;
+  session.client_name = hello.client_name().substr(0, kMaxClientNameBytes);
+  spdlog::info("client {} is '{}' (pid {}, uid {})", session.id, session.client_name,
+               session.creds.pid, session.creds.uid);
+  Outcome out;
+  auto* r = out.reply.mutable_hello();
+  r->set_protocol_version(wire::PROTOCOL_VERSION_CURRENT);
+  r->set_server_version(info_.version);
+  r->set_server_pid(static_cast<std::uint32_t>(::getpid()));
+  auto* l = r->mutable_limits();
+  l->set_max_name_bytes(kMaxNameBytes);
+  l->set_max_dims(kMaxDims);
+  l->set_max_attrs(kMaxAttrs);
+  l->set_max_attr_key_bytes(kMaxAttrKeyBytes);
+  l->set_max_attr_value_bytes(kMaxAttrValueBytes);
+  l->set_max_request_bytes(wire::kMaxRequestBytes);
+  l->set_max_reply_bytes(wire::kMaxReplyBytes);
+  l->set_max_memory(registry_.max_memory());
+  return out;
+}
+
+void RequestHandler::FillInfo(const Segment& s, wire::SegmentInfo* info) const {
+  const SegmentSpec& spec = s.spec();
+  info->set_name(spec.name);
+  info->set_dtype(spec.dtype);
+  for (auto d : spec.shape) info->add_shape(d);
+  info->set_order(spec.order == Order::kF ? wire::ORDER_F : wire::ORDER_C);
+  info->set_nbytes(s.nbytes());
+  info->mutable_attrs()->insert(spec.attrs.begin(), spec.attrs.end());
+  info->set_uid(s.uid());
+  info->set_gid(s.gid());
+  info->set_creator_pid(s.creator_pid());
+  info->set_created_unix_ns(s.created_unix_ns());
+  info->set_mode(spec.mode);
+  info->set_attachments(s.attachments());
+  info->set_creator_connected(registry_.IsConnectionOpen(s.creator_connection()));
+}
+
+Outcome RequestHandler::AttachReply(Session& session, std::shared_ptr<Segment> segment,
+                                    Access access) {
+  std::uint64_t region = segment->RegionId(access);
+  bool send_fd = segment->nbytes() > 0 && session.regions_sent.count(region) == 0;
+  Outcome out;
+  if (send_fd) {
+    auto fd = segment->Fd(access);
+    if (!fd.ok()) return Error(fd.status());
+    out.fds.push_back(*fd);
+    session.regions_sent.insert(region);
+  }
+  std::uint64_t id = session.next_attachment_id++;
+  session.attachments.emplace(id, Session::Attachment{segment, access});
+  registry_.Attach(*segment);
+
+  auto* r = out.reply.mutable_attach();
+  FillInfo(*segment, r->mutable_info());
+  r->set_attachment_id(id);
+  auto* m = r->mutable_mapping();
+  m->set_region_id(region);
+  m->set_offset(0);
+  m->set_length(segment->nbytes());
+  m->set_region_size(segment->nbytes());
+  m->set_access(ToWire(access));
+  m->set_fd_attached(send_fd);
+  out.keep_alive = std::move(segment);
+  return out;
+}
+
+Outcome RequestHandler::Create(Session& session, const wire::CreateRequest& req) {
+  SegmentSpec spec;
+  spec.name = req.name();
+  spec.dtype = req.dtype();
+  spec.shape.assign(req.shape().begin(), req.shape().end());
+  spec.order = req.order() == wire::ORDER_F ? Order::kF : Order::kC;
+  if (req.order() != wire::ORDER_C && req.order() != wire::ORDER_F) {
+    return Error(Status::InvalidArgument("order must be C or F"));
+  }
+  spec.mode = req.has_mode() ? req.mode() : 0600;
+  spec.attrs.insert(req.attrs().begin(), req.attrs().end());
+  auto seg = registry_.Create(std::move(spec), session.creds, session.id);
+  if (!seg.ok()) {
+    if (seg.status().code() == Code::kResourceExhausted || seg.status().code() == Code::kInternal) {
+      spdlog::warn("client {}: {}", session.id, seg.status().ToString());
+    }
+    return Error(seg.status());
+  }
+  const Segment& s = **seg;
+  spdlog::info("created '{}' {} {} bytes mode {:03o} by uid {} pid {}", s.name(), s.spec().dtype,
+               s.nbytes(), s.spec().mode, s.uid(), s.creator_pid());
+  return AttachReply(session, std::move(seg).value(), Access::kReadWrite);
+}
+
+Outcome RequestHandler::Attach(Session& session, const wire::AttachRequest& req) {
+  if (req.access() != wire::READ_ONLY && req.access() != wire::READ_WRITE) {
+    return Error(Status::InvalidArgument("access must be READ_ONLY or READ_WRITE"));
+  }
+  Access access = FromWire(req.access());
+  auto seg = registry_.Open(req.name(), access, session.creds);
+  if (!seg.ok()) return Error(seg.status());
+  return AttachReply(session, std::move(seg).value(), access);
+}
+
+Outcome RequestHandler::Detach(Session& session, const wire::DetachRequest& req) {
+  if (req.released_region_id() != 0) session.regions_sent.erase(req.released_region_id());
+  auto it = session.attachments.find(req.attachment_id());
+  if (it == session.attachments.end()) {
+    return Error(Status::NotFound("no attachment " + std::to_string(req.attachment_id()) +
+                                  " on this connection"));
+  }
+  registry_.Detach(*it->second.segment);
+  session.attachments.erase(it);
+  Outcome out;
+  out.reply.mutable_empty();
+  return out;
+}
+
+Outcome RequestHandler::Unlink(Session& session, const wire::UnlinkRequest& req) {
+  if (Status s = registry_.Unlink(req.name(), session.creds); !s.ok()) return Error(s);
+  spdlog::info("unlinked '{}' by uid {} pid {}", req.name(), session.creds.uid, session.creds.pid);
+  Outcome out;
+  out.reply.mutable_empty();
+  return out;
+}
+
+Outcome RequestHandler::Stat(Session&, const wire::StatRequest& req) {
+  auto seg = registry_.Find(req.name());
+  if (!seg.ok()) return Error(seg.status());
+  Outcome out;
+  FillInfo(**seg, out.reply.mutable_stat());
+  return out;
+}
+
+Outcome RequestHandler::List(Session&, const wire::ListRequest& req) {
+  Outcome out;
+  auto* list = out.reply.mutable_list();
+  std::size_t bytes = 0;
+  Status s = registry_.List(req.pattern(), req.start_after(), [&](const Segment& seg) {
+    if (bytes >= kListPageBytes) {
+      list->set_truncated(true);
+      return false;
+    }
+    auto* info = list->add_segments();
+    FillInfo(seg, info);
+    bytes += info->ByteSizeLong() + 8;
+    return true;
+  });
+  if (!s.ok()) return Error(s);
+  return out;
+}
+
+Outcome RequestHandler::Stats(Session&) {
+  Outcome out;
+  auto* r = out.reply.mutable_stats();
+  r->set_server_version(info_.version);
+  r->set_server_pid(static_cast<std::uint32_t>(::getpid()));
+  r->set_started_unix_ns(info_.started_unix_ns);
+  r->set_socket_path(info_.socket_path);
+  r->set_segments(registry_.size());
+  r->set_bytes_held(registry_.bytes_held());
+  r->set_max_memory(registry_.max_memory());
+  r->set_clients(clients_);
+  for (int op = wire::Request::kHello; op <= wire::Request::kStats; ++op) {
+    auto* c = r->add_requests();
+    c->set_name(std::string(kOpNames[op]));
+    c->set_value(requests_[op]);
+  }
+  for (int code = 1; code <= kMaxCode; ++code) {
+    auto* c = r->add_errors();
+    c->set_name(std::string(CodeName(static_cast<Code>(code))));
+    c->set_value(errors_[code]);
+  }
+  return out;
+}
+
+}  // namespace shmbroker::daemon

@@ -1,0 +1,89 @@
+// Turns one request packet into one reply: parsing, the handshake, dispatch to the registry, and
+// per-connection attachment bookkeeping. No I/O here, so it is tested without sockets.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "registry.h"
+#include "shmbroker.pb.h"
+
+namespace shmbroker::daemon {
+
+// What the daemon knows about one client connection.
+struct Session {
+  std::uint64_t id = 0;
+  Credentials creds;
+  std::string client_name;
+  bool greeted = false;
+
+  struct Attachment {
+    std::shared_ptr<Segment> segment;
+    Access access;
+  };
+  std::unordered_map<std::uint64_t, Attachment> attachments;
+  std::uint64_t next_attachment_id = 1;
+  // Regions whose fd this connection has been sent and not released.
+  std::unordered_set<std::uint64_t> regions_sent;
+};
+
+// A reply ready to send. `fds` stay valid while `keep_alive` holds their segment.
+struct Outcome {
+  wire::Reply reply;
+  std::vector<int> fds;
+  std::shared_ptr<Segment> keep_alive;
+  bool close_connection = false;  // After sending: protocol errors end the connection.
+};
+
+struct ServerInfo {
+  std::string version;
+  std::string socket_path;
+  std::int64_t started_unix_ns = 0;
+};
+
+class RequestHandler {
+ public:
+  RequestHandler(Registry& registry, ServerInfo info);
+
+  void Opened(Session& session);
+  // Releases everything the connection held.
+  void Closed(Session& session);
+
+  // Parses and answers one packet.
+  Outcome Handle(Session& session, std::span<const std::byte> packet);
+  // The reply for a packet that could not even be read whole (truncated, fds attached).
+  Outcome ProtocolError(Session& session, const std::string& why);
+
+  Registry& registry() { return registry_; }
+  std::uint32_t clients() const { return clients_; }
+
+ private:
+  Outcome Dispatch(Session& session, const wire::Request& request);
+  Outcome Hello(Session& session, const wire::Hello& hello);
+  Outcome Create(Session& session, const wire::CreateRequest& req);
+  Outcome Attach(Session& session, const wire::AttachRequest& req);
+  Outcome Detach(Session& session, const wire::DetachRequest& req);
+  Outcome Unlink(Session& session, const wire::UnlinkRequest& req);
+  Outcome Stat(Session& session, const wire::StatRequest& req);
+  Outcome List(Session& session, const wire::ListRequest& req);
+  Outcome Stats(Session& session);
+
+  // An attachment of `segment` for `session`, with the region fd when the connection needs it.
+  Outcome AttachReply(Session& session, std::shared_ptr<Segment> segment, Access access);
+  Outcome Error(const Status& status);
+  void FillInfo(const Segment& s, wire::SegmentInfo* info) const;
+
+  Registry& registry_;
+  ServerInfo info_;
+  std::uint32_t clients_ = 0;
+  std::array<std::uint64_t, wire::Request::kStats + 1> requests_{};
+  std::array<std::uint64_t, kMaxCode + 1> errors_{};
+};
+
+}  // namespace shmbroker::daemon
