@@ -1,0 +1,246 @@
+#include "registry.h"
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+
+#include <string>
+#include <vector>
+
+namespace shmbroker::daemon {
+namespace {
+
+Credentials User(std::uint32_t uid, std::uint32_t gid = 100,
+                 std::vector<std::uint32_t> groups = {}) {
+  return Credentials{uid, gid, 1234, std::move(groups)};
+}
+const Credentials kRoot = User(0, 0);
+const Credentials kAlice = User(1000, 100);
+
+SegmentSpec Spec(std::string name, std::vector<std::uint64_t> shape = {16},
+                 std::string dtype = "<f8", std::uint32_t mode = 0600) {
+  SegmentSpec s;
+  s.name = std::move(name);
+  s.dtype = std::move(dtype);
+  s.shape = std::move(shape);
+  s.mode = mode;
+  return s;
+}
+
+std::vector<std::string> Names(const Registry& r, std::string_view pattern = {},
+                               std::string_view after = {}) {
+  std::vector<std::string> out;
+  EXPECT_TRUE(r.List(pattern, after, [&](const Segment& s) {
+                 out.push_back(s.name());
+                 return true;
+               }).ok());
+  return out;
+}
+
+TEST(Registry, CreateRecordsMetadataAndAccountsBytes) {
+  Registry reg;
+  auto spec = Spec("job7/weights", {3, 4}, "<f4", 0640);
+  spec.order = Order::kF;
+  spec.attrs = {{"units", "m"}};
+  auto seg = reg.Create(spec, kAlice, 9);
+  ASSERT_TRUE(seg.ok()) << seg.status().ToString();
+  const Segment& s = **seg;
+  EXPECT_EQ(s.name(), "job7/weights");
+  EXPECT_EQ(s.nbytes(), 48u);
+  EXPECT_EQ(s.uid(), 1000u);
+  EXPECT_EQ(s.gid(), 100u);
+  EXPECT_EQ(s.creator_pid(), 1234u);
+  EXPECT_EQ(s.creator_connection(), 9u);
+  EXPECT_EQ(s.spec().order, Order::kF);
+  EXPECT_EQ(s.spec().attrs.at("units"), "m");
+  EXPECT_GT(s.created_unix_ns(), 0);
+  EXPECT_EQ(reg.size(), 1u);
+  EXPECT_EQ(reg.bytes_held(), 48u);
+  EXPECT_NE(s.RegionId(Access::kReadOnly), s.RegionId(Access::kReadWrite));
+  EXPECT_NE(s.RegionId(Access::kReadOnly), 0u);
+}
+
+TEST(Registry, DuplicateNameIsAlreadyExists) {
+  Registry reg;
+  ASSERT_TRUE(reg.Create(Spec("a"), kAlice, 1).ok());
+  auto again = reg.Create(Spec("a", {1}, "|u1"), kRoot, 2);
+  EXPECT_EQ(again.status().code(), Code::kAlreadyExists);
+  EXPECT_EQ(reg.bytes_held(), 128u);
+}
+
+TEST(Registry, InvalidSpecsAreRejectedBeforeAnythingIsAllocated) {
+  int memfds = 0;
+  RegistryOptions opts;
+  opts.make_memfd = [&](const std::string& l, std::uint64_t n) {
+    ++memfds;
+    return CreateSegmentMemfd(l, n);
+  };
+  Registry reg(opts);
+  EXPECT_EQ(reg.Create(Spec("bad name"), kAlice, 1).status().code(), Code::kInvalidArgument);
+  EXPECT_EQ(reg.Create(Spec("x", {1}, "float64"), kAlice, 1).status().code(),
+            Code::kInvalidArgument);
+  EXPECT_EQ(reg.Create(Spec("x", {1ull << 40, 1ull << 40}), kAlice, 1).status().code(),
+            Code::kInvalidArgument);
+  EXPECT_EQ(reg.Create(Spec("x", {1}, "<f8", 01000), kAlice, 1).status().code(),
+            Code::kInvalidArgument);
+  auto attrs = Spec("x");
+  attrs.attrs = {{"", "v"}};
+  EXPECT_EQ(reg.Create(attrs, kAlice, 1).status().code(), Code::kInvalidArgument);
+  EXPECT_EQ(memfds, 0);
+  EXPECT_EQ(reg.size(), 0u);
+}
+
+TEST(Registry, MemoryCapIsEnforcedExactly) {
+  Registry reg(RegistryOptions{.max_memory = 1000});
+  ASSERT_TRUE(reg.Create(Spec("a", {600}, "|u1"), kAlice, 1).ok());
+  auto over = reg.Create(Spec("b", {401}, "|u1"), kAlice, 1);
+  ASSERT_EQ(over.status().code(), Code::kResourceExhausted);
+  EXPECT_NE(over.status().message().find("401"), std::string::npos) << over.status().message();
+  ASSERT_TRUE(reg.Create(Spec("c", {400}, "|u1"), kAlice, 1).ok());  // Exactly at the cap.
+  EXPECT_EQ(reg.bytes_held(), 1000u);
+  ASSERT_TRUE(reg.Unlink("a", kAlice).ok());
+  EXPECT_EQ(reg.bytes_held(), 400u);
+  EXPECT_TRUE(reg.Create(Spec("b", {401}, "|u1"), kAlice, 1).ok());
+}
+
+TEST(Registry, MachineMemoryIsCheckedForLargeCreates) {
+  RegistryOptions opts;
+  opts.available_memory = [] { return std::uint64_t{100} << 20; };
+  int memfds = 0;
+  opts.make_memfd = [&](const std::string&, std::uint64_t) -> Result<UniqueFd> {
+    ++memfds;
+    return UniqueFd(::memfd_create("test", MFD_CLOEXEC));
+  };
+  Registry reg(opts);
+  auto big = reg.Create(Spec("big", {200ull << 20}, "|u1"), kAlice, 1);
+  ASSERT_EQ(big.status().code(), Code::kResourceExhausted);
+  EXPECT_NE(big.status().message().find(std::to_string(200ull << 20)), std::string::npos);
+  EXPECT_EQ(memfds, 0);
+  EXPECT_TRUE(reg.Create(Spec("fits", {90ull << 20}, "|u1"), kAlice, 1).ok());
+}
+
+TEST(Registry, BackingFailureRegistersNothing) {
+  RegistryOptions opts;
+  opts.make_memfd = [](const std::string&, std::uint64_t) -> Result<UniqueFd> {
+    return Status::ResourceExhausted("cannot reserve 128 bytes: No space left on device");
+  };
+  Registry reg(opts);
+  auto r = reg.Create(Spec("a"), kAlice, 1);
+  ASSERT_EQ(r.status().code(), Code::kResourceExhausted);
+  EXPECT_NE(r.status().message().find("'a'"), std::string::npos);
+  EXPECT_EQ(reg.size(), 0u);
+  EXPECT_EQ(reg.bytes_held(), 0u);
+  EXPECT_EQ(reg.Find("a").status().code(), Code::kNotFound);
+}
+
+TEST(Registry, BackingMemfdIsSealedReservedAndPrivate) {
+  Registry reg;
+  auto seg = reg.Create(Spec("m", {1000}), kAlice, 1);
+  ASSERT_TRUE(seg.ok());
+  int rw = *(*seg)->Fd(Access::kReadWrite);
+  struct stat st {};
+  ASSERT_EQ(::fstat(rw, &st), 0);
+  EXPECT_EQ(st.st_size, 8000);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  EXPECT_GE(st.st_blocks * 512, 8000);  // fallocate reserved the pages.
+  int seals = ::fcntl(rw, F_GET_SEALS);
+  EXPECT_EQ(seals & (F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL),
+            F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL);
+  EXPECT_NE(::ftruncate(rw, 100), 0);
+  EXPECT_EQ(::fcntl(rw, F_GETFD) & FD_CLOEXEC, FD_CLOEXEC);
+  int ro = *(*seg)->Fd(Access::kReadOnly);
+  EXPECT_EQ(::fcntl(ro, F_GETFL) & O_ACCMODE, O_RDONLY);
+  EXPECT_EQ(::fcntl(ro, F_GETFD) & FD_CLOEXEC, FD_CLOEXEC);
+  EXPECT_EQ(*(*seg)->Fd(Access::kReadOnly), ro);  // Opened once.
+  EXPECT_EQ(::mmap(nullptr, 8000, PROT_READ | PROT_WRITE, MAP_SHARED, ro, 0), MAP_FAILED);
+}
+
+TEST(Registry, ZeroSizedSegmentsAreAllowed) {
+  Registry reg;
+  auto seg = reg.Create(Spec("empty", {0, 5}), kAlice, 1);
+  ASSERT_TRUE(seg.ok()) << seg.status().ToString();
+  EXPECT_EQ((*seg)->nbytes(), 0u);
+}
+
+TEST(Registry, PermissionsFollowTheModeForOwnerGroupOtherAndRoot) {
+  Registry reg;
+  auto seg = reg.Create(Spec("p", {1}, "<f8", 0640), kAlice, 1);
+  ASSERT_TRUE(seg.ok());
+  const Segment& s = **seg;
+  const Credentials bob_same_group = User(1001, 100);
+  const Credentials carol_supplementary = User(1002, 200, {300, 100});
+  const Credentials dave_other = User(1003, 200);
+  EXPECT_TRUE(Registry::Allowed(s, Access::kReadWrite, kAlice));
+  EXPECT_TRUE(Registry::Allowed(s, Access::kReadOnly, bob_same_group));
+  EXPECT_FALSE(Registry::Allowed(s, Access::kReadWrite, bob_same_group));
+  EXPECT_TRUE(Registry::Allowed(s, Access::kReadOnly, carol_supplementary));
+  EXPECT_FALSE(Registry::Allowed(s, Access::kReadOnly, dave_other));
+  EXPECT_TRUE(Registry::Allowed(s, Access::kReadWrite, kRoot));
+
+  // The owner class applies alone, as for files: an owner without read bits is refused.
+  auto locked = reg.Create(Spec("locked", {1}, "<f8", 0044), kAlice, 1);
+  ASSERT_TRUE(locked.ok());
+  EXPECT_FALSE(Registry::Allowed(**locked, Access::kReadOnly, kAlice));
+  EXPECT_TRUE(Registry::Allowed(**locked, Access::kReadOnly, dave_other));
+
+  auto denied = reg.Open("p", Access::kReadOnly, dave_other);
+  ASSERT_EQ(denied.status().code(), Code::kPermissionDenied);
+  EXPECT_NE(denied.status().message().find("0640"), std::string::npos);
+  EXPECT_TRUE(reg.Open("p", Access::kReadWrite, kAlice).ok());
+  EXPECT_EQ(reg.Open("nope", Access::kReadOnly, kAlice).status().code(), Code::kNotFound);
+}
+
+TEST(Registry, UnlinkIsForOwnerOrRootAndFreesTheNameAtOnce) {
+  Registry reg;
+  auto seg = reg.Create(Spec("u"), kAlice, 1);
+  ASSERT_TRUE(seg.ok());
+  EXPECT_EQ(reg.Unlink("u", User(1001)).code(), Code::kPermissionDenied);
+  EXPECT_TRUE(reg.Unlink("u", kAlice).ok());
+  EXPECT_EQ(reg.Unlink("u", kAlice).code(), Code::kNotFound);
+  EXPECT_EQ(reg.Find("u").status().code(), Code::kNotFound);
+  EXPECT_EQ(reg.bytes_held(), 0u);
+  // An unlinked segment's memory lives on for whoever still holds it.
+  EXPECT_TRUE((*seg)->Fd(Access::kReadWrite).ok());
+  auto again = reg.Create(Spec("u"), kAlice, 1);
+  ASSERT_TRUE(again.ok());
+  EXPECT_NE((*again)->id(), (*seg)->id());
+  auto other = reg.Create(Spec("r"), kAlice, 1);
+  EXPECT_TRUE(reg.Unlink("r", kRoot).ok());
+  EXPECT_EQ(reg.Unlink("bad name", kAlice).code(), Code::kInvalidArgument);
+}
+
+TEST(Registry, ListFiltersByGlobInNameOrderWithPaging) {
+  Registry reg;
+  for (const char* n : {"job7/b", "job7/a", "job8/a", "top", "job7/sub/c"}) {
+    ASSERT_TRUE(reg.Create(Spec(n, {1}), kAlice, 1).ok());
+  }
+  EXPECT_EQ(Names(reg),
+            (std::vector<std::string>{"job7/a", "job7/b", "job7/sub/c", "job8/a", "top"}));
+  EXPECT_EQ(Names(reg, "job7/*"), (std::vector<std::string>{"job7/a", "job7/b", "job7/sub/c"}));
+  EXPECT_EQ(Names(reg, "*/a"), (std::vector<std::string>{"job7/a", "job8/a"}));
+  EXPECT_EQ(Names(reg, "job[78]/?"), (std::vector<std::string>{"job7/a", "job7/b", "job8/a"}));
+  EXPECT_EQ(Names(reg, "nothing*"), std::vector<std::string>{});
+  EXPECT_EQ(Names(reg, "", "job7/b"), (std::vector<std::string>{"job7/sub/c", "job8/a", "top"}));
+  EXPECT_EQ(reg.List(std::string(5000, '*'), {}, [](const Segment&) { return true; }).code(),
+            Code::kInvalidArgument);
+}
+
+TEST(Registry, AttachmentsAndCreatorConnection) {
+  Registry reg;
+  reg.ConnectionOpened(7);
+  auto seg = reg.Create(Spec("a"), kAlice, 7);
+  ASSERT_TRUE(seg.ok());
+  Segment& s = **seg;
+  reg.Attach(s);
+  reg.Attach(s);
+  EXPECT_EQ(s.attachments(), 2u);
+  reg.Detach(s);
+  EXPECT_EQ(s.attachments(), 1u);
+  EXPECT_TRUE(reg.IsConnectionOpen(s.creator_connection()));
+  reg.ConnectionClosed(7);
+  EXPECT_FALSE(reg.IsConnectionOpen(s.creator_connection()));
+}
+
+}  // namespace
+}  // namespace shmbroker::daemon

@@ -1,0 +1,258 @@
+// The daemon's request path without sockets: packets in, replies and fds out.
+#include "request_handler.h"
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <spdlog/spdlog.h>
+
+#include <set>
+
+namespace shmbroker::daemon {
+namespace {
+
+class RequestHandlerTest : public ::testing::Test {
+ protected:
+  RequestHandlerTest() : handler_(registry_, ServerInfo{"9.9.9", "/tmp/x.sock", 42}) {
+    spdlog::set_level(spdlog::level::off);
+  }
+
+  Session NewSession(std::uint32_t uid = 1000) {
+    Session s;
+    s.id = next_id_++;
+    s.creds = Credentials{uid, 100, 555, {}};
+    handler_.Opened(s);
+    return s;
+  }
+
+  Outcome Send(Session& s, const wire::Request& r) {
+    std::string bytes = r.SerializeAsString();
+    return handler_.Handle(s, std::as_bytes(std::span(bytes)));
+  }
+
+  Session Greeted(std::uint32_t uid = 1000) {
+    Session s = NewSession(uid);
+    wire::Request r;
+    r.mutable_hello()->set_protocol_version(wire::PROTOCOL_VERSION_CURRENT);
+    r.mutable_hello()->set_client_name("test");
+    Outcome o = Send(s, r);
+    EXPECT_EQ(o.reply.code(), wire::OK);
+    return s;
+  }
+
+  Outcome Create(Session& s, const std::string& name, std::uint64_t n = 64,
+                 std::map<std::string, std::string> attrs = {}) {
+    wire::Request r;
+    r.mutable_create()->set_name(name);
+    r.mutable_create()->set_dtype("|u1");
+    r.mutable_create()->add_shape(n);
+    r.mutable_create()->mutable_attrs()->insert(attrs.begin(), attrs.end());
+    return Send(s, r);
+  }
+
+  Outcome Attach(Session& s, const std::string& name, wire::Access access = wire::READ_ONLY) {
+    wire::Request r;
+    r.mutable_attach()->set_name(name);
+    r.mutable_attach()->set_access(access);
+    return Send(s, r);
+  }
+
+  Outcome Detach(Session& s, std::uint64_t id, std::uint64_t region = 0) {
+    wire::Request r;
+    r.mutable_detach()->set_attachment_id(id);
+    r.mutable_detach()->set_released_region_id(region);
+    return Send(s, r);
+  }
+
+  std::uint32_t Attachments(const std::string& name) {
+    return (*registry_.Find(name))->attachments();
+  }
+
+  Registry registry_;
+  RequestHandler handler_;
+  std::uint64_t next_id_ = 1;
+};
+
+TEST_F(RequestHandlerTest, FirstRequestMustBeHello) {
+  Session s = NewSession();
+  Outcome o = Create(s, "a");
+  EXPECT_EQ(o.reply.code(), wire::PROTOCOL_ERROR);
+  EXPECT_TRUE(o.close_connection);
+  EXPECT_EQ(registry_.size(), 0u);
+}
+
+TEST_F(RequestHandlerTest, HelloAnswersVersionAndLimits) {
+  Session s = NewSession();
+  wire::Request r;
+  r.mutable_hello()->set_protocol_version(wire::PROTOCOL_VERSION_CURRENT);
+  Outcome o = Send(s, r);
+  ASSERT_EQ(o.reply.code(), wire::OK);
+  EXPECT_FALSE(o.close_connection);
+  EXPECT_EQ(o.reply.hello().protocol_version(), 1u);
+  EXPECT_EQ(o.reply.hello().server_version(), "9.9.9");
+  EXPECT_EQ(o.reply.hello().limits().max_name_bytes(), 255u);
+  EXPECT_EQ(o.reply.hello().limits().max_dims(), 32u);
+  EXPECT_EQ(o.reply.hello().limits().max_request_bytes(), wire::kMaxRequestBytes);
+  // A second hello is a protocol error.
+  EXPECT_EQ(Send(s, r).reply.code(), wire::PROTOCOL_ERROR);
+}
+
+TEST_F(RequestHandlerTest, UnsupportedVersionIsAClearErrorNotACrash) {
+  Session s = NewSession();
+  wire::Request r;
+  r.mutable_hello()->set_protocol_version(99);
+  Outcome o = Send(s, r);
+  EXPECT_EQ(o.reply.code(), wire::FAILED_PRECONDITION);
+  EXPECT_NE(o.reply.message().find("99"), std::string::npos);
+  EXPECT_NE(o.reply.message().find("version 1"), std::string::npos);
+  EXPECT_TRUE(o.close_connection);
+}
+
+TEST_F(RequestHandlerTest, GarbageAndEmptyRequestsAreProtocolErrors) {
+  Session s = Greeted();
+  std::string junk = "\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01";
+  Outcome o = handler_.Handle(s, std::as_bytes(std::span(junk)));
+  EXPECT_EQ(o.reply.code(), wire::PROTOCOL_ERROR);
+  EXPECT_TRUE(o.close_connection);
+  Session t = Greeted();
+  wire::Request nothing;
+  EXPECT_EQ(Send(t, nothing).reply.code(), wire::PROTOCOL_ERROR);
+}
+
+TEST_F(RequestHandlerTest, CreateSendsAReadWriteRegionOnce) {
+  Session s = Greeted();
+  Outcome c = Create(s, "a", 4096, {{"k", "v"}});
+  ASSERT_EQ(c.reply.code(), wire::OK) << c.reply.message();
+  ASSERT_EQ(c.fds.size(), 1u);
+  const auto& m = c.reply.attach().mapping();
+  EXPECT_TRUE(m.fd_attached());
+  EXPECT_EQ(m.access(), wire::READ_WRITE);
+  EXPECT_EQ(m.length(), 4096u);
+  EXPECT_EQ(m.region_size(), 4096u);
+  EXPECT_EQ(m.offset(), 0u);
+  EXPECT_EQ(::fcntl(c.fds[0], F_GETFL) & O_ACCMODE, O_RDWR);
+  EXPECT_EQ(c.reply.attach().info().attrs().at("k"), "v");
+  EXPECT_EQ(c.reply.attach().info().uid(), 1000u);
+  EXPECT_EQ(c.reply.attach().info().mode(), 0600u);
+  EXPECT_TRUE(c.reply.attach().info().creator_connected());
+  EXPECT_EQ(Attachments("a"), 1u);
+
+  Outcome ro1 = Attach(s, "a");
+  ASSERT_EQ(ro1.reply.code(), wire::OK);
+  ASSERT_EQ(ro1.fds.size(), 1u);  // A different region: the read-only one.
+  EXPECT_NE(ro1.reply.attach().mapping().region_id(), m.region_id());
+  EXPECT_EQ(::fcntl(ro1.fds[0], F_GETFL) & O_ACCMODE, O_RDONLY);
+  Outcome ro2 = Attach(s, "a");
+  ASSERT_EQ(ro2.reply.code(), wire::OK);
+  EXPECT_TRUE(ro2.fds.empty());
+  EXPECT_FALSE(ro2.reply.attach().mapping().fd_attached());
+  EXPECT_EQ(ro2.reply.attach().mapping().region_id(), ro1.reply.attach().mapping().region_id());
+  EXPECT_NE(ro2.reply.attach().attachment_id(), ro1.reply.attach().attachment_id());
+  EXPECT_EQ(Attachments("a"), 3u);
+
+  // Another connection is sent the fd again: the cache is per connection.
+  Session t = Greeted();
+  EXPECT_EQ(Attach(t, "a").fds.size(), 1u);
+}
+
+TEST_F(RequestHandlerTest, ReleasedRegionIsSentAgain) {
+  Session s = Greeted();
+  ASSERT_EQ(Create(s, "a").reply.code(), wire::OK);
+  Outcome ro = Attach(s, "a");
+  std::uint64_t region = ro.reply.attach().mapping().region_id();
+  ASSERT_EQ(Detach(s, ro.reply.attach().attachment_id()).reply.code(), wire::OK);
+  EXPECT_TRUE(Attach(s, "a").fds.empty());  // Not released: still cached by the client.
+  Outcome again = Attach(s, "a");
+  ASSERT_EQ(Detach(s, again.reply.attach().attachment_id(), region).reply.code(), wire::OK);
+  EXPECT_EQ(Attach(s, "a").fds.size(), 1u);
+}
+
+TEST_F(RequestHandlerTest, DetachAndCloseReleaseAttachments) {
+  Session s = Greeted();
+  Outcome c = Create(s, "a");
+  Session t = Greeted(2000);
+  // Owner-only mode: uid 2000 may not attach...
+  EXPECT_EQ(Attach(t, "a").reply.code(), wire::PERMISSION_DENIED);
+  Session root = Greeted(0);  // ...but root may.
+  ASSERT_EQ(Attach(root, "a").reply.code(), wire::OK);
+  ASSERT_EQ(Attach(root, "a", wire::READ_WRITE).reply.code(), wire::OK);
+  EXPECT_EQ(Attachments("a"), 3u);
+  EXPECT_EQ(Detach(s, 12345).reply.code(), wire::NOT_FOUND);
+  ASSERT_EQ(Detach(s, c.reply.attach().attachment_id()).reply.code(), wire::OK);
+  EXPECT_EQ(Attachments("a"), 2u);
+  handler_.Closed(root);
+  EXPECT_EQ(Attachments("a"), 0u);
+  handler_.Closed(s);
+  wire::Request stat;
+  stat.mutable_stat()->set_name("a");
+  Outcome st = Send(t, stat);
+  ASSERT_EQ(st.reply.code(), wire::OK);
+  EXPECT_FALSE(st.reply.stat().creator_connected());  // The segment itself stays.
+}
+
+TEST_F(RequestHandlerTest, UnlinkedSegmentStaysValidForItsHolders) {
+  Session s = Greeted();
+  Outcome c = Create(s, "a");
+  wire::Request unlink;
+  unlink.mutable_unlink()->set_name("a");
+  ASSERT_EQ(Send(s, unlink).reply.code(), wire::OK);
+  EXPECT_EQ(Attach(s, "a").reply.code(), wire::NOT_FOUND);
+  ASSERT_EQ(Detach(s, c.reply.attach().attachment_id()).reply.code(), wire::OK);
+  EXPECT_EQ(Create(s, "a").reply.code(), wire::OK);
+}
+
+TEST_F(RequestHandlerTest, ListPagesCoverEverySegmentOnce) {
+  Session s = Greeted(0);
+  std::map<std::string, std::string> attrs;
+  for (int i = 0; i < 8; ++i) attrs["attr" + std::to_string(i)] = std::string(1000, 'v');
+  for (int i = 0; i < 100; ++i) {
+    char name[32];
+    std::snprintf(name, sizeof(name), "seg%03d", i);
+    ASSERT_EQ(Create(s, name, 1, attrs).reply.code(), wire::OK);
+  }
+  std::set<std::string> seen;
+  wire::Request r;
+  r.mutable_list();
+  int pages = 0;
+  for (;;) {
+    Outcome o = Send(s, r);
+    ASSERT_EQ(o.reply.code(), wire::OK);
+    EXPECT_LE(o.reply.ByteSizeLong(), wire::kMaxReplyBytes);
+    ++pages;
+    for (const auto& info : o.reply.list().segments()) {
+      EXPECT_TRUE(seen.insert(info.name()).second) << info.name();
+    }
+    if (!o.reply.list().truncated()) break;
+    r.mutable_list()->set_start_after(o.reply.list().segments().rbegin()->name());
+  }
+  EXPECT_EQ(seen.size(), 100u);
+  EXPECT_GT(pages, 1);
+}
+
+TEST_F(RequestHandlerTest, StatsCountRequestsAndErrors) {
+  Session s = Greeted();
+  ASSERT_EQ(Create(s, "a").reply.code(), wire::OK);
+  EXPECT_EQ(Create(s, "a").reply.code(), wire::ALREADY_EXISTS);
+  EXPECT_EQ(Attach(s, "missing").reply.code(), wire::NOT_FOUND);
+  wire::Request r;
+  r.mutable_stats();
+  Outcome o = Send(s, r);
+  ASSERT_EQ(o.reply.code(), wire::OK);
+  const auto& st = o.reply.stats();
+  EXPECT_EQ(st.server_version(), "9.9.9");
+  EXPECT_EQ(st.socket_path(), "/tmp/x.sock");
+  EXPECT_EQ(st.segments(), 1u);
+  EXPECT_EQ(st.bytes_held(), 64u);
+  EXPECT_EQ(st.clients(), 1u);
+  std::map<std::string, std::uint64_t> req, err;
+  for (const auto& c : st.requests()) req[c.name()] = c.value();
+  for (const auto& c : st.errors()) err[c.name()] = c.value();
+  EXPECT_EQ(req["create"], 2u);
+  EXPECT_EQ(req["attach"], 1u);
+  EXPECT_EQ(req["hello"], 1u);
+  EXPECT_EQ(err["ALREADY_EXISTS"], 1u);
+  EXPECT_EQ(err["NOT_FOUND"], 1u);
+  EXPECT_EQ(err["INTERNAL"], 0u);
+}
+
+}  // namespace
+}  // namespace shmbroker::daemon
