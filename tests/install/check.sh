@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs the build into a temporary prefix, then builds the README example against it twice:
+# through find_package(shmbroker) and through pkg-config. Runs both against the installed daemon.
+set -euo pipefail
+build_dir=$1
+src_dir=$(cd "$(dirname "$0")" && pwd)
+tmp=$(mktemp -d)
+daemon_pid=
+cleanup() {
+  [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null && wait "$daemon_pid" || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+cmake --install "$build_dir" --prefix "$tmp/prefix" >/dev/null
+for f in bin/shmbrokerd include/shmbroker/client.h include/shmbroker/status.h \
+         include/shmbroker/segment.h include/shmbroker/version.h lib/libshmbroker.a \
+         lib/cmake/shmbroker/shmbrokerConfig.cmake lib/pkgconfig/shmbroker.pc; do
+  [ -e "$tmp/prefix/$f" ] || { echo "not installed: $f"; exit 1; }
+done
+# Private headers stay private.
+[ ! -e "$tmp/prefix/include/shmbroker/wire.h" ] || { echo "wire.h was installed"; exit 1; }
+
+cmake -S "$src_dir" -B "$tmp/consumer" -G Ninja -DCMAKE_PREFIX_PATH="$tmp/prefix" >/dev/null
+cmake --build "$tmp/consumer" >/dev/null
+PKG_CONFIG_PATH="$tmp/prefix/lib/pkgconfig" \
+  g++ -o "$tmp/example-pc" "$src_dir/example.cc" $(PKG_CONFIG_PATH="$tmp/prefix/lib/pkgconfig" pkg-config --cflags --libs shmbroker)
+
+export SHMBROKER_SOCKET="$tmp/run/shmbroker.sock"
+"$tmp/prefix/bin/shmbrokerd" --log-level warn &
+daemon_pid=$!
+for _ in $(seq 100); do [ -S "$SHMBROKER_SOCKET" ] && break; sleep 0.05; done
+out=$("$tmp/consumer/example")
+echo "$out"
+[ "$out" = "demo/weights <f4 4194304 bytes, w[3] = 1.5" ] || { echo "unexpected output"; exit 1; }
+out=$("$tmp/example-pc")
+[ "$out" = "demo/weights <f4 4194304 bytes, w[3] = 1.5" ] || { echo "unexpected output (pkg-config)"; exit 1; }
+echo "install check passed"
