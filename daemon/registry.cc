@@ -159,3 +159,65 @@ Status Registry::List(std::string_view pattern, std::string_view start_after,
 }
 
 }  // namespace shmbroker::daemon
+
+namespace shmbroker::daemon {
+
+Result<PurgeResult> Registry::Purge(const PurgeSelector& sel, const Credentials& creds,
+                                    bool dry_run) {
+  if (sel.empty()) {
+    return Status::InvalidArgument(
+        "purge needs at least one selector (patterns, orphans, older than, owner, unattached or "
+        "all)");
+  }
+  for (const auto& p : sel.patterns) {
+    if (p.empty() || p.size() > kMaxPatternBytes) {
+      return Status::InvalidArgument("purge patterns must be 1 to " +
+                                     std::to_string(kMaxPatternBytes) + " bytes");
+    }
+  }
+  std::int64_t now = NowUnixNs();
+  auto matches = [&](const Segment& s) {
+    if (!sel.patterns.empty() &&
+        std::none_of(sel.patterns.begin(), sel.patterns.end(), [&](const std::string& p) {
+          return ::fnmatch(p.c_str(), s.name().c_str(), 0) == 0;
+        })) {
+      return false;
+    }
+    if (sel.orphans && (s.attachments() != 0 || IsConnectionOpen(s.creator_connection()))) {
+      return false;
+    }
+    if (sel.unattached && s.attachments() != 0) return false;
+    if (sel.owner_uid && s.uid() != *sel.owner_uid) return false;
+    if (sel.older_than_seconds) {
+      // Saturate: a huge duration selects nothing rather than overflowing.
+      std::uint64_t limit_s = std::min<std::uint64_t>(*sel.older_than_seconds, 1ull << 32);
+      std::int64_t age = now - s.created_unix_ns();
+      if (age < static_cast<std::int64_t>(limit_s) * 1'000'000'000) return false;
+    }
+    return true;
+  };
+  PurgeResult result;
+  for (auto it = segments_.begin(); it != segments_.end();) {
+    const Segment& s = *it->second;
+    if (!matches(s)) {
+      ++it;
+      continue;
+    }
+    if (creds.uid != 0 && creds.uid != s.uid()) {
+      ++result.skipped_not_owner;
+      ++it;
+      continue;
+    }
+    result.bytes_freed += s.nbytes();
+    result.removed.push_back(it->second);
+    if (dry_run) {
+      ++it;
+    } else {
+      bytes_held_ -= s.nbytes();
+      it = segments_.erase(it);
+    }
+  }
+  return result;
+}
+
+}  // namespace shmbroker::daemon

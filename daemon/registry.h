@@ -9,6 +9,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <string_view>
@@ -76,6 +77,26 @@ class Segment {
   UniqueFd ro_fd_;
 };
 
+// Which segments a purge removes: those matching every selector that is set.
+struct PurgeSelector {
+  std::vector<std::string> patterns;  // Any of these globs.
+  bool orphans = false;               // No attachments and the creating connection closed.
+  std::optional<std::uint64_t> older_than_seconds;
+  std::optional<std::uint32_t> owner_uid;
+  bool unattached = false;
+  bool all = false;
+
+  bool empty() const {
+    return patterns.empty() && !orphans && !older_than_seconds && !owner_uid && !unattached && !all;
+  }
+};
+
+struct PurgeResult {
+  std::vector<std::shared_ptr<Segment>> removed;  // In name order.
+  std::uint64_t bytes_freed = 0;
+  std::uint64_t skipped_not_owner = 0;
+};
+
 struct RegistryOptions {
   std::uint64_t max_memory = 0;  // 0: no cap beyond the machine's.
   // Seams for tests (fault injection without flags in production code).
@@ -107,6 +128,10 @@ class Registry {
   // name order, while `visit` returns true.
   Status List(std::string_view pattern, std::string_view start_after,
               const std::function<bool(const Segment&)>& visit) const;
+
+  // Unlinks (or with `dry_run` only reports) every segment matching `selector` that `creds` may
+  // unlink; INVALID_ARGUMENT for an empty selector or a bad pattern.
+  Result<PurgeResult> Purge(const PurgeSelector& selector, const Credentials& creds, bool dry_run);
 
   void Attach(Segment& s) { ++s.attachments_; }
   void Detach(Segment& s) {

@@ -16,8 +16,8 @@ static_assert(static_cast<int>(Code::kUnavailable) == wire::UNAVAILABLE &&
               "shmbroker::Code must match the wire codes");
 
 constexpr std::string_view kOpNames[] = {"none",   "hello", "create", "attach", "detach",
-                                         "unlink", "stat",  "list",   "stats"};
-static_assert(std::size(kOpNames) == wire::Request::kStats + 1);
+                                         "unlink", "stat",  "list",   "stats",  "purge"};
+static_assert(std::size(kOpNames) == wire::Request::kPurge + 1);
 
 Access FromWire(wire::Access a) {
   return a == wire::READ_WRITE ? Access::kReadWrite : Access::kReadOnly;
@@ -73,8 +73,10 @@ Outcome RequestHandler::Handle(Session& session, std::span<const std::byte> pack
     return ProtocolError(session, "the request has no known operation (a newer client?)");
   }
   ++requests_[request.body_case()];
-  spdlog::debug("client {}: {} {}", session.id, kOpNames[request.body_case()],
-                request.ShortDebugString());
+  if (spdlog::should_log(spdlog::level::debug)) {  // Formatting the request is not free.
+    spdlog::debug("client {}: {} {}", session.id, kOpNames[request.body_case()],
+                  request.ShortDebugString());
+  }
   if (!session.greeted && request.body_case() != wire::Request::kHello) {
     return ProtocolError(session, "the first request must be hello");
   }
@@ -99,6 +101,8 @@ Outcome RequestHandler::Dispatch(Session& session, const wire::Request& request)
       return List(session, request.list());
     case wire::Request::kStats:
       return Stats(session);
+    case wire::Request::kPurge:
+      return Purge(session, request.purge());
     case wire::Request::BODY_NOT_SET:
       break;
   }
@@ -276,7 +280,7 @@ Outcome RequestHandler::Stats(Session&) {
   r->set_bytes_held(registry_.bytes_held());
   r->set_max_memory(registry_.max_memory());
   r->set_clients(clients_);
-  for (int op = wire::Request::kHello; op <= wire::Request::kStats; ++op) {
+  for (int op = wire::Request::kHello; op <= wire::Request::kPurge; ++op) {
     auto* c = r->add_requests();
     c->set_name(std::string(kOpNames[op]));
     c->set_value(requests_[op]);
@@ -285,6 +289,40 @@ Outcome RequestHandler::Stats(Session&) {
     auto* c = r->add_errors();
     c->set_name(std::string(CodeName(static_cast<Code>(code))));
     c->set_value(errors_[code]);
+  }
+  return out;
+}
+
+Outcome RequestHandler::Purge(Session& session, const wire::PurgeRequest& req) {
+  PurgeSelector sel;
+  sel.patterns.assign(req.patterns().begin(), req.patterns().end());
+  sel.orphans = req.orphans();
+  if (req.has_older_than_seconds()) sel.older_than_seconds = req.older_than_seconds();
+  if (req.has_owner_uid()) sel.owner_uid = req.owner_uid();
+  sel.unattached = req.unattached();
+  sel.all = req.all();
+  auto result = registry_.Purge(sel, session.creds, req.dry_run());
+  if (!result.ok()) return Error(result.status());
+  Outcome out;
+  auto* r = out.reply.mutable_purge();
+  r->set_removed_count(result->removed.size());
+  r->set_bytes_freed(result->bytes_freed);
+  r->set_skipped_not_owner(result->skipped_not_owner);
+  std::size_t bytes = 0;
+  for (const auto& seg : result->removed) {
+    if (!req.dry_run()) {
+      spdlog::info("purged '{}' ({} bytes) by uid {} pid {}", seg->name(), seg->nbytes(),
+                   session.creds.uid, session.creds.pid);
+    }
+    if (bytes >= kListPageBytes) {
+      r->set_truncated(true);
+      continue;
+    }
+    auto* p = r->add_removed();
+    p->set_name(seg->name());
+    p->set_nbytes(seg->nbytes());
+    p->set_uid(seg->uid());
+    bytes += p->ByteSizeLong() + 4;
   }
   return out;
 }

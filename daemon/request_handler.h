@@ -73,6 +73,7 @@ class RequestHandler {
   Outcome Stat(Session& session, const wire::StatRequest& req);
   Outcome List(Session& session, const wire::ListRequest& req);
   Outcome Stats(Session& session);
+  Outcome Purge(Session& session, const wire::PurgeRequest& req);
 
   // An attachment of `segment` for `session`, with the region fd when the connection needs it.
   Outcome AttachReply(Session& session, std::shared_ptr<Segment> segment, Access access);
@@ -82,7 +83,7 @@ class RequestHandler {
   Registry& registry_;
   ServerInfo info_;
   std::uint32_t clients_ = 0;
-  std::array<std::uint64_t, wire::Request::kStats + 1> requests_{};
+  std::array<std::uint64_t, wire::Request::kPurge + 1> requests_{};
   std::array<std::uint64_t, kMaxCode + 1> errors_{};
 };
 

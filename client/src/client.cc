@@ -375,6 +375,28 @@ Result<DaemonStats> Client::Stats() {
   return d;
 }
 
+Result<PurgeResult> Client::Purge(const PurgeOptions& o) {
+  wire::Request req;
+  auto* p = req.mutable_purge();
+  for (const auto& pattern : o.patterns) p->add_patterns(pattern);
+  p->set_orphans(o.orphans);
+  if (o.older_than) p->set_older_than_seconds(static_cast<std::uint64_t>(o.older_than->count()));
+  if (o.owner_uid) p->set_owner_uid(*o.owner_uid);
+  p->set_unattached(o.unattached);
+  p->set_all(o.all);
+  p->set_dry_run(o.dry_run);
+  auto reply = core_->Call(req, wire::Reply::kPurge);
+  if (!reply.ok()) return reply.status();
+  const auto& r = reply->purge();
+  PurgeResult result;
+  for (const auto& x : r.removed()) result.removed.push_back({x.name(), x.nbytes(), x.uid()});
+  result.truncated = r.truncated();
+  result.removed_count = r.removed_count();
+  result.bytes_freed = r.bytes_freed();
+  result.skipped_not_owner = r.skipped_not_owner();
+  return result;
+}
+
 const ServerInfo& Client::server() const { return core_->server(); }
 const std::string& Client::socket_path() const { return core_->path(); }
 

@@ -108,6 +108,36 @@ TEST(Protocol, AttachDetachUnlinkStatListStatsRoundTrip) {
   EXPECT_EQ(parsed.body_case(), Request::kStats);  // An empty body still names its operation.
 }
 
+TEST(Protocol, PurgeRoundTrips) {
+  Request r;
+  auto* p = r.mutable_purge();
+  p->add_patterns("job7/*");
+  p->add_patterns("tmp/?");
+  p->set_orphans(true);
+  p->set_older_than_seconds(0);  // Present but zero: "older than 0s" selects everything.
+  p->set_owner_uid(0);           // Present but zero: root's segments.
+  p->set_unattached(true);
+  p->set_all(true);
+  p->set_dry_run(true);
+  ExpectRoundTrip(r);
+  Request parsed;
+  ASSERT_TRUE(parsed.ParseFromString(r.SerializeAsString()));
+  EXPECT_TRUE(parsed.purge().has_older_than_seconds());
+  EXPECT_TRUE(parsed.purge().has_owner_uid());
+
+  Reply reply;
+  auto* pr = reply.mutable_purge();
+  auto* x = pr->add_removed();
+  x->set_name("job7/a");
+  x->set_nbytes(4096);
+  x->set_uid(1000);
+  pr->set_truncated(true);
+  pr->set_removed_count(12);
+  pr->set_bytes_freed(1 << 20);
+  pr->set_skipped_not_owner(3);
+  ExpectRoundTrip(reply);
+}
+
 TEST(Protocol, HelloReplyRoundTrips) {
   Reply r;
   auto* h = r.mutable_hello();

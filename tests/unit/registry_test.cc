@@ -244,3 +244,77 @@ TEST(Registry, AttachmentsAndCreatorConnection) {
 
 }  // namespace
 }  // namespace shmbroker::daemon
+
+namespace shmbroker::daemon {
+namespace {
+
+std::vector<std::string> PurgedNames(const Result<PurgeResult>& r) {
+  std::vector<std::string> out;
+  if (r.ok()) {
+    for (const auto& s : r->removed) out.push_back(s->name());
+  }
+  return out;
+}
+
+class PurgeTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    reg_.ConnectionOpened(1);
+    reg_.ConnectionOpened(2);
+    auto make = [&](const char* name, const Credentials& who, std::uint64_t conn) {
+      auto s = reg_.Create(Spec(name, {100}, "|u1"), who, conn);
+      EXPECT_TRUE(s.ok()) << s.status().ToString();
+      return s.ok() ? *s : nullptr;
+    };
+    a_ = make("job7/a", kAlice, 1);      // Creator connected, attached below.
+    b_ = make("job7/b", kAlice, 2);      // Creator will disconnect: an orphan.
+    c_ = make("job8/c", User(2000), 2);  // Someone else's, also an orphan.
+    reg_.Attach(*a_);
+    reg_.ConnectionClosed(2);
+  }
+  Registry reg_;
+  std::shared_ptr<Segment> a_, b_, c_;
+};
+
+TEST_F(PurgeTest, RefusesWithoutASelector) {
+  auto r = reg_.Purge(PurgeSelector{}, kRoot, false);
+  EXPECT_EQ(r.status().code(), Code::kInvalidArgument);
+  EXPECT_EQ(reg_.size(), 3u);
+}
+
+TEST_F(PurgeTest, EachSelectorAndTheirConjunction) {
+  EXPECT_EQ(PurgedNames(reg_.Purge({.orphans = true}, kRoot, true)),
+            (std::vector<std::string>{"job7/b", "job8/c"}));
+  EXPECT_EQ(PurgedNames(reg_.Purge({.unattached = true}, kRoot, true)),
+            (std::vector<std::string>{"job7/b", "job8/c"}));
+  EXPECT_EQ(PurgedNames(reg_.Purge({.owner_uid = 2000}, kRoot, true)),
+            (std::vector<std::string>{"job8/c"}));
+  EXPECT_EQ(PurgedNames(reg_.Purge({.patterns = {"job7/*"}}, kRoot, true)),
+            (std::vector<std::string>{"job7/a", "job7/b"}));
+  EXPECT_EQ(PurgedNames(reg_.Purge({.patterns = {"job7/*", "*/c"}, .orphans = true}, kRoot, true)),
+            (std::vector<std::string>{"job7/b", "job8/c"}));
+  EXPECT_EQ(PurgedNames(reg_.Purge({.older_than_seconds = 3600}, kRoot, true)),
+            std::vector<std::string>{});
+  EXPECT_EQ(PurgedNames(reg_.Purge({.older_than_seconds = 0}, kRoot, true)).size(), 3u);
+  EXPECT_EQ(PurgedNames(reg_.Purge({.all = true}, kRoot, true)).size(), 3u);
+  EXPECT_EQ(reg_.size(), 3u);  // All of those were dry runs.
+}
+
+TEST_F(PurgeTest, NonRootRemovesOnlyItsOwnAndCountsTheRest) {
+  auto r = reg_.Purge({.orphans = true}, kAlice, false);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(PurgedNames(r), std::vector<std::string>{"job7/b"});
+  EXPECT_EQ(r->skipped_not_owner, 1u);
+  EXPECT_EQ(r->bytes_freed, 100u);
+  EXPECT_EQ(reg_.size(), 2u);
+  EXPECT_EQ(reg_.bytes_held(), 200u);
+  EXPECT_EQ(reg_.Find("job7/b").status().code(), Code::kNotFound);
+  auto all = reg_.Purge({.all = true}, kRoot, false);
+  ASSERT_TRUE(all.ok());
+  EXPECT_EQ(all->removed.size(), 2u);
+  EXPECT_EQ(reg_.size(), 0u);
+  EXPECT_EQ(reg_.bytes_held(), 0u);
+}
+
+}  // namespace
+}  // namespace shmbroker::daemon

@@ -9,9 +9,11 @@
 // wire protocol's. Nothing throws except std::bad_alloc.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -68,6 +70,30 @@ struct DaemonStats {
   std::map<std::string, std::uint64_t> errors;    // By code name: "NOT_FOUND", ...
 };
 
+// Which segments Client::Purge removes: those matching every selector that is set.
+struct PurgeOptions {
+  std::vector<std::string> patterns;  // Name matches any of these globs.
+  bool orphans = false;               // No attachments and the creating connection has closed.
+  std::optional<std::chrono::seconds> older_than;
+  std::optional<std::uint32_t> owner_uid;
+  bool unattached = false;  // No live attachments.
+  bool all = false;         // Every segment (still subject to ownership).
+  bool dry_run = false;     // Only report what would be removed.
+};
+
+struct PurgeResult {
+  struct Removed {
+    std::string name;
+    std::uint64_t nbytes = 0;
+    std::uint32_t uid = 0;
+  };
+  std::vector<Removed> removed;  // In name order; may be cut short, see `truncated`.
+  bool truncated = false;
+  std::uint64_t removed_count = 0;
+  std::uint64_t bytes_freed = 0;
+  std::uint64_t skipped_not_owner = 0;  // Matched, but a non-root caller does not own them.
+};
+
 // A connection to shmbrokerd. Thread-safe: one Client may be shared by any number of threads
 // (requests are serialized on its one connection). Move-only. The connection closes when the
 // Client and every Segment obtained from it are gone. A lost connection is not re-established:
@@ -110,6 +136,11 @@ class Client {
   Result<std::vector<SegmentInfo>> List(std::string_view pattern = {});
 
   Result<DaemonStats> Stats();
+
+  // Unlinks every segment matching all the selectors in one request (no race between choosing
+  // and unlinking). INVALID_ARGUMENT when no selector is set. Non-root callers remove only their
+  // own segments.
+  Result<PurgeResult> Purge(const PurgeOptions& options);
 
   const ServerInfo& server() const;
   const std::string& socket_path() const;
