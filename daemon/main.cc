@@ -11,6 +11,7 @@
 
 #include "server.h"
 #include "shmbroker/version.h"
+#include "systemd.h"
 #include "validate.h"
 #include "wire.h"
 
@@ -70,7 +71,9 @@ int main(int argc, char** argv) {
     asio::io_context io(1);
     daemon::Server server(io, {.socket_path = wire::ResolveSocketPath(socket),
                                .max_memory = *max_memory,
-                               .version = SHMBROKER_VERSION});
+                               .version = SHMBROKER_VERSION,
+                               .notifier = daemon::Notifier::FromEnvironment(),
+                               .inherited = daemon::TakeListenFds()});
     if (Status s = server.Listen(); !s.ok()) {
       spdlog::critical("cannot start: {}", s.message());
       return 1;

@@ -95,6 +95,8 @@ Result<UniqueFd> ReopenReadOnly(int fd) {
 
 std::uint64_t AvailableMemory() {
   std::string meminfo = Slurp("/proc/meminfo");
+  // Unknowable (e.g. /proc hidden by a sandbox): let fallocate decide.
+  if (meminfo.find("MemAvailable:") == std::string::npos) return ~std::uint64_t{0};
   std::uint64_t avail =
       (ReadMeminfoKiB(meminfo, "MemAvailable:") + ReadMeminfoKiB(meminfo, "SwapFree:")) * 1024;
   // cgroup v2: "0::/system.slice/shmbroker.service"

@@ -1,6 +1,8 @@
 #include "registry.h"
 
+#include <fcntl.h>
 #include <fnmatch.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <chrono>
@@ -25,7 +27,7 @@ constexpr std::uint64_t kCheckAvailableAbove = std::uint64_t{64} << 20;
 }  // namespace
 
 Segment::Segment(std::uint64_t id, SegmentSpec spec, std::uint64_t nbytes, const Credentials& owner,
-                 std::uint64_t creator_connection, UniqueFd fd)
+                 std::uint64_t creator_connection, UniqueFd fd, std::int64_t created_unix_ns)
     : id_(id),
       spec_(std::move(spec)),
       nbytes_(nbytes),
@@ -33,7 +35,7 @@ Segment::Segment(std::uint64_t id, SegmentSpec spec, std::uint64_t nbytes, const
       gid_(owner.gid),
       creator_pid_(owner.pid),
       creator_connection_(creator_connection),
-      created_unix_ns_(NowUnixNs()),
+      created_unix_ns_(created_unix_ns != 0 ? created_unix_ns : NowUnixNs()),
       rw_fd_(std::move(fd)) {}
 
 Result<int> Segment::Fd(Access access) {
@@ -99,7 +101,40 @@ Result<std::shared_ptr<Segment>> Registry::Create(SegmentSpec spec, const Creden
                                        std::move(fd).value());
   segments_.emplace(std::move(name), seg);
   bytes_held_ += size;
+  if (options_.on_created) options_.on_created(*seg);
   return seg;
+}
+
+Status Registry::Restore(std::uint64_t id, SegmentSpec spec, const Credentials& owner,
+                         std::int64_t created_unix_ns, UniqueFd fd) {
+  if (Status s = ValidateName(spec.name); !s.ok()) return s;
+  auto itemsize = ParseDtype(spec.dtype);
+  if (!itemsize.ok()) return itemsize.status();
+  auto nbytes = ComputeNbytes(*itemsize, spec.shape);
+  if (!nbytes.ok()) return nbytes.status();
+  if (Status s = ValidateMode(spec.mode); !s.ok()) return s;
+  if (Status s = ValidateAttrs(spec.attrs); !s.ok()) return s;
+  if (id == 0) return Status::InvalidArgument("segment id 0");
+  if (segments_.find(spec.name) != segments_.end()) {
+    return Status::AlreadyExists("a segment named " + Quoted(spec.name) + " exists already");
+  }
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode) ||
+      static_cast<std::uint64_t>(st.st_size) != *nbytes) {
+    return Status::FailedPrecondition("the memory of " + Quoted(spec.name) + " is not " +
+                                      std::to_string(*nbytes) + " bytes");
+  }
+  int seals = ::fcntl(fd.get(), F_GET_SEALS);
+  if (seals < 0 || (seals & (F_SEAL_GROW | F_SEAL_SHRINK)) != (F_SEAL_GROW | F_SEAL_SHRINK)) {
+    return Status::FailedPrecondition("the memory of " + Quoted(spec.name) + " is not sealed");
+  }
+  std::string name = spec.name;
+  auto seg = std::make_shared<Segment>(id, std::move(spec), *nbytes, owner, /*connection=*/0,
+                                       std::move(fd), created_unix_ns);
+  segments_.emplace(std::move(name), std::move(seg));
+  bytes_held_ += *nbytes;
+  next_id_ = std::max(next_id_, id + 1);
+  return Status::Ok();
 }
 
 Result<std::shared_ptr<Segment>> Registry::Find(std::string_view name) {
@@ -139,6 +174,7 @@ Status Registry::Unlink(std::string_view name, const Credentials& creds) {
                                     std::to_string(creds.uid));
   }
   bytes_held_ -= s.nbytes();
+  if (options_.on_removed) options_.on_removed(s);
   segments_.erase(it);
   return Status::Ok();
 }
@@ -214,6 +250,7 @@ Result<PurgeResult> Registry::Purge(const PurgeSelector& sel, const Credentials&
       ++it;
     } else {
       bytes_held_ -= s.nbytes();
+      if (options_.on_removed) options_.on_removed(s);
       it = segments_.erase(it);
     }
   }

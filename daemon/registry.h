@@ -44,8 +44,9 @@ struct SegmentSpec {
 // reference at unlink, attachments and replies in flight hold theirs.
 class Segment {
  public:
+  // `created_unix_ns` 0 means now.
   Segment(std::uint64_t id, SegmentSpec spec, std::uint64_t nbytes, const Credentials& owner,
-          std::uint64_t creator_connection, UniqueFd fd);
+          std::uint64_t creator_connection, UniqueFd fd, std::int64_t created_unix_ns = 0);
 
   std::uint64_t id() const { return id_; }
   const SegmentSpec& spec() const { return spec_; }
@@ -60,6 +61,9 @@ class Segment {
 
   // Region ids name (memory, access) pairs: a read-only and a read-write region per segment.
   std::uint64_t RegionId(Access access) const { return id_ * 2 + (access == Access::kReadWrite); }
+
+  // The read-write memfd (the daemon's own reference to the memory).
+  int memfd() const { return rw_fd_.get(); }
 
   // The descriptor to hand out for `access` (the read-only one is opened on first use).
   Result<int> Fd(Access access);
@@ -103,6 +107,10 @@ struct RegistryOptions {
   std::function<std::uint64_t()> available_memory = AvailableMemory;
   std::function<Result<UniqueFd>(const std::string&, std::uint64_t)> make_memfd =
       CreateSegmentMemfd;
+  // Told of every segment added by Create and removed by Unlink or Purge (not of restored ones),
+  // e.g. to keep systemd's fd store in step.
+  std::function<void(const Segment&)> on_created;
+  std::function<void(const Segment&)> on_removed;
 };
 
 class Registry {
@@ -113,6 +121,11 @@ class Registry {
   // RESOURCE_EXHAUSTED over the cap or out of memory, INVALID_ARGUMENT for a bad spec.
   Result<std::shared_ptr<Segment>> Create(SegmentSpec spec, const Credentials& creds,
                                           std::uint64_t connection);
+
+  // Re-registers a segment that survived a daemon restart (its memory and metadata came back
+  // through systemd's fd store). Checks the spec and that `fd` is a memfd of the right size.
+  Status Restore(std::uint64_t id, SegmentSpec spec, const Credentials& owner,
+                 std::int64_t created_unix_ns, UniqueFd fd);
 
   // The segment, if `creds` may access it so. NOT_FOUND / PERMISSION_DENIED.
   Result<std::shared_ptr<Segment>> Open(std::string_view name, Access access,

@@ -61,6 +61,7 @@ class RequestHandler {
   Outcome ProtocolError(Session& session, const std::string& why);
 
   Registry& registry() { return registry_; }
+  void set_socket_path(std::string path) { info_.socket_path = std::move(path); }
   std::uint32_t clients() const { return clients_; }
 
  private:

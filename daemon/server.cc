@@ -1,9 +1,11 @@
 #include "server.h"
 
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
+#include <cstddef>
 
 #include <cerrno>
 #include <chrono>
@@ -44,14 +46,104 @@ bool DaemonAnswers(const std::string& path) {
 Server::Server(asio::io_context& io, ServerOptions options)
     : io_(io),
       options_(std::move(options)),
-      registry_(RegistryOptions{.max_memory = options_.max_memory}),
+      registry_(RegistryOptions{.max_memory = options_.max_memory,
+                                .on_created =
+                                    [this](const Segment& s) {
+                                      if (fd_store_) fd_store_->Added(s);
+                                    },
+                                .on_removed =
+                                    [this](const Segment& s) {
+                                      if (fd_store_) fd_store_->Removed(s);
+                                    }}),
       handler_(registry_, ServerInfo{options_.version, options_.socket_path, NowUnixNs()}),
       acceptor_(io),
-      retry_timer_(io) {}
+      retry_timer_(io),
+      tick_timer_(io),
+      notify_timer_(io) {
+  if (options_.notifier) {
+    fd_store_.emplace(*options_.notifier);
+    options_.notifier->on_backlog = [this] { ScheduleNotifyFlush(); };
+  }
+}
+
+void Server::ScheduleNotifyFlush() {
+  if (notify_retry_pending_) return;
+  notify_retry_pending_ = true;
+  notify_timer_.expires_after(std::chrono::milliseconds(5));
+  notify_timer_.async_wait([this](const asio::error_code& ec) {
+    notify_retry_pending_ = false;
+    if (!ec && !options_.notifier->Flush()) ScheduleNotifyFlush();
+  });
+}
 
 Server::~Server() { Stop(); }
 
 Status Server::Listen() {
+  wire::UniqueFd listener;
+  for (auto& lf : options_.inherited) {
+    if (lf.fd && !listener && IsListeningSeqPacket(lf.fd.get())) listener = std::move(lf.fd);
+  }
+  // Segments that survived a restart come back before the first client is served.
+  if (fd_store_) {
+    std::size_t restored = fd_store_->Restore(options_.inherited, registry_);
+    if (restored > 0) {
+      spdlog::info("restored {} segments ({} bytes) from the service manager's fd store", restored,
+                   registry_.bytes_held());
+    }
+  }
+  for (auto& lf : options_.inherited) {
+    if (lf.fd) spdlog::warn("ignoring inherited fd {} named '{}'", lf.fd.get(), lf.name);
+  }
+  options_.inherited.clear();
+
+  if (listener) {
+    sockaddr_un addr{};
+    socklen_t len = sizeof(addr);
+    if (::getsockname(listener.get(), reinterpret_cast<sockaddr*>(&addr), &len) == 0 &&
+        len > offsetof(sockaddr_un, sun_path) && addr.sun_path[0] != '\0') {
+      options_.socket_path = addr.sun_path;
+      handler_.set_socket_path(options_.socket_path);
+    }
+    ::fcntl(listener.get(), F_SETFL, ::fcntl(listener.get(), F_GETFL) | O_NONBLOCK);
+    asio::error_code ec;
+    acceptor_.assign(SeqPacket(AF_UNIX, SOCK_SEQPACKET), listener.get(), ec);
+    if (ec) return Status::Internal("adopting the inherited listening socket: " + ec.message());
+    listener.release();
+    spdlog::info("using the listening socket passed by the service manager");
+  } else if (Status s = Bind(); !s.ok()) {
+    return s;
+  }
+  Accept();
+  if (options_.notifier) {
+    watchdog_ = Notifier::WatchdogInterval();
+    options_.notifier->Send("READY=1\nSTATUS=" + StatusLine());
+    Tick();
+  }
+  return Status::Ok();
+}
+
+std::string Server::StatusLine() const {
+  return std::to_string(registry_.size()) + " segments, " + std::to_string(registry_.bytes_held()) +
+         " bytes, " + std::to_string(handler_.clients()) + " clients";
+}
+
+void Server::Tick() {
+  if (stopped_) return;
+  if (watchdog_) options_.notifier->Send("WATCHDOG=1");
+  if (std::string status = StatusLine(); status != last_status_) {
+    options_.notifier->Send("STATUS=" + status);
+    last_status_ = std::move(status);
+  }
+  // STATUS is refreshed once a second; the watchdog at half its timeout if that is sooner.
+  std::chrono::steady_clock::duration next = std::chrono::seconds(1);
+  if (watchdog_ && *watchdog_ < next) next = *watchdog_;
+  tick_timer_.expires_after(next);
+  tick_timer_.async_wait([this](const asio::error_code& ec) {
+    if (!ec) Tick();
+  });
+}
+
+Status Server::Bind() {
   const std::string& path = options_.socket_path;
   sockaddr_un addr;
   if (!MakeAddress(path, addr)) {
@@ -104,7 +196,6 @@ Status Server::Listen() {
   if (ec) return Status::Internal("adopting the listening socket: " + ec.message());
   fd.release();
   acceptor_.non_blocking(true, ec);
-  Accept();
   return Status::Ok();
 }
 
@@ -133,10 +224,18 @@ void Server::Accept() {
 }
 
 void Server::Stop() {
-  if (!acceptor_.is_open() && connections_.size() == 0 && !bound_) return;
+  if (stopped_) return;
+  stopped_ = true;
+  if (options_.notifier) {
+    options_.notifier->Send("STOPPING=1");
+    // The loop is ending: give the manager a moment to take what is still queued.
+    for (int i = 0; i < 100 && !options_.notifier->Flush(); ++i) ::usleep(10 * 1000);
+    notify_timer_.cancel();
+  }
   asio::error_code ignored;
   acceptor_.close(ignored);
   retry_timer_.cancel();
+  tick_timer_.cancel();
   connections_.StopAll();
   if (bound_) {
     // Remove the file only if it is still ours (a successor may have replaced it).

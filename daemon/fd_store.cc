@@ -1,0 +1,154 @@
+#include "fd_store.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+#include <map>
+
+#include <spdlog/spdlog.h>
+
+#include "store.pb.h"
+
+namespace shmbroker::daemon {
+namespace {
+
+constexpr std::size_t kMaxMetaBytes = 1 << 20;
+
+std::string DataName(std::uint64_t id) { return "seg-" + std::to_string(id); }
+std::string MetaName(std::uint64_t id) { return "meta-" + std::to_string(id); }
+
+// "seg-12" -> (true, 12); "meta-12" -> (false, 12).
+bool ParseStoreName(const std::string& name, bool& data, std::uint64_t& id) {
+  std::string_view digits;
+  if (name.rfind("seg-", 0) == 0) {
+    data = true;
+    digits = std::string_view(name).substr(4);
+  } else if (name.rfind("meta-", 0) == 0) {
+    data = false;
+    digits = std::string_view(name).substr(5);
+  } else {
+    return false;
+  }
+  auto [p, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), id);
+  return ec == std::errc() && p == digits.data() + digits.size() && !digits.empty() && id != 0;
+}
+
+wire::UniqueFd MakeMetaMemfd(const Segment& s) {
+  store::StoredSegment stored;
+  stored.set_format(1);
+  stored.set_id(s.id());
+  auto* info = stored.mutable_info();
+  const SegmentSpec& spec = s.spec();
+  info->set_name(spec.name);
+  info->set_dtype(spec.dtype);
+  for (auto d : spec.shape) info->add_shape(d);
+  info->set_order(spec.order == Order::kF ? wire::ORDER_F : wire::ORDER_C);
+  info->set_nbytes(s.nbytes());
+  info->mutable_attrs()->insert(spec.attrs.begin(), spec.attrs.end());
+  info->set_uid(s.uid());
+  info->set_gid(s.gid());
+  info->set_creator_pid(s.creator_pid());
+  info->set_created_unix_ns(s.created_unix_ns());
+  info->set_mode(spec.mode);
+  std::string bytes = stored.SerializeAsString();
+
+  wire::UniqueFd fd(
+      ::memfd_create(("shmbroker-meta:" + spec.name).c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  if (!fd) return fd;
+  if (::write(fd.get(), bytes.data(), bytes.size()) != static_cast<ssize_t>(bytes.size()) ||
+      ::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) !=
+          0) {
+    return {};
+  }
+  return fd;
+}
+
+}  // namespace
+
+void FdStore::Added(const Segment& s) {
+  wire::UniqueFd meta = MakeMetaMemfd(s);
+  if (!meta) {
+    spdlog::warn("cannot write restart metadata for '{}': {}; it will not survive a restart",
+                 s.name(), std::strerror(errno));
+    return;
+  }
+  // The store keeps its own reference; ours stays with the segment. The data goes first: a
+  // metadata entry without its data is dropped at restore.
+  wire::UniqueFd data(::fcntl(s.memfd(), F_DUPFD_CLOEXEC, 3));
+  if (!data) {
+    spdlog::warn("cannot hand '{}' to the fd store: {}", s.name(), std::strerror(errno));
+    return;
+  }
+  notifier_.Send("FDSTORE=1\nFDNAME=" + DataName(s.id()), std::move(data));
+  notifier_.Send("FDSTORE=1\nFDNAME=" + MetaName(s.id()), std::move(meta));
+}
+
+void FdStore::Removed(const Segment& s) { Drop(s.id()); }
+
+void FdStore::Drop(std::uint64_t id) {
+  notifier_.Send("FDSTOREREMOVE=1\nFDNAME=" + DataName(id));
+  notifier_.Send("FDSTOREREMOVE=1\nFDNAME=" + MetaName(id));
+}
+
+std::size_t FdStore::Restore(std::vector<ListenFd>& fds, Registry& registry) {
+  struct Pair {
+    wire::UniqueFd data, meta;
+  };
+  std::map<std::uint64_t, Pair> pairs;
+  for (auto& lf : fds) {
+    bool data = false;
+    std::uint64_t id = 0;
+    if (!lf.fd || !ParseStoreName(lf.name, data, id)) continue;
+    Pair& p = pairs[id];
+    (data ? p.data : p.meta) = std::move(lf.fd);
+  }
+  std::size_t restored = 0;
+  for (auto& [id, p] : pairs) {
+    auto skip = [&, id = id](const std::string& why) {
+      spdlog::warn("stored segment {}: {}; dropping it from the fd store", id, why);
+      Drop(id);
+    };
+    if (!p.data || !p.meta) {
+      skip(p.data ? "its metadata is missing" : "its memory is missing");
+      continue;
+    }
+    struct stat st {};
+    if (::fstat(p.meta.get(), &st) != 0 || st.st_size <= 0 ||
+        static_cast<std::size_t>(st.st_size) > kMaxMetaBytes) {
+      skip("unreadable metadata");
+      continue;
+    }
+    std::string bytes(static_cast<std::size_t>(st.st_size), '\0');
+    store::StoredSegment stored;
+    if (::pread(p.meta.get(), bytes.data(), bytes.size(), 0) != st.st_size ||
+        !stored.ParseFromString(bytes) || stored.format() != 1 || stored.id() != id) {
+      skip("corrupt metadata");
+      continue;
+    }
+    const auto& info = stored.info();
+    SegmentSpec spec;
+    spec.name = info.name();
+    spec.dtype = info.dtype();
+    spec.shape.assign(info.shape().begin(), info.shape().end());
+    spec.order = info.order() == wire::ORDER_F ? Order::kF : Order::kC;
+    spec.mode = info.mode();
+    spec.attrs.insert(info.attrs().begin(), info.attrs().end());
+    Credentials owner{info.uid(), info.gid(), info.creator_pid(), {}};
+    std::string name = spec.name;
+    Status s =
+        registry.Restore(id, std::move(spec), owner, info.created_unix_ns(), std::move(p.data));
+    if (!s.ok()) {
+      skip("'" + name + "': " + s.ToString());
+      continue;
+    }
+    ++restored;
+  }
+  return restored;
+}
+
+}  // namespace shmbroker::daemon

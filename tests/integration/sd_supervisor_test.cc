@@ -1,0 +1,392 @@
+// The test plays systemd's part of the protocols shmbrokerd speaks: it owns the listening socket
+// (socket activation through $LISTEN_FDS), receives the notify datagrams (READY, STATUS,
+// WATCHDOG, STOPPING) and keeps the fd store (FDSTORE / FDSTOREREMOVE), and restarts the daemon
+// with the stored fds after a SIGKILL.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <shmbroker/client.h>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "wire.h"
+
+namespace shmbroker {
+namespace {
+
+using namespace std::chrono_literals;
+using wire::UniqueFd;
+using Clock = std::chrono::steady_clock;
+
+std::vector<std::string> Lines(const std::string& s) {
+  std::vector<std::string> out;
+  std::size_t pos = 0;
+  while (pos < s.size()) {
+    std::size_t nl = s.find('\n', pos);
+    out.push_back(s.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos));
+    if (nl == std::string::npos) break;
+    pos = nl + 1;
+  }
+  return out;
+}
+
+class FakeSystemd {
+ public:
+  FakeSystemd() {
+    char tmpl[] = "/tmp/shmbroker-sd-XXXXXX";
+    dir_ = ::mkdtemp(tmpl);
+    socket_path_ = dir_ + "/shmbroker.sock";
+    notify_path_ = dir_ + "/notify.sock";
+
+    listener_.reset(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+    sockaddr_un addr = Address(socket_path_);
+    EXPECT_EQ(::bind(listener_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    EXPECT_EQ(::listen(listener_.get(), 64), 0);
+
+    notify_.reset(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    addr = Address(notify_path_);
+    EXPECT_EQ(::bind(notify_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    int one = 1;
+    ::setsockopt(notify_.get(), SOL_SOCKET, SO_PASSCRED, &one, sizeof(one));
+    // Like systemd, read notifications as they come, whatever the test is doing.
+    reader_ = std::thread([this] { ReadLoop(); });
+  }
+
+  ~FakeSystemd() {
+    quit_ = true;
+    reader_.join();
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+    std::filesystem::remove_all(dir_);
+  }
+
+  // Starts the daemon with the listening socket and every stored fd, as systemd would.
+  void Start(std::vector<std::string> extra_env = {}) {
+    std::vector<int> fds = {listener_.get()};
+    std::string names = "shmbroker.socket";
+    std::lock_guard lock(mu_);
+    for (const auto& [name, fd] : store_) {
+      fds.push_back(fd.get());
+      names += ":" + name;
+    }
+    ready_ = stopping_ = false;
+    watchdog_.clear();
+    pid_ = ::fork();
+    ASSERT_GE(pid_, 0);
+    if (pid_ == 0) {
+      // Move the fds out of the way first, then into place from 3 on.
+      std::vector<int> high;
+      for (int fd : fds) high.push_back(::fcntl(fd, F_DUPFD_CLOEXEC, 1000));
+      for (std::size_t i = 0; i < high.size(); ++i) {
+        if (::dup2(high[i], 3 + static_cast<int>(i)) < 0) ::_exit(120);
+      }
+      std::string count = std::to_string(fds.size());
+      std::string pid = std::to_string(::getpid());
+      ::setenv("LISTEN_FDS", count.c_str(), 1);
+      ::setenv("LISTEN_PID", pid.c_str(), 1);
+      ::setenv("LISTEN_FDNAMES", names.c_str(), 1);
+      ::setenv("NOTIFY_SOCKET", notify_path_.c_str(), 1);
+      for (auto& e : extra_env) ::putenv(e.data());
+      ::execl(SHMBROKERD_PATH, SHMBROKERD_PATH, "--log-level", "warn", "--socket",
+              "/nonexistent/must-not-be-used.sock", static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+  }
+
+  // Waits until `done` (evaluated under the lock) or the deadline.
+  template <typename Pred>
+  bool PumpUntil(Pred done, std::chrono::milliseconds timeout = 10s) {
+    std::unique_lock lock(mu_);
+    return cv_.wait_for(lock, timeout, done);
+  }
+
+  std::unique_lock<std::mutex> Lock() { return std::unique_lock(mu_); }
+
+  void ReadLoop() {
+    while (!quit_) {
+      pollfd p{notify_.get(), POLLIN, 0};
+      if (::poll(&p, 1, 20) <= 0) {
+        cv_.notify_all();  // Time-based predicates get re-checked.
+        continue;
+      }
+      std::vector<std::byte> buf(4096);
+      wire::RecvResult r = wire::RecvPacket(notify_.get(), buf, true);
+      if (r.status != wire::RecvStatus::kOk) continue;
+      {
+        std::lock_guard lock(mu_);
+        Handle(std::string(reinterpret_cast<char*>(buf.data()), r.size), std::move(r.fds));
+      }
+      cv_.notify_all();
+    }
+  }
+
+  void Handle(const std::string& msg, std::vector<UniqueFd> fds) {
+    bool fdstore = false, remove = false;
+    std::string name;
+    for (const auto& line : Lines(msg)) {
+      if (line == "READY=1") ready_ = true;
+      if (line == "STOPPING=1") stopping_ = true;
+      if (line == "WATCHDOG=1") watchdog_.push_back(Clock::now());
+      if (line.rfind("STATUS=", 0) == 0) status_ = line.substr(7);
+      if (line == "FDSTORE=1") fdstore = true;
+      if (line == "FDSTOREREMOVE=1") remove = true;
+      if (line.rfind("FDNAME=", 0) == 0) name = line.substr(7);
+    }
+    if (fdstore) {
+      EXPECT_EQ(fds.size(), 1u) << msg;
+      EXPECT_FALSE(name.empty()) << msg;
+      EXPECT_EQ(name.find(':'), std::string::npos);
+      if (!fds.empty()) store_[name] = std::move(fds[0]);
+    }
+    if (remove) store_.erase(name);
+  }
+
+  void Kill(int sig) {
+    ASSERT_GT(pid_, 0);
+    ::kill(pid_, sig);
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid_, &status, 0), pid_);
+    last_status_ = status;
+    pid_ = -1;
+  }
+
+  Result<Client> Connect() { return Client::Connect({.socket_path = socket_path_}); }
+
+  std::string dir_, socket_path_, notify_path_;
+  UniqueFd listener_, notify_;
+  pid_t pid_ = -1;
+  int last_status_ = 0;
+  bool ready_ = false, stopping_ = false;
+  std::string status_;
+  std::vector<Clock::time_point> watchdog_;
+  std::map<std::string, UniqueFd> store_;
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::atomic<bool> quit_{false};
+  std::thread reader_;
+
+  static sockaddr_un Address(const std::string& path) {
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::memcpy(a.sun_path, path.data(), path.size());
+    return a;
+  }
+};
+
+struct Kind {
+  const char* dtype;
+  std::size_t itemsize;
+};
+constexpr Kind kKinds[] = {{"<f8", 8}, {"|u1", 1},     {"<i4", 4}, {"<c16", 16}, {"|b1", 1},
+                           {">u2", 2}, {"<M8[ns]", 8}, {"|S7", 7}, {"<U5", 20},  {"|V16", 16}};
+
+std::byte Pattern(int seg, std::size_t i) {
+  return std::byte((seg * 131 + i * 7 + (i >> 9)) & 0xff);
+}
+
+TEST(SystemdSupervisor, SegmentsSurviveSigkillThroughTheFdStore) {
+  FakeSystemd sd;
+  sd.Start();
+  ASSERT_TRUE(sd.PumpUntil([&] { return sd.ready_; })) << "no READY=1";
+  {
+    auto client = sd.Connect();
+    ASSERT_TRUE(client.ok()) << client.status().ToString();
+    for (int i = 0; i < 100; ++i) {
+      const Kind& k = kKinds[i % std::size(kKinds)];
+      std::uint64_t n = 1 + (i * 37) % 500 + (i % 10 == 0 ? 40000 : 0);
+      CreateOptions o{
+          .name = "restart/seg" + std::to_string(i),
+          .dtype = k.dtype,
+          .shape = i % 3 == 0 ? std::vector<std::uint64_t>{n} : std::vector<std::uint64_t>{2, n},
+          .order = i % 2 ? Order::kF : Order::kC,
+          .mode = i % 4 == 0 ? 0644u : 0600u,
+          .attrs = {{"index", std::to_string(i)}}};
+      auto seg = client->Create(o);
+      ASSERT_TRUE(seg.ok()) << seg.status().ToString();
+      auto bytes = seg->mutable_bytes().value();
+      for (std::size_t b = 0; b < bytes.size(); ++b) bytes[b] = Pattern(i, b);
+    }
+    ASSERT_TRUE(client->Unlink("restart/seg7").ok());
+  }
+  // 99 segments, two entries each, once the daemon's messages are all in.
+  ASSERT_TRUE(sd.PumpUntil([&] { return sd.store_.size() == 198; }))
+      << "fd store has " << sd.store_.size() << " entries";
+  sd.Kill(SIGKILL);
+
+  sd.Start();
+  ASSERT_TRUE(sd.PumpUntil([&] { return sd.ready_; })) << "no READY=1 after restart";
+  auto client = sd.Connect();
+  ASSERT_TRUE(client.ok()) << client.status().ToString();
+  auto list = client->List("restart/*");
+  ASSERT_TRUE(list.ok());
+  EXPECT_EQ(list->size(), 99u);
+  EXPECT_EQ(client->Stat("restart/seg7").status().code(), Code::kNotFound);
+  for (int i = 0; i < 100; ++i) {
+    if (i == 7) continue;
+    std::string name = "restart/seg" + std::to_string(i);
+    const Kind& k = kKinds[i % std::size(kKinds)];
+    auto seg = client->Attach(name);
+    ASSERT_TRUE(seg.ok()) << name << ": " << seg.status().ToString();
+    const SegmentInfo& info = seg->info();
+    std::uint64_t n = 1 + (i * 37) % 500 + (i % 10 == 0 ? 40000 : 0);
+    EXPECT_EQ(info.dtype, k.dtype);
+    EXPECT_EQ(info.shape,
+              (i % 3 == 0 ? std::vector<std::uint64_t>{n} : std::vector<std::uint64_t>{2, n}));
+    EXPECT_EQ(info.order, i % 2 ? Order::kF : Order::kC);
+    EXPECT_EQ(info.mode, i % 4 == 0 ? 0644u : 0600u);
+    EXPECT_EQ(info.attrs.at("index"), std::to_string(i));
+    EXPECT_EQ(info.uid, ::geteuid());
+    EXPECT_FALSE(info.creator_connected);
+    ASSERT_EQ(seg->size_bytes(), k.itemsize * n * (i % 3 == 0 ? 1 : 2));
+    auto bytes = seg->bytes();
+    std::size_t bad = 0;
+    for (std::size_t b = 0; b < bytes.size(); ++b) bad += bytes[b] != Pattern(i, b);
+    EXPECT_EQ(bad, 0u) << name;
+  }
+  // New segments get fresh store names, and unlinking a restored one removes it from the store.
+  ASSERT_TRUE(client->Create({.name = "restart/new", .shape = {10}}).ok());
+  ASSERT_TRUE(client->Unlink("restart/seg0").ok());
+  EXPECT_TRUE(sd.PumpUntil([&] { return sd.store_.size() == 198; }));
+}
+
+TEST(SystemdSupervisor, CorruptOrIncompleteStoreEntriesAreSkipped) {
+  FakeSystemd sd;
+  sd.Start();
+  ASSERT_TRUE(sd.PumpUntil([&] { return sd.ready_; }));
+  {
+    auto client = sd.Connect();
+    ASSERT_TRUE(client.ok());
+    for (const char* n : {"good", "bad-meta", "no-meta"}) {
+      auto seg = client->Create({.name = n, .shape = {4096}});
+      ASSERT_TRUE(seg.ok());
+      std::memset(seg->mutable_bytes().value().data(), 0x5a, 4096);
+    }
+  }
+  ASSERT_TRUE(sd.PumpUntil([&] { return sd.store_.size() == 6; }));
+  sd.Kill(SIGKILL);
+  {
+    // Segment ids are 1, 2, 3 in creation order: corrupt 2's metadata, drop 3's.
+    auto lock = sd.Lock();
+    UniqueFd junk(::memfd_create("junk", MFD_CLOEXEC));
+    ASSERT_EQ(::write(junk.get(), "\xff\xff\xff garbage", 11), 11);
+    sd.store_["meta-2"] = std::move(junk);
+    sd.store_.erase("meta-3");
+    sd.store_["unrelated"] = UniqueFd(::memfd_create("x", MFD_CLOEXEC));
+  }
+
+  sd.Start();
+  ASSERT_TRUE(sd.PumpUntil([&] { return sd.ready_; }));
+  auto client = sd.Connect();
+  ASSERT_TRUE(client.ok());
+  auto list = client->List();
+  ASSERT_TRUE(list.ok());
+  ASSERT_EQ(list->size(), 1u);
+  EXPECT_EQ((*list)[0].name, "good");
+  auto seg = client->Attach("good");
+  ASSERT_TRUE(seg.ok());
+  EXPECT_EQ(seg->bytes()[4095], std::byte{0x5a});
+  // The daemon asked for the broken entries to be dropped.
+  EXPECT_TRUE(
+      sd.PumpUntil([&] { return sd.store_.count("seg-2") == 0 && sd.store_.count("seg-3") == 0; }));
+}
+
+TEST(SystemdSupervisor, WatchdogStatusAndStopping) {
+  FakeSystemd sd;
+  sd.Start({"WATCHDOG_USEC=200000"});
+  ASSERT_TRUE(sd.PumpUntil([&] { return sd.ready_; }));
+  auto start = Clock::now();
+  ASSERT_TRUE(sd.PumpUntil([&] { return Clock::now() - start >= 1200ms; }, 5s));
+  // Every 100 ms: about 12 pings in 1.2 s. Loose bounds: the machine is shared.
+  auto lock = sd.Lock();
+  EXPECT_GE(sd.watchdog_.size(), 6u);
+  EXPECT_LE(sd.watchdog_.size(), 30u);
+  for (std::size_t i = 1; i < sd.watchdog_.size(); ++i) {
+    EXPECT_LT(sd.watchdog_[i] - sd.watchdog_[i - 1], 200ms) << "gap before ping " << i;
+  }
+  lock.unlock();
+  {
+    auto client = sd.Connect();
+    ASSERT_TRUE(client.ok());
+    ASSERT_TRUE(client->Create({.name = "s", .shape = {100}}).ok());
+    EXPECT_TRUE(sd.PumpUntil([&] { return sd.status_.rfind("1 segments, 100 bytes", 0) == 0; }, 5s))
+        << "STATUS=" << sd.status_;
+  }
+  ::kill(sd.pid_, SIGTERM);
+  EXPECT_TRUE(sd.PumpUntil([&] { return sd.stopping_; }, 5s));
+  int status = 0;
+  ASSERT_EQ(::waitpid(sd.pid_, &status, 0), sd.pid_);
+  sd.pid_ = -1;
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+}
+
+TEST(SystemdSupervisor, NoWatchdogWithoutWatchdogUsec) {
+  FakeSystemd sd;
+  sd.Start();
+  ASSERT_TRUE(sd.PumpUntil([&] { return sd.ready_; }));
+  auto start = Clock::now();
+  sd.PumpUntil([&] { return Clock::now() - start >= 500ms; }, 2s);
+  auto lock = sd.Lock();
+  EXPECT_TRUE(sd.watchdog_.empty());
+}
+
+// systemd's own activator, as in `systemd-socket-activate --seqpacket`.
+TEST(SystemdSocketActivate, ClientCreatesAndAttaches) {
+  if (::access("/usr/bin/systemd-socket-activate", X_OK) != 0) {
+    GTEST_SKIP() << "systemd-socket-activate is not installed (Debian package systemd)";
+  }
+  char tmpl[] = "/tmp/shmbroker-sa-XXXXXX";
+  std::string dir = ::mkdtemp(tmpl);
+  std::string path = dir + "/s.sock";
+  pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    ::setpgid(0, 0);
+    ::execl("/usr/bin/systemd-socket-activate", "systemd-socket-activate", "--seqpacket", "-l",
+            path.c_str(), SHMBROKERD_PATH, "--log-level", "warn", static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  auto deadline = Clock::now() + 10s;
+  while (::access(path.c_str(), F_OK) != 0 && Clock::now() < deadline) {
+    std::this_thread::sleep_for(10ms);
+  }
+  {
+    auto client = Client::Connect({.socket_path = path});
+    ASSERT_TRUE(client.ok()) << client.status().ToString();
+    auto seg = client->CreateArray<double>("activated", {8});
+    ASSERT_TRUE(seg.ok()) << seg.status().ToString();
+    seg->as<double>().value()[3] = 2.5;
+    auto view = client->Attach("activated");
+    ASSERT_TRUE(view.ok());
+    EXPECT_EQ(view->as<const double>().value()[3], 2.5);
+    auto stats = client->Stats();
+    ASSERT_TRUE(stats.ok());
+    EXPECT_EQ(stats->socket_path, path);  // Learned from the inherited socket.
+  }
+  ::kill(-pid, SIGTERM);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace shmbroker
