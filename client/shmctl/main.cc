@@ -279,10 +279,13 @@ int Stats(const Options& o, bool json) {
     std::printf("%s\n", j.str().c_str());
     return kOk;
   }
+  // Text shows what happened; --json has every counter.
   auto counters = [](const std::map<std::string, std::uint64_t>& m) {
     std::string out;
-    for (const auto& [k, v] : m) out += (out.empty() ? "" : " ") + k + "=" + std::to_string(v);
-    return out;
+    for (const auto& [k, v] : m) {
+      if (v != 0) out += (out.empty() ? "" : " ") + k + "=" + std::to_string(v);
+    }
+    return out.empty() ? std::string("none") : out;
   };
   std::vector<std::vector<std::string>> rows = {
       {"version:", s->version},

@@ -1,0 +1,376 @@
+// shmctl against the real daemon: output (text and JSON parsed back), purge selectors, exit codes.
+#include <fcntl.h>
+#include <grp.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <shmbroker/client.h>
+#include <chrono>
+#include <filesystem>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace shmbroker {
+namespace {
+
+using namespace std::chrono_literals;
+
+struct Ran {
+  int code = -1;
+  std::string out, err;
+};
+
+std::string ReadAll(int fd) {
+  std::string s;
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::read(fd, buf, sizeof(buf))) > 0) s.append(buf, static_cast<std::size_t>(n));
+  return s;
+}
+
+// Runs `argv` with `input` on stdin, optionally as another uid; captures stdout and stderr.
+Ran Exec(std::vector<std::string> argv, const std::string& input = "", int uid = -1) {
+  int out[2], err[2], in[2];
+  if (::pipe2(out, O_CLOEXEC) || ::pipe2(err, O_CLOEXEC) || ::pipe2(in, O_CLOEXEC)) return {};
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    ::dup2(in[0], 0);
+    ::dup2(out[1], 1);
+    ::dup2(err[1], 2);
+    if (uid >= 0 && (::setgroups(0, nullptr) != 0 || ::setgid(uid) != 0 || ::setuid(uid) != 0)) {
+      ::_exit(125);
+    }
+    std::vector<char*> args;
+    for (auto& a : argv) args.push_back(a.data());
+    args.push_back(nullptr);
+    ::execv(args[0], args.data());
+    ::_exit(127);
+  }
+  ::close(out[1]);
+  ::close(err[1]);
+  ::close(in[0]);
+  if (!input.empty()) (void)!::write(in[1], input.data(), input.size());
+  ::close(in[1]);
+  Ran r;
+  std::thread t([&] { r.err = ReadAll(err[0]); });
+  r.out = ReadAll(out[0]);
+  t.join();
+  ::close(out[0]);
+  ::close(err[0]);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return r;
+}
+
+// Evaluates a Python expression over the JSON document `doc` (bound to `d`): the JSON is parsed
+// by a real parser, not by string matching.
+std::string Py(const std::string& doc, const std::string& expr) {
+  Ran r = Exec(
+      {"/usr/bin/python3", "-c", "import json,sys; d=json.load(sys.stdin); print((" + expr + "))"},
+      doc);
+  EXPECT_EQ(r.code, 0) << r.err << "\n" << doc;
+  while (!r.out.empty() && r.out.back() == '\n') r.out.pop_back();
+  return r.out;
+}
+
+std::vector<std::string> Lines(const std::string& s) {
+  std::vector<std::string> out;
+  std::istringstream in(s);
+  for (std::string line; std::getline(in, line);) out.push_back(line);
+  return out;
+}
+
+class ShmctlTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/shmctl-test-XXXXXX";
+    dir_ = ::mkdtemp(tmpl);
+    ::chmod(dir_.c_str(), 0755);  // Reachable by the other uid in the permission tests.
+    socket_ = dir_ + "/s.sock";
+    daemon_ = ::fork();
+    ASSERT_GE(daemon_, 0);
+    if (daemon_ == 0) {
+      ::execl(SHMBROKERD_PATH, SHMBROKERD_PATH, "--socket", socket_.c_str(), "--log-level", "warn",
+              static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+    for (int i = 0; i < 500; ++i) {
+      auto c = Client::Connect({.socket_path = socket_});
+      if (c.ok()) {
+        client_.emplace(std::move(c).value());
+        return;
+      }
+      std::this_thread::sleep_for(10ms);
+    }
+    FAIL() << "the daemon did not come up";
+  }
+
+  void TearDown() override {
+    client_.reset();
+    if (daemon_ > 0) {
+      ::kill(daemon_, SIGTERM);
+      int status = 0;
+      ::waitpid(daemon_, &status, 0);
+      EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "daemon status " << status;
+    }
+    std::filesystem::remove_all(dir_);
+  }
+
+  Ran Ctl(std::vector<std::string> args, int uid = -1) {
+    args.insert(args.begin(), {SHMCTL_PATH, "--socket", socket_});
+    return Exec(args, "", uid);
+  }
+
+  Segment Make(const std::string& name, std::vector<std::uint64_t> shape = {16},
+               std::string dtype = "<f8", std::uint32_t mode = 0600,
+               std::map<std::string, std::string> attrs = {}) {
+    auto s = client_->Create(
+        {.name = name, .dtype = dtype, .shape = shape, .mode = mode, .attrs = attrs});
+    EXPECT_TRUE(s.ok()) << s.status().ToString();
+    return s.ok() ? std::move(s).value() : Segment();
+  }
+
+  // A segment whose creator process was killed with SIGKILL: an orphan.
+  void MakeOrphan(const std::string& name) {
+    int ready[2];
+    ASSERT_EQ(::pipe(ready), 0);
+    pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      auto c = Client::Connect({.socket_path = socket_});
+      if (!c.ok()) ::_exit(1);
+      auto s = c->Create({.name = name, .shape = {4096}});
+      if (!s.ok()) ::_exit(2);
+      (void)!::write(ready[1], "x", 1);
+      ::pause();
+      ::_exit(0);
+    }
+    char x;
+    ASSERT_EQ(::read(ready[0], &x, 1), 1);
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, nullptr, 0);
+    ::close(ready[0]);
+    ::close(ready[1]);
+    // The daemon notices the hang-up asynchronously.
+    for (int i = 0; i < 500; ++i) {
+      auto st = client_->Stat(name);
+      if (st.ok() && !st->creator_connected && st->attachments == 0) return;
+      std::this_thread::sleep_for(10ms);
+    }
+    FAIL() << "creator of " << name << " still counted as connected";
+  }
+
+  std::string dir_, socket_;
+  pid_t daemon_ = -1;
+  std::optional<Client> client_;
+};
+
+TEST_F(ShmctlTest, EmptyBrokerPrintsOnlyTheHeader) {
+  Ran r = Ctl({"list"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  auto lines = Lines(r.out);
+  ASSERT_EQ(lines.size(), 1u) << r.out;
+  EXPECT_EQ(lines[0].rfind("NAME", 0), 0u);
+  for (const char* col : {"DTYPE", "SHAPE", "SIZE", "OWNER", "MODE", "ATTACHED", "AGE"}) {
+    EXPECT_NE(lines[0].find(col), std::string::npos) << col;
+  }
+  EXPECT_EQ(r.out.find('\033'), std::string::npos) << "colored output into a pipe";
+  Ran j = Ctl({"list", "--json"});
+  EXPECT_EQ(j.code, 0);
+  EXPECT_EQ(Py(j.out, "len(d['segments'])"), "0");
+}
+
+TEST_F(ShmctlTest, ListTextSortedFilteredAndLong) {
+  Segment b = Make("job7/weights", {1024, 256}, "<f4", 0640, {{"units", "m"}});
+  Segment a = Make("job7/bias", {256});
+  Segment c = Make("other", {3}, "|u1");
+  Ran r = Ctl({"list"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto lines = Lines(r.out);
+  ASSERT_EQ(lines.size(), 4u) << r.out;
+  EXPECT_EQ(lines[1].rfind("job7/bias ", 0), 0u);
+  EXPECT_EQ(lines[2].rfind("job7/weights ", 0), 0u);
+  EXPECT_EQ(lines[3].rfind("other ", 0), 0u);
+  EXPECT_NE(lines[2].find("(1024, 256)"), std::string::npos) << lines[2];
+  EXPECT_NE(lines[2].find("1.0 MiB"), std::string::npos) << lines[2];
+  EXPECT_NE(lines[2].find("0640"), std::string::npos);
+  EXPECT_NE(lines[2].find("root"), std::string::npos);
+  EXPECT_NE(lines[3].find("3 B"), std::string::npos);
+  for (const auto& l : lines) EXPECT_LE(l.size(), 100u) << l;
+
+  Ran f = Ctl({"list", "job7/*"});
+  EXPECT_EQ(Lines(f.out).size(), 3u) << f.out;
+  Ran two = Ctl({"list", "other", "job7/b*"});
+  EXPECT_EQ(Lines(two.out).size(), 3u) << two.out;
+
+  Ran l = Ctl({"list", "--long"});
+  auto long_lines = Lines(l.out);
+  ASSERT_EQ(long_lines.size(), 4u);
+  for (const char* col : {"PID", "CREATED", "ATTRS"}) {
+    EXPECT_NE(long_lines[0].find(col), std::string::npos) << col;
+  }
+  EXPECT_NE(long_lines[2].find("units=m"), std::string::npos) << long_lines[2];
+  EXPECT_NE(long_lines[2].find(std::to_string(::getpid())), std::string::npos);
+  EXPECT_NE(long_lines[2].find("T"), std::string::npos);
+}
+
+TEST_F(ShmctlTest, ListAndInfoJsonParseBack) {
+  Segment w = Make("job7/weights", {3, 4}, "<f4", 0640, {{"units", "m/s"}, {"q", "a\"b"}});
+  Ran r = Ctl({"list", "--json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(Py(r.out, "len(d['segments'])"), "1");
+  EXPECT_EQ(Py(r.out, "d['segments'][0]['name']"), "job7/weights");
+  EXPECT_EQ(Py(r.out, "d['segments'][0]['shape']"), "[3, 4]");
+  EXPECT_EQ(Py(r.out, "d['segments'][0]['nbytes']"), "48");
+  EXPECT_EQ(Py(r.out, "d['segments'][0]['dtype']"), "<f4");
+  EXPECT_EQ(Py(r.out, "d['segments'][0]['order']"), "C");
+  EXPECT_EQ(Py(r.out, "d['segments'][0]['mode']"), "0640");
+  EXPECT_EQ(Py(r.out, "d['segments'][0]['owner']"), "root");
+  EXPECT_EQ(Py(r.out, "d['segments'][0]['uid']"), std::to_string(::geteuid()));
+  EXPECT_EQ(Py(r.out, "d['segments'][0]['attachments']"), "1");
+  EXPECT_EQ(Py(r.out, "d['segments'][0]['creator_pid']"), std::to_string(::getpid()));
+  EXPECT_EQ(Py(r.out, "d['segments'][0]['attrs']['q']"), "a\"b");
+  EXPECT_EQ(Py(r.out, "0 <= d['segments'][0]['age_seconds'] < 60"), "True");
+  EXPECT_EQ(Py(r.out,
+               "abs(__import__('datetime').datetime.fromisoformat("
+               "d['segments'][0]['created'].replace('Z','+00:00')).timestamp()"
+               " - d['segments'][0]['created_unix']) < 0.01"),
+            "True");
+
+  Ran i = Ctl({"info", "job7/weights", "--json"});
+  ASSERT_EQ(i.code, 0) << i.err;
+  EXPECT_EQ(Py(i.out, "d['name'], d['nbytes'], d['attrs']['units']"),
+            "('job7/weights', 48, 'm/s')");
+  Ran t = Ctl({"info", "job7/weights"});
+  ASSERT_EQ(t.code, 0);
+  EXPECT_NE(t.out.find("48 bytes"), std::string::npos) << t.out;
+  EXPECT_NE(t.out.find("m/s"), std::string::npos) << t.out;
+  Ran missing = Ctl({"info", "nope"});
+  EXPECT_EQ(missing.code, 1);
+  EXPECT_NE(missing.err.find("NOT_FOUND"), std::string::npos) << missing.err;
+}
+
+TEST_F(ShmctlTest, UnlinkReportsEachFailure) {
+  { Segment a = Make("a"); }
+  Ran r = Ctl({"unlink", "a", "missing", "bad name"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("unlinked a"), std::string::npos) << r.out;
+  EXPECT_NE(r.err.find("'missing': NOT_FOUND"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("INVALID_ARGUMENT"), std::string::npos) << r.err;
+  EXPECT_EQ(client_->Stat("a").status().code(), Code::kNotFound);
+  { Segment b = Make("b"); }
+  EXPECT_EQ(Ctl({"unlink", "b"}).code, 0);
+}
+
+TEST_F(ShmctlTest, PurgeRefusesWithoutSelector) {
+  { Segment a = Make("a"); }
+  Ran r = Ctl({"purge"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("selector"), std::string::npos) << r.err;
+  Ran dry = Ctl({"purge", "--dry-run"});
+  EXPECT_EQ(dry.code, 2);
+  EXPECT_TRUE(client_->Stat("a").ok());
+}
+
+TEST_F(ShmctlTest, PurgeEachSelector) {
+  MakeOrphan("orphan/1");
+  MakeOrphan("orphan/2");
+  Segment held = Make("held/1");      // Attached by us.
+  { Segment idle = Make("idle/1"); }  // Unattached, but its creator (we) is connected.
+
+  Ran dry = Ctl({"purge", "--orphans", "--dry-run"});
+  ASSERT_EQ(dry.code, 0) << dry.err;
+  EXPECT_NE(dry.out.find("would remove orphan/1"), std::string::npos) << dry.out;
+  EXPECT_NE(dry.out.find("would remove 2 segments"), std::string::npos) << dry.out;
+  EXPECT_EQ(client_->List()->size(), 4u);
+
+  EXPECT_EQ(Ctl({"purge", "--older-than", "1h"}).out.find("removed 0 segments"), 0u);
+  Ran bad = Ctl({"purge", "--older-than", "soon"});
+  EXPECT_EQ(bad.code, 2);
+
+  Ran o = Ctl({"purge", "--orphans", "--json"});
+  ASSERT_EQ(o.code, 0) << o.err;
+  EXPECT_EQ(Py(o.out, "sorted(x['name'] for x in d['removed'])"), "['orphan/1', 'orphan/2']");
+  EXPECT_EQ(Py(o.out, "d['removed_count'], d['bytes_freed'], d['dry_run']"), "(2, 8192, False)");
+  EXPECT_EQ(client_->List()->size(), 2u);
+
+  Ran u = Ctl({"purge", "--unattached"});
+  ASSERT_EQ(u.code, 0) << u.err;
+  EXPECT_NE(u.out.find("removed idle/1"), std::string::npos) << u.out;
+  EXPECT_TRUE(client_->Stat("held/1").ok());
+
+  { Segment x = Make("x/1"); }
+  { Segment y = Make("y/1"); }
+  Ran p = Ctl({"purge", "x/*", "--owner", "root"});
+  EXPECT_NE(p.out.find("removed 1 segment,"), std::string::npos) << p.out;
+  EXPECT_EQ(client_->Stat("x/1").status().code(), Code::kNotFound);
+  EXPECT_EQ(Ctl({"purge", "--owner", "no-such-user-here"}).code, 2);
+  Ran old = Ctl({"purge", "--older-than", "0s", "y/*"});
+  EXPECT_NE(old.out.find("removed y/1"), std::string::npos) << old.out;
+
+  Ran all = Ctl({"purge", "--all"});
+  EXPECT_EQ(all.code, 0);
+  EXPECT_TRUE(client_->List()->empty());
+}
+
+TEST_F(ShmctlTest, OtherUsersAreDeniedAndSkipped) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to run shmctl as another uid";
+  { Segment a = Make("root/a", {16}, "<f8", 0644); }
+  Ran r = Ctl({"unlink", "root/a"}, 65534);
+  EXPECT_EQ(r.code, 1) << r.out << r.err;
+  EXPECT_NE(r.err.find("PERMISSION_DENIED"), std::string::npos) << r.err;
+  EXPECT_TRUE(client_->Stat("root/a").ok());
+
+  Ran p = Ctl({"purge", "--all"}, 65534);
+  EXPECT_EQ(p.code, 0) << p.err;
+  EXPECT_NE(p.out.find("removed 0 segments"), std::string::npos) << p.out;
+  EXPECT_NE(p.out.find("skipped 1 matching segment owned by other users"), std::string::npos)
+      << p.out;
+  EXPECT_TRUE(client_->Stat("root/a").ok());
+  Ran list = Ctl({"list"}, 65534);  // Anyone may look.
+  EXPECT_EQ(list.code, 0);
+  EXPECT_EQ(Lines(list.out).size(), 2u);
+}
+
+TEST_F(ShmctlTest, StatsTextAndJson) {
+  Segment a = Make("a", {1000}, "|u1");
+  Ran j = Ctl({"stats", "--json"});
+  ASSERT_EQ(j.code, 0) << j.err;
+  EXPECT_EQ(Py(j.out, "d['segments'], d['bytes_held'], d['max_memory']"), "(1, 1000, 0)");
+  EXPECT_EQ(Py(j.out, "d['socket']"), socket_);
+  EXPECT_EQ(Py(j.out, "d['pid']"), std::to_string(daemon_));
+  EXPECT_EQ(Py(j.out, "d['clients'] >= 2"), "True");  // Us and shmctl itself.
+  EXPECT_EQ(Py(j.out, "d['requests']['create']"), "1");
+  EXPECT_EQ(Py(j.out, "sorted(d['errors'])[0]"), "ALREADY_EXISTS");
+  EXPECT_EQ(Py(j.out, "d['uptime_seconds'] >= 0"), "True");
+  Ran t = Ctl({"stats"});
+  ASSERT_EQ(t.code, 0);
+  EXPECT_NE(t.out.find("segments:"), std::string::npos);
+  EXPECT_NE(t.out.find("1000 B held"), std::string::npos) << t.out;
+}
+
+TEST_F(ShmctlTest, ExitCodesForUsageHelpAndUnreachableDaemon) {
+  EXPECT_EQ(Ctl({"bogus"}).code, 2);
+  EXPECT_EQ(Ctl({}).code, 2);
+  EXPECT_EQ(Ctl({"info"}).code, 2);
+  for (const char* sub : {"list", "info", "unlink", "purge", "stats"}) {
+    Ran h = Ctl({sub, "--help"});
+    EXPECT_EQ(h.code, 0) << sub;
+    EXPECT_NE(h.out.find("Usage"), std::string::npos) << sub;
+  }
+  Ran v = Exec({SHMCTL_PATH, "--version"});
+  EXPECT_EQ(v.code, 0);
+  EXPECT_NE(v.out.find(SHMBROKER_VERSION), std::string::npos);
+  std::string nowhere = dir_ + "/nothing-here.sock";
+  Ran u = Exec({SHMCTL_PATH, "--socket", nowhere, "list"});
+  EXPECT_EQ(u.code, 3);
+  EXPECT_NE(u.err.find(nowhere), std::string::npos) << u.err;
+}
+
+}  // namespace
+}  // namespace shmbroker
