@@ -13,11 +13,21 @@ cleanup() {
 trap cleanup EXIT
 
 cmake --install "$build_dir" --prefix "$tmp/prefix" >/dev/null
+# Everything lands under the prefix asked for, nothing elsewhere on the machine.
+if grep -v "^$tmp/prefix/" "$build_dir/install_manifest.txt"; then
+  echo "installed outside the prefix"
+  exit 1
+fi
 for f in bin/shmbrokerd include/shmbroker/client.h include/shmbroker/status.h \
          include/shmbroker/segment.h include/shmbroker/version.h lib/libshmbroker.a \
          lib/cmake/shmbroker/shmbrokerConfig.cmake lib/pkgconfig/shmbroker.pc; do
   [ -e "$tmp/prefix/$f" ] || { echo "not installed: $f"; exit 1; }
 done
+# The service starts the installed daemon.
+grep -qx "ExecStart=$tmp/prefix/bin/shmbrokerd --log-level info" \
+  "$tmp/prefix/lib/systemd/system/shmbroker.service" || { echo "wrong or missing ExecStart"; exit 1; }
+[ -e "$tmp/prefix/lib/systemd/system/shmbroker.socket" ] || { echo "no socket unit"; exit 1; }
+[ -x "$tmp/prefix/bin/shmctl" ] || { echo "shmctl not installed"; exit 1; }
 # Private headers stay private.
 [ ! -e "$tmp/prefix/include/shmbroker/wire.h" ] || { echo "wire.h was installed"; exit 1; }
 
