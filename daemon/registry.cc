@@ -20,9 +20,10 @@ std::int64_t NowUnixNs() {
 
 std::string Quoted(std::string_view name) { return "'" + std::string(name) + "'"; }
 
-// Below this size a create never reads /proc: the machine always has a few MiB, and the cost of
-// the check would dominate small creates.
-constexpr std::uint64_t kCheckAvailableAbove = std::uint64_t{64} << 20;
+// Creates read /proc only once this many bytes were created since the last look (or for one
+// create this large): the machine always has a few MiB, and reading /proc per small create would
+// cost more than the create.
+constexpr std::uint64_t kCheckAvailableEvery = std::uint64_t{64} << 20;
 
 }  // namespace
 
@@ -82,12 +83,15 @@ Result<std::shared_ptr<Segment>> Registry::Create(SegmentSpec spec, const Creden
                                      std::to_string(bytes_held_) + " of its --max-memory " +
                                      std::to_string(options_.max_memory));
   }
-  if (size > kCheckAvailableAbove) {
+  if (size > kCheckAvailableEvery || unchecked_bytes_ + size > kCheckAvailableEvery) {
+    unchecked_bytes_ = 0;
+    // Keep one window free: the creates until the next look cannot then exhaust the machine.
     std::uint64_t avail = options_.available_memory();
-    if (size > avail) {
+    if (size > avail || avail - size < kCheckAvailableEvery) {
       return Status::ResourceExhausted("creating " + Quoted(spec.name) + " needs " +
                                        std::to_string(size) + " bytes; the machine has " +
-                                       std::to_string(avail) + " available");
+                                       std::to_string(avail) + " available (" +
+                                       std::to_string(kCheckAvailableEvery) + " are kept free)");
     }
   }
   auto fd = options_.make_memfd("shmbroker:" + spec.name, size);
@@ -101,6 +105,7 @@ Result<std::shared_ptr<Segment>> Registry::Create(SegmentSpec spec, const Creden
                                        std::move(fd).value());
   segments_.emplace(std::move(name), seg);
   bytes_held_ += size;
+  unchecked_bytes_ += size;
   if (options_.on_created) options_.on_created(*seg);
   return seg;
 }

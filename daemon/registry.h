@@ -169,6 +169,7 @@ class Registry {
   std::map<std::string, std::shared_ptr<Segment>, std::less<>> segments_;
   std::set<std::uint64_t> open_connections_;
   std::uint64_t bytes_held_ = 0;
+  std::uint64_t unchecked_bytes_ = 0;  // Created since the machine's memory was last checked.
   std::uint64_t next_id_ = 1;
 };
 

@@ -117,7 +117,35 @@ TEST(Registry, MachineMemoryIsCheckedForLargeCreates) {
   ASSERT_EQ(big.status().code(), Code::kResourceExhausted);
   EXPECT_NE(big.status().message().find(std::to_string(200ull << 20)), std::string::npos);
   EXPECT_EQ(memfds, 0);
-  EXPECT_TRUE(reg.Create(Spec("fits", {90ull << 20}, "|u1"), kAlice, 1).ok());
+  EXPECT_TRUE(reg.Create(Spec("fits", {36ull << 20}, "|u1"), kAlice, 1).ok());
+}
+
+TEST(Registry, ManySmallCreatesAreCheckedAgainstTheMachineToo) {
+  RegistryOptions opts;
+  std::uint64_t avail = std::uint64_t{200} << 20;
+  int checks = 0;
+  opts.available_memory = [&] {
+    ++checks;
+    return avail;
+  };
+  opts.make_memfd = [&](const std::string&, std::uint64_t n) -> Result<UniqueFd> {
+    avail -= std::min(avail, n);  // What the machine has left after each reservation.
+    return UniqueFd(::memfd_create("test", MFD_CLOEXEC));
+  };
+  Registry reg(opts);
+  int created = 0;
+  Status last;
+  for (int i = 0; i < 100 && last.ok(); ++i) {
+    auto r = reg.Create(Spec("s" + std::to_string(i), {8ull << 20}, "|u1"), kAlice, 1);
+    last = r.status();
+    created += r.ok();
+  }
+  EXPECT_EQ(last.code(), Code::kResourceExhausted);
+  // 8 MiB each against 200 MiB, looked at every 64 MiB with 64 MiB kept free: stops before
+  // exceeding the machine, after using most of it.
+  EXPECT_LE(created * (8ull << 20), 200ull << 20);
+  EXPECT_GE(created, 10);
+  EXPECT_LT(checks, created);  // Not a /proc read per create.
 }
 
 TEST(Registry, BackingFailureRegistersNothing) {
