@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -92,6 +93,7 @@ class FakeSystemd {
     pid_ = ::fork();
     ASSERT_GE(pid_, 0);
     if (pid_ == 0) {
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // No daemon outlives a crashed test.
       // Move the fds out of the way first, then into place from 3 on.
       std::vector<int> high;
       for (int fd : fds) high.push_back(::fcntl(fd, F_DUPFD_CLOEXEC, 1000));

@@ -3,6 +3,7 @@
 #include <grp.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -95,6 +96,7 @@ class ShmctlTest : public ::testing::Test {
     daemon_ = ::fork();
     ASSERT_GE(daemon_, 0);
     if (daemon_ == 0) {
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // No daemon outlives a crashed test.
       ::execl(SHMBROKERD_PATH, SHMBROKERD_PATH, "--socket", socket_.c_str(), "--log-level", "warn",
               static_cast<char*>(nullptr));
       ::_exit(127);
