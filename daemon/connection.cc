@@ -50,6 +50,9 @@ void Connection::WaitReadable() {
 void Connection::OnReadable() {
   for (int i = 0; i < kPacketsPerTurn; ++i) {
     wire::RecvResult r = wire::RecvPacket(socket_.native_handle(), buffer_, /*nonblocking=*/true);
+    // Clients never send descriptors: close any at once, before anything else happens.
+    bool had_fds = !r.fds.empty();
+    r.fds.clear();
     Outcome outcome;
     switch (r.status) {
       case wire::RecvStatus::kWouldBlock:
@@ -67,8 +70,7 @@ void Connection::OnReadable() {
                           " bytes or with control data that did not fit");
         break;
       case wire::RecvStatus::kOk:
-        // r.fds closes whatever the client sent when it goes out of scope.
-        outcome = r.fds.empty()
+        outcome = !had_fds
                       ? handler_.Handle(session_, std::span(buffer_.data(), r.size))
                       : handler_.ProtocolError(session_, "clients must not send file descriptors");
         break;

@@ -1,0 +1,556 @@
+// The real shmbrokerd through the C++ client: sharing between processes, crashes, lifetime,
+// permissions, limits, region caching and leaks.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <numeric>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "test_daemon.h"
+
+namespace shmbroker::testing {
+namespace {
+
+using namespace std::chrono_literals;
+
+std::byte Pattern(std::size_t i, int seed) {
+  return std::byte(static_cast<unsigned>((i * 2654435761u) >> 13) + seed);
+}
+
+void Fill(std::span<std::byte> b, int seed) {
+  for (std::size_t i = 0; i < b.size(); ++i) b[i] = Pattern(i, seed);
+}
+
+bool Matches(std::span<const std::byte> b, int seed) {
+  for (std::size_t i = 0; i < b.size(); ++i) {
+    if (b[i] != Pattern(i, seed)) return false;
+  }
+  return true;
+}
+
+TEST(Broker, CreateWriteAttachFromAnotherProcess) {
+  TestDaemon d;
+  Client c = d.MustConnect();
+  auto seg = c.Create({.name = "share/a",
+                       .dtype = "<f8",
+                       .shape = {3, 1000},
+                       .order = Order::kF,
+                       .mode = 0640,
+                       .attrs = {{"units", "m"}}});
+  ASSERT_TRUE(seg.ok()) << seg.status().ToString();
+  auto values = seg->as<double>().value();
+  ASSERT_EQ(values.size(), 3000u);
+  for (std::size_t i = 0; i < values.size(); ++i) values[i] = 0.25 * static_cast<double>(i);
+
+  int rc = RunInChild([&] {
+    auto child = d.Connect("child");
+    if (!child.ok()) return 1;
+    auto view = child->Attach("share/a");
+    if (!view.ok()) return 2;
+    const SegmentInfo& info = view->info();
+    if (info.dtype != "<f8" || info.shape != std::vector<std::uint64_t>{3, 1000} ||
+        info.order != Order::kF || info.mode != 0640 || info.attrs.at("units") != "m" ||
+        info.nbytes != 24000 || info.creator_pid != static_cast<std::uint32_t>(::getppid())) {
+      return 3;
+    }
+    auto v = view->as<const double>().value();
+    for (std::size_t i = 0; i < v.size(); ++i) {
+      if (v[i] != 0.25 * static_cast<double>(i)) return 4;
+    }
+    // Write back through a read-write attachment: the parent sees it.
+    auto rw = child->Attach("share/a", Access::kReadWrite);
+    if (!rw.ok()) return 5;
+    rw->as<double>().value()[0] = -1.0;
+    return 0;
+  });
+  EXPECT_EQ(rc, 0);
+  EXPECT_EQ(values[0], -1.0);
+  auto st = c.Stat("share/a");
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ(st->uid, ::geteuid());
+  EXPECT_EQ(st->attachments, 1u);  // Ours; the child's went with its process.
+}
+
+TEST(Broker, ProducerKilledWithSigkillLeavesItsSegmentIntact) {
+  TestDaemon d;
+  int ready[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  pid_t producer = ::fork();
+  ASSERT_GE(producer, 0);
+  if (producer == 0) {
+    auto c = d.Connect("producer");
+    if (!c.ok()) ::_exit(1);
+    auto seg = c->Create({.name = "crash/data", .shape = {1 << 20}});
+    if (!seg.ok()) ::_exit(2);
+    Fill(seg->mutable_bytes().value(), 7);
+    (void)!::write(ready[1], "x", 1);
+    ::pause();
+    ::_exit(0);
+  }
+  char x;
+  ASSERT_EQ(::read(ready[0], &x, 1), 1);
+  ::kill(producer, SIGKILL);
+  int status;
+  ::waitpid(producer, &status, 0);
+  ASSERT_TRUE(WIFSIGNALED(status));
+  EXPECT_EQ(RunInChild([&] {
+              auto c = d.Connect("consumer");
+              if (!c.ok()) return 1;
+              auto seg = c->Attach("crash/data");
+              if (!seg.ok()) return 2;
+              return Matches(seg->bytes(), 7) ? 0 : 3;
+            }),
+            0);
+  ::close(ready[0]);
+  ::close(ready[1]);
+}
+
+// --- Read-only ----------------------------------------------------------------------------------
+
+class ReadOnlyTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    owner_.emplace(d_.MustConnect());
+    auto seg = owner_->Create({.name = "ro/data", .shape = {8192}, .mode = 0644});
+    ASSERT_TRUE(seg.ok());
+    Fill(seg->mutable_bytes().value(), 3);
+    seg_.emplace(std::move(seg).value());
+    raw_.emplace(d_.socket());
+    ASSERT_TRUE(raw_->Hello());
+    wire::Request req;
+    req.mutable_attach()->set_name("ro/data");
+    std::vector<wire::UniqueFd> fds;
+    auto reply = raw_->Call(req, &fds);
+    ASSERT_TRUE(reply && reply->code() == wire::OK);
+    ASSERT_EQ(reply->attach().mapping().access(), wire::READ_ONLY);
+    ASSERT_EQ(fds.size(), 1u);
+    fd_ = std::move(fds[0]);
+  }
+
+  bool SegmentUnchanged() { return Matches(seg_->bytes(), 3); }
+
+  TestDaemon d_;
+  std::optional<Client> owner_;
+  std::optional<Segment> seg_;
+  std::optional<RawConnection> raw_;
+  wire::UniqueFd fd_;
+};
+
+TEST_F(ReadOnlyTest, DescriptorCannotBeMappedOrMadeWritable) {
+  EXPECT_EQ(::fcntl(fd_.get(), F_GETFL) & O_ACCMODE, O_RDONLY);
+  errno = 0;
+  EXPECT_EQ(::mmap(nullptr, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, fd_.get(), 0), MAP_FAILED);
+  EXPECT_EQ(errno, EACCES);
+
+  void* p = ::mmap(nullptr, 8192, PROT_READ, MAP_SHARED, fd_.get(), 0);
+  ASSERT_NE(p, MAP_FAILED);
+  EXPECT_EQ(std::memcmp(p, seg_->bytes().data(), 8192), 0);
+  errno = 0;
+  EXPECT_EQ(::mprotect(p, 8192, PROT_READ | PROT_WRITE), -1);
+  EXPECT_EQ(errno, EACCES);
+  ::munmap(p, 8192);
+
+  EXPECT_EQ(::write(fd_.get(), "x", 1), -1);
+  EXPECT_EQ(::pwrite(fd_.get(), "x", 1, 0), -1);
+  EXPECT_NE(::ftruncate(fd_.get(), 0), 0);
+  EXPECT_NE(::fcntl(fd_.get(), F_ADD_SEALS, F_SEAL_WRITE), 0);
+  EXPECT_NE(::fallocate(fd_.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, 4096), 0);
+
+  // A private copy-on-write mapping may be written, but never reaches the segment.
+  void* priv = ::mmap(nullptr, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd_.get(), 0);
+  ASSERT_NE(priv, MAP_FAILED);
+  std::memset(priv, 0, 8192);
+  ::munmap(priv, 8192);
+  EXPECT_TRUE(SegmentUnchanged());
+}
+
+TEST_F(ReadOnlyTest, AnotherUidCannotReopenItReadWriteThroughProc) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to become another uid";
+  int fd = fd_.get();
+  int rc = RunInChild(
+      [&] {
+        std::string path = "/proc/self/fd/" + std::to_string(fd);
+        int rw = ::open(path.c_str(), O_RDWR);
+        if (rw >= 0) return 1;
+        if (errno != EACCES) return 2;
+        char byte;  // Reading through the descriptor it was given still works.
+        return ::pread(fd, &byte, 1, 0) == 1 ? 0 : 3;
+      },
+      65534);
+  EXPECT_EQ(rc, 0);
+  EXPECT_TRUE(SegmentUnchanged());
+}
+
+TEST_F(ReadOnlyTest, ClientApiRefusesWritesAndTheMappingFaults) {
+  Client reader = d_.MustConnect();
+  auto ro = reader.Attach("ro/data");
+  ASSERT_TRUE(ro.ok());
+  EXPECT_FALSE(ro->writable());
+  EXPECT_EQ(ro->mutable_bytes().status().code(), Code::kFailedPrecondition);
+  EXPECT_EQ(ro->as<std::uint8_t>().status().code(), Code::kFailedPrecondition);
+  EXPECT_TRUE(ro->as<const std::uint8_t>().ok());
+  EXPECT_EQ(ro->as<const float>().status().code(), Code::kFailedPrecondition);  // Wrong dtype.
+  auto* p = const_cast<std::byte*>(ro->bytes().data());
+  int rc = RunInChild([&] {
+    p[0] = std::byte{1};  // PROT_READ: the kernel stops this.
+    return 0;
+  });
+  EXPECT_EQ(rc, 128 + SIGSEGV);
+  EXPECT_TRUE(SegmentUnchanged());
+}
+
+// --- Permissions --------------------------------------------------------------------------------
+
+TEST(Broker, PermissionsFollowModeForAnotherUid) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to become another uid";
+  TestDaemon d;
+  Client root = d.MustConnect();
+  std::vector<Segment> keep;
+  for (auto [name, mode] : std::vector<std::pair<const char*, std::uint32_t>>{
+           {"p/private", 0600}, {"p/readable", 0644}, {"p/writable", 0666}}) {
+    auto s = root.Create({.name = name, .shape = {64}, .mode = mode});
+    ASSERT_TRUE(s.ok());
+    keep.push_back(std::move(s).value());
+  }
+  int rc = RunInChild(
+      [&] {
+        auto c = d.Connect("nobody");
+        if (!c.ok()) return 10;
+        if (c->Attach("p/private").status().code() != Code::kPermissionDenied) return 1;
+        if (!c->Attach("p/readable").ok()) return 2;
+        if (c->Attach("p/readable", Access::kReadWrite).status().code() !=
+            Code::kPermissionDenied) {
+          return 3;
+        }
+        auto w = c->Attach("p/writable", Access::kReadWrite);
+        if (!w.ok()) return 4;
+        w->mutable_bytes().value()[0] = std::byte{42};
+        if (c->Unlink("p/readable").code() != Code::kPermissionDenied) return 5;
+        if (!c->Stat("p/private").ok()) return 6;  // Anyone may look.
+        auto mine = c->Create({.name = "p/nobodys", .shape = {8}});
+        if (!mine.ok() || mine->info().uid != 65534) return 7;
+        return 0;
+      },
+      65534);
+  EXPECT_EQ(rc, 0);
+  EXPECT_EQ(keep[2].bytes()[0], std::byte{42});
+  EXPECT_TRUE(root.Stat("p/readable").ok());
+  // Root may do anything, including unlinking another user's segment.
+  EXPECT_TRUE(root.Attach("p/nobodys", Access::kReadWrite).ok());
+  EXPECT_TRUE(root.Unlink("p/nobodys").ok());
+}
+
+// --- Attachments and lifetime -------------------------------------------------------------------
+
+TEST(Broker, AttachmentCountsFollowSegmentsAndDyingClients) {
+  TestDaemon d;
+  Client c = d.MustConnect();
+  auto owner = c.Create({.name = "count", .shape = {4096}});
+  ASSERT_TRUE(owner.ok());
+  auto count = [&] { return c.Stat("count")->attachments; };
+  EXPECT_EQ(count(), 1u);
+  {
+    auto a = c.Attach("count");
+    auto b = c.Attach("count", Access::kReadWrite);
+    EXPECT_EQ(count(), 3u);
+    ASSERT_TRUE(a->Detach().ok());
+    EXPECT_FALSE(a->valid());
+    EXPECT_EQ(count(), 2u);
+  }
+  EXPECT_EQ(count(), 1u);
+
+  int ready[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    auto cc = d.Connect("holder");
+    std::vector<Segment> held;
+    for (int i = 0; i < 5; ++i) held.push_back(std::move(cc->Attach("count")).value());
+    (void)!::write(ready[1], "x", 1);
+    ::pause();
+    ::_exit(0);
+  }
+  char x;
+  ASSERT_EQ(::read(ready[0], &x, 1), 1);
+  EXPECT_EQ(count(), 6u);
+  ::kill(pid, SIGKILL);
+  ::waitpid(pid, nullptr, 0);
+  EXPECT_TRUE(Eventually([&] { return count() == 1u; })) << count();
+  ::close(ready[0]);
+  ::close(ready[1]);
+}
+
+TEST(Broker, UnlinkWhileAttachedKeepsMappingsValidAndFreesTheName) {
+  TestDaemon d;
+  Client c = d.MustConnect();
+  auto old_rw = c.Create({.name = "u/x", .shape = {1 << 16}});
+  ASSERT_TRUE(old_rw.ok());
+  Fill(old_rw->mutable_bytes().value(), 1);
+  auto old_ro = c.Attach("u/x");
+  ASSERT_TRUE(c.Unlink("u/x").ok());
+  EXPECT_EQ(c.Stat("u/x").status().code(), Code::kNotFound);
+  EXPECT_EQ(c.Attach("u/x").status().code(), Code::kNotFound);
+  EXPECT_EQ(c.Unlink("u/x").code(), Code::kNotFound);
+
+  auto fresh = c.Create({.name = "u/x", .shape = {1 << 16}});
+  ASSERT_TRUE(fresh.ok()) << fresh.status().ToString();
+  Fill(fresh->mutable_bytes().value(), 2);
+  // The old mapping is intact, still writable through the old read-write handle, and separate.
+  EXPECT_TRUE(Matches(old_ro->bytes(), 1));
+  old_rw->mutable_bytes().value()[5] = std::byte{0};
+  EXPECT_EQ(old_ro->bytes()[5], std::byte{0});
+  EXPECT_TRUE(Matches(fresh->bytes(), 2));
+  auto stats = c.Stats();
+  EXPECT_EQ(stats->segments, 1u);
+  EXPECT_EQ(stats->bytes_held, 1u << 16);
+}
+
+// --- Concurrency --------------------------------------------------------------------------------
+
+TEST(Broker, SixteenThreadsRacingKeepTheRegistryConsistent) {
+  TestDaemon d;
+  constexpr int kThreads = 16, kIterations = 300, kNames = 6;
+  Client shared = d.MustConnect("shared");
+  std::atomic<int> unexpected{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::optional<Client> own;
+      if (t % 2 == 1) own.emplace(d.MustConnect("thread" + std::to_string(t)));
+      Client& c = own ? *own : shared;
+      std::mt19937 rng(t);
+      std::vector<Segment> held;
+      for (int i = 0; i < kIterations; ++i) {
+        std::string name = "race/" + std::to_string(rng() % kNames);
+        switch (rng() % 4) {
+          case 0: {
+            auto s = c.Create({.name = name, .shape = {1 + rng() % 8192}});
+            if (s.ok()) {
+              Fill(s->mutable_bytes().value(), t);
+              held.push_back(std::move(s).value());
+            } else if (s.status().code() != Code::kAlreadyExists) {
+              ++unexpected;
+            }
+            break;
+          }
+          case 1: {
+            auto s = c.Attach(name, rng() % 2 ? Access::kReadWrite : Access::kReadOnly);
+            if (s.ok()) {
+              held.push_back(std::move(s).value());
+            } else if (s.status().code() != Code::kNotFound) {
+              ++unexpected;
+            }
+            break;
+          }
+          case 2: {
+            Status s = c.Unlink(name);
+            if (!s.ok() && s.code() != Code::kNotFound) ++unexpected;
+            break;
+          }
+          default:
+            if (!held.empty()) held.erase(held.begin() + rng() % held.size());
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(unexpected.load(), 0);
+
+  auto list = shared.List("race/*");
+  ASSERT_TRUE(list.ok());
+  std::uint64_t bytes = 0;
+  for (const auto& info : *list) {
+    auto st = shared.Stat(info.name);
+    ASSERT_TRUE(st.ok()) << info.name;
+    EXPECT_EQ(st->nbytes, info.nbytes);
+    EXPECT_EQ(st->attachments, 0u) << info.name;  // Every Segment is gone.
+    bytes += info.nbytes;
+  }
+  auto stats = shared.Stats();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->segments, list->size());
+  EXPECT_EQ(stats->bytes_held, bytes);
+  EXPECT_TRUE(d.alive());
+}
+
+// --- Memory -------------------------------------------------------------------------------------
+
+TEST(Broker, MaxMemoryIsAnErrorAndTheDaemonKeepsServing) {
+  TestDaemon d({"--max-memory", "64M"});
+  Client c = d.MustConnect();
+  EXPECT_EQ(c.server().max_memory, 64u << 20);
+  auto first = c.Create({.name = "m/1", .shape = {40u << 20}});
+  ASSERT_TRUE(first.ok());
+  auto second = c.Create({.name = "m/2", .shape = {40u << 20}});
+  ASSERT_EQ(second.status().code(), Code::kResourceExhausted);
+  EXPECT_NE(second.status().message().find("41943040"), std::string::npos)
+      << second.status().message();
+  EXPECT_EQ(c.Stat("m/2").status().code(), Code::kNotFound);
+  EXPECT_TRUE(c.Create({.name = "m/small", .shape = {1024}}).ok());
+  ASSERT_TRUE(c.Unlink("m/1").ok());
+  EXPECT_TRUE(c.Create({.name = "m/2", .shape = {40u << 20}}).ok());
+  EXPECT_TRUE(d.alive());
+}
+
+TEST(Broker, MoreThanTheMachineHasIsAnErrorNotACrash) {
+  TestDaemon d;
+  Client c = d.MustConnect();
+  auto huge = c.Create({.name = "huge", .dtype = "<f8", .shape = {1ull << 50}});
+  ASSERT_EQ(huge.status().code(), Code::kResourceExhausted);
+  EXPECT_NE(huge.status().message().find(std::to_string(8ull << 50)), std::string::npos)
+      << huge.status().message();
+  EXPECT_TRUE(c.Create({.name = "after", .shape = {16}}).ok());
+}
+
+TEST(Broker, InvalidArgumentsAreReportedClearly) {
+  TestDaemon d;
+  Client c = d.MustConnect();
+  auto code = [&](CreateOptions o) { return c.Create(o).status(); };
+  for (std::string name :
+       {std::string(), std::string(256, 'n'), std::string("a b"), std::string("ctl\x01")}) {
+    Status s = code({.name = name, .shape = {1}});
+    EXPECT_EQ(s.code(), Code::kInvalidArgument) << name.size();
+    EXPECT_FALSE(s.message().empty());
+  }
+  for (const char* dtype : {"float64", "<f3", "|O8"}) {
+    Status s = code({.name = "x", .dtype = dtype, .shape = {1}});
+    EXPECT_EQ(s.code(), Code::kInvalidArgument) << dtype;
+    EXPECT_NE(s.message().find(dtype), std::string::npos) << s.message();
+  }
+  EXPECT_EQ(code({.name = "x", .shape = std::vector<std::uint64_t>(33, 1)}).code(),
+            Code::kInvalidArgument);
+  EXPECT_EQ(code({.name = "x", .dtype = "<f8", .shape = {1ull << 40, 1ull << 40}}).code(),
+            Code::kInvalidArgument);
+  EXPECT_EQ(code({.name = "x", .shape = {1}, .mode = 01777}).code(), Code::kInvalidArgument);
+  EXPECT_EQ(c.Attach("no such").status().code(), Code::kInvalidArgument);
+  EXPECT_EQ(c.List().value().size(), 0u);
+}
+
+// --- Connecting and starting --------------------------------------------------------------------
+
+TEST(Broker, ConnectWithNoDaemonIsUnavailableAndNamesThePath) {
+  std::string path = "/tmp/shmbroker-nobody-listens-" + std::to_string(::getpid()) + ".sock";
+  auto c = Client::Connect({.socket_path = path});
+  ASSERT_EQ(c.status().code(), Code::kUnavailable);
+  EXPECT_NE(c.status().message().find(path), std::string::npos);
+}
+
+TEST(Broker, SecondDaemonRefusesAndStaleSocketIsReplaced) {
+  std::string socket;
+  {
+    TestDaemon first;
+    socket = first.socket();
+    int rc = RunInChild([&] {
+      ::execl(SHMBROKERD_PATH, SHMBROKERD_PATH, "--socket", socket.c_str(), "--log-level", "off",
+              static_cast<char*>(nullptr));
+      return 127;
+    });
+    EXPECT_EQ(rc, 1);
+    EXPECT_TRUE(first.Connect().ok()) << "the first daemon must keep serving";
+
+    // A daemon killed with SIGKILL leaves its socket file behind...
+    pid_t victim = ::fork();
+    std::string stale = first.dir() + "/stale.sock";
+    if (victim == 0) {
+      ::execl(SHMBROKERD_PATH, SHMBROKERD_PATH, "--socket", stale.c_str(), "--log-level", "off",
+              static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+    ASSERT_TRUE(Eventually([&] { return Client::Connect({.socket_path = stale}).ok(); }));
+    ::kill(victim, SIGKILL);
+    ::waitpid(victim, nullptr, 0);
+    ASSERT_TRUE(std::filesystem::exists(stale));
+    // ...which the next daemon removes and replaces.
+    pid_t next = ::fork();
+    if (next == 0) {
+      ::execl(SHMBROKERD_PATH, SHMBROKERD_PATH, "--socket", stale.c_str(), "--log-level", "off",
+              static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+    bool served = Eventually([&] {
+      auto c = Client::Connect({.socket_path = stale});
+      return c.ok() && c->Create({.name = "after-stale", .shape = {1}}).ok();
+    });
+    EXPECT_TRUE(served);
+    ::kill(next, SIGTERM);
+    int status = 0;
+    ::waitpid(next, &status, 0);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  }
+}
+
+// --- Region cache and leaks ---------------------------------------------------------------------
+
+TEST(Broker, RegionFdIsSentOncePerConnectionAndAgainAfterRelease) {
+  TestDaemon d;
+  Client owner = d.MustConnect();
+  auto seg = owner.Create({.name = "r", .shape = {4096}});
+  ASSERT_TRUE(seg.ok());
+
+  RawConnection raw(d.socket());
+  ASSERT_TRUE(raw.Hello());
+  wire::Request req;
+  req.mutable_attach()->set_name("r");
+  std::vector<wire::UniqueFd> fds;
+  auto first = raw.Call(req, &fds);
+  ASSERT_TRUE(first && first->code() == wire::OK);
+  EXPECT_TRUE(first->attach().mapping().fd_attached());
+  EXPECT_EQ(fds.size(), 1u);
+  auto second = raw.Call(req, &fds);
+  ASSERT_TRUE(second && second->code() == wire::OK);
+  EXPECT_FALSE(second->attach().mapping().fd_attached());
+  EXPECT_TRUE(fds.empty());
+  EXPECT_EQ(second->attach().mapping().region_id(), first->attach().mapping().region_id());
+
+  Client c = d.MustConnect();
+  const std::byte* where = nullptr;
+  {
+    auto a = c.Attach("r");
+    auto b = c.Attach("r");
+    ASSERT_TRUE(a.ok() && b.ok());
+    EXPECT_EQ(a->bytes().data(), b->bytes().data());  // One mapping for both.
+    where = a->bytes().data();
+    auto rw = c.Attach("r", Access::kReadWrite);  // A different region: its own mapping.
+    EXPECT_NE(rw->bytes().data(), where);
+  }
+  // Both gone: the region was unmapped and released, so the next attach maps it again.
+  auto again = c.Attach("r");
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(std::memcmp(again->bytes().data(), seg->bytes().data(), 4096), 0);
+}
+
+TEST(Broker, ManyCyclesLeakNoFdsOrMappings) {
+  TestDaemon d;
+  Client c = d.MustConnect();
+  {  // Warm up lazily allocated state (protobuf, the region table) before counting.
+    auto s = c.Create({.name = "warm", .shape = {4096}});
+    auto a = c.Attach("warm");
+  }
+  ASSERT_TRUE(c.Unlink("warm").ok());
+  std::size_t fds = OpenFdCount(), maps = MappingCount();
+  for (int i = 0; i < 2000; ++i) {
+    std::string name = "cycle/" + std::to_string(i % 7);
+    auto s = c.Create({.name = name, .shape = {4096}});
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    auto a = c.Attach(name);
+    auto w = c.Attach(name, Access::kReadWrite);
+    ASSERT_TRUE(a.ok() && w.ok());
+    ASSERT_TRUE(c.Unlink(name).ok());
+  }
+  EXPECT_EQ(OpenFdCount(), fds);
+  EXPECT_EQ(MappingCount(), maps);
+  EXPECT_EQ(c.Stats()->segments, 0u);
+}
+
+}  // namespace
+}  // namespace shmbroker::testing

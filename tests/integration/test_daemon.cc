@@ -1,0 +1,185 @@
+#include "test_daemon.h"
+
+#include <fcntl.h>
+#include <grp.h>
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+namespace shmbroker::testing {
+
+using namespace std::chrono_literals;
+
+TestDaemon::TestDaemon(std::vector<std::string> extra_args) {
+  char tmpl[] = "/tmp/shmbroker-it-XXXXXX";
+  dir_ = ::mkdtemp(tmpl);
+  ::chmod(dir_.c_str(), 0755);  // Reachable by children that drop to another uid.
+  socket_ = dir_ + "/s.sock";
+  log_path_ = dir_ + "/daemon.log";
+  std::vector<std::string> args = {SHMBROKERD_PATH, "--socket", socket_, "--log-level", "warn"};
+  args.insert(args.end(), extra_args.begin(), extra_args.end());
+  pid_ = ::fork();
+  if (pid_ == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // No daemon outlives a crashed test.
+    int fd = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    ::dup2(fd, 2);
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  bool up = Eventually(
+      [&] {
+        if (!alive()) return true;
+        return Client::Connect({.socket_path = socket_}).ok();
+      },
+      10s);
+  EXPECT_TRUE(up && alive()) << "shmbrokerd did not start:\n" << log();
+}
+
+TestDaemon::~TestDaemon() {
+  if (pid_ > 0) {
+    ::kill(pid_, SIGTERM);
+    int status = 0;
+    bool exited = false;
+    for (int i = 0; i < 1000 && !exited; ++i) {
+      exited = ::waitpid(pid_, &status, WNOHANG) == pid_;
+      if (!exited) std::this_thread::sleep_for(10ms);
+    }
+    if (!exited) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, &status, 0);
+      ADD_FAILURE() << "shmbrokerd did not stop on SIGTERM within 10 s";
+    }
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        << "shmbrokerd ended with status " << status << ":\n"
+        << log();
+  }
+  std::filesystem::remove_all(dir_);
+}
+
+bool TestDaemon::alive() const {
+  int status;
+  return pid_ > 0 && ::waitpid(pid_, &status, WNOHANG) == 0;
+}
+
+std::string TestDaemon::log() const {
+  std::ifstream in(log_path_);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+Result<Client> TestDaemon::Connect(std::string name) const {
+  return Client::Connect({.socket_path = socket_, .client_name = std::move(name)});
+}
+
+Client TestDaemon::MustConnect(std::string name) const {
+  auto c = Connect(std::move(name));
+  if (!c.ok()) {
+    ADD_FAILURE() << c.status().ToString();
+    std::abort();
+  }
+  return std::move(c).value();
+}
+
+bool DropTo(int uid, int gid) {
+  return ::setgroups(0, nullptr) == 0 && ::setgid(gid) == 0 && ::setuid(uid) == 0;
+}
+
+int RunInChild(const std::function<int()>& fn, int uid) {
+  pid_t pid = ::fork();
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    if (uid >= 0 && !DropTo(uid, uid)) ::_exit(125);
+    int rc = fn();
+    ::_exit(::testing::Test::HasFailure() ? 126 : rc);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+bool Eventually(const std::function<bool()>& pred, std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(5ms);
+  }
+  return true;
+}
+
+std::size_t OpenFdCount() {
+  std::size_t n = 0;
+  for ([[maybe_unused]] auto& e : std::filesystem::directory_iterator("/proc/self/fd")) ++n;
+  return n;
+}
+
+std::size_t MappingCount() {
+  std::ifstream in("/proc/self/maps");
+  std::size_t n = 0;
+  for (std::string line; std::getline(in, line);) ++n;
+  return n;
+}
+
+RawConnection::RawConnection(const std::string& socket) {
+  fd_.reset(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, socket.data(), socket.size());
+  if (::connect(fd_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) fd_.reset();
+}
+
+int RawConnection::SendBytes(const std::string& bytes, std::vector<int> fds) {
+  return wire::SendPacket(fd_.get(), std::as_bytes(std::span(bytes)), fds, false);
+}
+
+std::optional<wire::Reply> RawConnection::Receive(std::vector<wire::UniqueFd>* fds,
+                                                  std::chrono::milliseconds timeout) {
+  pollfd p{fd_.get(), POLLIN, 0};
+  if (::poll(&p, 1, static_cast<int>(timeout.count())) <= 0) return std::nullopt;
+  std::vector<std::byte> buf(wire::kMaxReplyBytes + 1);
+  wire::RecvResult r = wire::RecvPacket(fd_.get(), buf, true);
+  if (r.status != wire::RecvStatus::kOk) return std::nullopt;
+  wire::Reply reply;
+  if (!reply.ParseFromArray(buf.data(), static_cast<int>(r.size))) return std::nullopt;
+  if (fds != nullptr) *fds = std::move(r.fds);
+  return reply;
+}
+
+bool RawConnection::ClosedByPeer(std::chrono::milliseconds timeout) {
+  pollfd p{fd_.get(), POLLIN, 0};
+  if (::poll(&p, 1, static_cast<int>(timeout.count())) <= 0) return false;
+  std::vector<std::byte> buf(wire::kMaxReplyBytes + 1);
+  wire::RecvResult r = wire::RecvPacket(fd_.get(), buf, true);
+  return r.status == wire::RecvStatus::kClosed ||
+         (r.status == wire::RecvStatus::kError && r.error == ECONNRESET);
+}
+
+bool RawConnection::Hello() {
+  wire::Request req;
+  req.mutable_hello()->set_protocol_version(wire::PROTOCOL_VERSION_CURRENT);
+  req.mutable_hello()->set_client_name("raw");
+  auto reply = Call(req);
+  return reply && reply->code() == wire::OK;
+}
+
+std::optional<wire::Reply> RawConnection::Call(const wire::Request& request,
+                                               std::vector<wire::UniqueFd>* fds) {
+  if (Send(request) != 0) return std::nullopt;
+  return Receive(fds);
+}
+
+}  // namespace shmbroker::testing
