@@ -1,0 +1,198 @@
+// The cost of shmbroker's operations as ratios to a floor measured in the same run: a bare
+// AF_UNIX SOCK_SEQPACKET request/reply between two processes. Absolute times on a shared machine
+// mean little; the ratio says how much the broker adds to the one round trip it cannot avoid.
+#include <benchmark/benchmark.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <shmbroker/client.h>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+using shmbroker::Access;
+using shmbroker::Client;
+
+std::string g_socket;
+std::optional<Client> g_client;
+
+// --- The floor: a bare SEQPACKET round trip to an echo process ----------------------------------
+
+void BM_SeqpacketRoundTrip(benchmark::State& state) {
+  int sv[2];
+  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+    state.SkipWithError("socketpair");
+    return;
+  }
+  pid_t echo = ::fork();
+  if (echo == 0) {
+    ::close(sv[0]);
+    char buf[256];
+    ssize_t n;
+    while ((n = ::recv(sv[1], buf, sizeof(buf), 0)) > 0) ::send(sv[1], buf, n, MSG_NOSIGNAL);
+    ::_exit(0);
+  }
+  ::close(sv[1]);
+  char msg[64] = {1}, reply[256];
+  for (auto _ : state) {
+    ::send(sv[0], msg, sizeof(msg), MSG_NOSIGNAL);
+    benchmark::DoNotOptimize(::recv(sv[0], reply, sizeof(reply), 0));
+  }
+  ::close(sv[0]);
+  ::waitpid(echo, nullptr, 0);
+}
+BENCHMARK(BM_SeqpacketRoundTrip)->UseRealTime();
+
+// --- The broker ----------------------------------------------------------------------------------
+
+// Create() + the Segment's destruction (detach) + Unlink(): three round trips, plus memfd_create,
+// fallocate and the mapping in between.
+void BM_CreateUnlink(benchmark::State& state) {
+  const std::uint64_t size = static_cast<std::uint64_t>(state.range(0));
+  for (auto _ : state) {
+    {
+      auto seg = g_client->Create({.name = "bench/create", .shape = {size}});
+      if (!seg.ok()) {
+        state.SkipWithError(seg.status().ToString().c_str());
+        return;
+      }
+      benchmark::DoNotOptimize(seg->bytes().data());
+    }
+    if (!g_client->Unlink("bench/create").ok()) {
+      state.SkipWithError("unlink");
+      return;
+    }
+  }
+}
+BENCHMARK(BM_CreateUnlink)->Arg(4096)->UseRealTime();
+
+// Attach() + the Segment's destruction: two round trips. With the region cached (another Segment
+// of the same memory stays alive on this client) no fd travels and nothing is mapped; without,
+// every attach receives the fd and maps, and every detach unmaps and releases the region.
+void AttachDetach(benchmark::State& state, bool cached) {
+  const std::uint64_t size = static_cast<std::uint64_t>(state.range(0));
+  std::string name = "bench/attach-" + std::to_string(size);
+  auto owner = g_client->Create({.name = name, .shape = {size}});
+  if (!owner.ok()) {
+    state.SkipWithError(owner.status().ToString().c_str());
+    return;
+  }
+  std::optional<shmbroker::Segment> keep;
+  if (cached) keep.emplace(std::move(g_client->Attach(name)).value());
+  for (auto _ : state) {
+    auto seg = g_client->Attach(name);
+    if (!seg.ok()) {
+      state.SkipWithError(seg.status().ToString().c_str());
+      return;
+    }
+    benchmark::DoNotOptimize(seg->bytes().data());
+  }
+  keep.reset();
+  owner = shmbroker::Status::Internal("done");
+  (void)g_client->Unlink(name);
+}
+void BM_AttachDetachCached(benchmark::State& state) { AttachDetach(state, true); }
+void BM_AttachDetachUncached(benchmark::State& state) { AttachDetach(state, false); }
+BENCHMARK(BM_AttachDetachCached)->Arg(4096)->UseRealTime();
+BENCHMARK(BM_AttachDetachUncached)->Arg(4096)->Arg(1 << 20)->UseRealTime();
+
+// --- The daemon and the report -------------------------------------------------------------------
+
+pid_t StartDaemon() {
+  std::string dir =
+      std::filesystem::temp_directory_path() / ("shmbroker-bench-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  g_socket = dir + "/s.sock";
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    ::execl(SHMBROKERD_PATH, SHMBROKERD_PATH, "--socket", g_socket.c_str(), "--log-level", "warn",
+            static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  for (int i = 0; i < 500; ++i) {
+    auto c = Client::Connect({.socket_path = g_socket, .client_name = "bench"});
+    if (c.ok()) {
+      g_client.emplace(std::move(c).value());
+      return pid;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  std::fprintf(stderr, "shmbroker_bench: the daemon at %s did not start\n", g_socket.c_str());
+  std::exit(1);
+}
+
+// Keeps the medians of every benchmark while printing as usual.
+class MedianReporter : public benchmark::ConsoleReporter {
+ public:
+  void ReportRuns(const std::vector<Run>& runs) override {
+    for (const auto& r : runs) {
+      if (r.run_type == Run::RT_Aggregate && r.aggregate_name == "median") {
+        medians_[r.run_name.function_name +
+                 (r.run_name.args.empty() ? "" : "/" + r.run_name.args)] = r.GetAdjustedRealTime();
+      }
+    }
+    ConsoleReporter::ReportRuns(runs);
+  }
+  std::map<std::string, double> medians_;  // ns per iteration (time unit: ns).
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Medians need repetitions; keep the default run short on a small machine.
+  std::vector<char*> args(argv, argv + argc);
+  bool has_reps = false;
+  for (int i = 1; i < argc; ++i)
+    has_reps |= std::strstr(argv[i], "--benchmark_repetitions") != nullptr;
+  static char reps[] = "--benchmark_repetitions=7";
+  static char aggr[] = "--benchmark_report_aggregates_only=true";
+  static char min_time[] = "--benchmark_min_time=0.1";
+  if (!has_reps) args.insert(args.begin() + 1, {reps, aggr, min_time});
+  int n = static_cast<int>(args.size());
+  benchmark::Initialize(&n, args.data());
+  if (benchmark::ReportUnrecognizedArguments(n, args.data())) return 2;
+
+  pid_t daemon = StartDaemon();
+  MedianReporter reporter;
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+  g_client.reset();
+  ::kill(daemon, SIGTERM);
+  ::waitpid(daemon, nullptr, 0);
+  std::filesystem::remove_all(std::filesystem::path(g_socket).parent_path());
+
+  auto floor = reporter.medians_.find("BM_SeqpacketRoundTrip");
+  if (floor == reporter.medians_.end()) return 0;
+  struct Row {
+    const char* key;
+    const char* what;
+    int round_trips;
+  };
+  const Row rows[] = {
+      {"BM_SeqpacketRoundTrip", "floor: bare SEQPACKET request/reply", 1},
+      {"BM_AttachDetachCached/4096", "attach+detach 4 KiB, region cached", 2},
+      {"BM_AttachDetachUncached/4096", "attach+detach 4 KiB, fd sent + mmap", 2},
+      {"BM_AttachDetachUncached/1048576", "attach+detach 1 MiB, fd sent + mmap", 2},
+      {"BM_CreateUnlink/4096", "create+detach+unlink 4 KiB", 3},
+  };
+  std::printf("\n%-40s %12s %10s %14s\n", "operation", "median us", "x floor", "x floor per RT");
+  for (const Row& r : rows) {
+    auto it = reporter.medians_.find(r.key);
+    if (it == reporter.medians_.end()) continue;
+    double ratio = it->second / floor->second;
+    std::printf("%-40s %12.1f %10.2f %14.2f\n", r.what, it->second / 1000, ratio,
+                ratio / r.round_trips);
+  }
+  return 0;
+}
