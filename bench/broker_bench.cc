@@ -56,31 +56,33 @@ BENCHMARK(BM_SeqpacketRoundTrip)->UseRealTime();
 
 // --- The broker ----------------------------------------------------------------------------------
 
-// Create() + the Segment's destruction (detach) + Unlink(): three round trips, plus memfd_create,
-// fallocate and the mapping in between.
-void BM_CreateUnlink(benchmark::State& state) {
+// Create() alone: one round trip, plus memfd_create, sizing, sealing, fallocate in the daemon and
+// the mapping in the client. The detach and unlink that follow are not timed.
+void BM_Create(benchmark::State& state) {
   const std::uint64_t size = static_cast<std::uint64_t>(state.range(0));
   for (auto _ : state) {
-    {
-      auto seg = g_client->Create({.name = "bench/create", .shape = {size}});
-      if (!seg.ok()) {
-        state.SkipWithError(seg.status().ToString().c_str());
-        return;
-      }
-      benchmark::DoNotOptimize(seg->bytes().data());
+    auto seg = g_client->Create({.name = "bench/create", .shape = {size}});
+    if (!seg.ok()) {
+      state.SkipWithError(seg.status().ToString().c_str());
+      return;
     }
-    if (!g_client->Unlink("bench/create").ok()) {
+    benchmark::DoNotOptimize(seg->bytes().data());
+    state.PauseTiming();
+    seg = shmbroker::Status::Internal("released");
+    bool unlinked = g_client->Unlink("bench/create").ok();
+    state.ResumeTiming();
+    if (!unlinked) {
       state.SkipWithError("unlink");
       return;
     }
   }
 }
-BENCHMARK(BM_CreateUnlink)->Arg(4096)->UseRealTime();
+BENCHMARK(BM_Create)->Arg(4096)->Arg(1 << 20)->UseRealTime();
 
-// Attach() + the Segment's destruction: two round trips. With the region cached (another Segment
-// of the same memory stays alive on this client) no fd travels and nothing is mapped; without,
-// every attach receives the fd and maps, and every detach unmaps and releases the region.
-void AttachDetach(benchmark::State& state, bool cached) {
+// Attach() alone: one round trip. With the region cached (another Segment of the same memory
+// stays alive on this client) no fd travels and nothing is mapped; without, every attach
+// receives the fd and maps it (the detach that unmaps and releases it is not timed).
+void Attach(benchmark::State& state, bool cached) {
   const std::uint64_t size = static_cast<std::uint64_t>(state.range(0));
   std::string name = "bench/attach-" + std::to_string(size);
   auto owner = g_client->Create({.name = name, .shape = {size}});
@@ -97,15 +99,38 @@ void AttachDetach(benchmark::State& state, bool cached) {
       return;
     }
     benchmark::DoNotOptimize(seg->bytes().data());
+    state.PauseTiming();
+    seg = shmbroker::Status::Internal("released");
+    state.ResumeTiming();
   }
   keep.reset();
   owner = shmbroker::Status::Internal("done");
   (void)g_client->Unlink(name);
 }
-void BM_AttachDetachCached(benchmark::State& state) { AttachDetach(state, true); }
-void BM_AttachDetachUncached(benchmark::State& state) { AttachDetach(state, false); }
-BENCHMARK(BM_AttachDetachCached)->Arg(4096)->UseRealTime();
-BENCHMARK(BM_AttachDetachUncached)->Arg(4096)->Arg(1 << 20)->UseRealTime();
+void BM_AttachCached(benchmark::State& state) { Attach(state, true); }
+void BM_AttachUncached(benchmark::State& state) { Attach(state, false); }
+BENCHMARK(BM_AttachCached)->Arg(4096)->UseRealTime();
+BENCHMARK(BM_AttachUncached)->Arg(4096)->Arg(1 << 20)->UseRealTime();
+
+// What a user pays for a whole cycle: Create() + destroying the Segment (detach) + Unlink().
+void BM_CreateDetachUnlink(benchmark::State& state) {
+  const std::uint64_t size = static_cast<std::uint64_t>(state.range(0));
+  for (auto _ : state) {
+    {
+      auto seg = g_client->Create({.name = "bench/cycle", .shape = {size}});
+      if (!seg.ok()) {
+        state.SkipWithError(seg.status().ToString().c_str());
+        return;
+      }
+      benchmark::DoNotOptimize(seg->bytes().data());
+    }
+    if (!g_client->Unlink("bench/cycle").ok()) {
+      state.SkipWithError("unlink");
+      return;
+    }
+  }
+}
+BENCHMARK(BM_CreateDetachUnlink)->Arg(4096)->UseRealTime();
 
 // --- The daemon and the report -------------------------------------------------------------------
 
@@ -181,17 +206,20 @@ int main(int argc, char** argv) {
   };
   const Row rows[] = {
       {"BM_SeqpacketRoundTrip", "floor: bare SEQPACKET request/reply", 1},
-      {"BM_AttachDetachCached/4096", "attach+detach 4 KiB, region cached", 2},
-      {"BM_AttachDetachUncached/4096", "attach+detach 4 KiB, fd sent + mmap", 2},
-      {"BM_AttachDetachUncached/1048576", "attach+detach 1 MiB, fd sent + mmap", 2},
-      {"BM_CreateUnlink/4096", "create+detach+unlink 4 KiB", 3},
+      {"BM_AttachCached/4096", "attach 4 KiB, region cached", 1},
+      {"BM_AttachUncached/4096", "attach 4 KiB, fd sent + mmap", 1},
+      {"BM_AttachUncached/1048576", "attach 1 MiB, fd sent + mmap", 1},
+      {"BM_Create/4096", "create 4 KiB", 1},
+      {"BM_Create/1048576", "create 1 MiB", 1},
+      {"BM_CreateDetachUnlink/4096", "create+detach+unlink 4 KiB", 3},
   };
-  std::printf("\n%-40s %12s %10s %14s\n", "operation", "median us", "x floor", "x floor per RT");
+  std::printf("\n%-36s %10s %8s %6s %10s\n", "operation", "median us", "x floor", "RTs",
+              "x per RT");
   for (const Row& r : rows) {
     auto it = reporter.medians_.find(r.key);
     if (it == reporter.medians_.end()) continue;
     double ratio = it->second / floor->second;
-    std::printf("%-40s %12.1f %10.2f %14.2f\n", r.what, it->second / 1000, ratio,
+    std::printf("%-36s %10.1f %8.2f %6d %10.2f\n", r.what, it->second / 1000, ratio, r.round_trips,
                 ratio / r.round_trips);
   }
   return 0;
