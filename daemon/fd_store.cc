@@ -13,6 +13,7 @@
 #include <spdlog/spdlog.h>
 
 #include "store.pb.h"
+#include "wire_convert.h"
 
 namespace shmbroker::daemon {
 namespace {
@@ -42,23 +43,11 @@ wire::UniqueFd MakeMetaMemfd(const Segment& s) {
   store::StoredSegment stored;
   stored.set_format(1);
   stored.set_id(s.id());
-  auto* info = stored.mutable_info();
-  const SegmentSpec& spec = s.spec();
-  info->set_name(spec.name);
-  info->set_dtype(spec.dtype);
-  for (auto d : spec.shape) info->add_shape(d);
-  info->set_order(spec.order == Order::kF ? wire::ORDER_F : wire::ORDER_C);
-  info->set_nbytes(s.nbytes());
-  info->mutable_attrs()->insert(spec.attrs.begin(), spec.attrs.end());
-  info->set_uid(s.uid());
-  info->set_gid(s.gid());
-  info->set_creator_pid(s.creator_pid());
-  info->set_created_unix_ns(s.created_unix_ns());
-  info->set_mode(spec.mode);
+  DescribeSegment(s, stored.mutable_info());
   std::string bytes = stored.SerializeAsString();
 
   wire::UniqueFd fd(
-      ::memfd_create(("shmbroker-meta:" + spec.name).c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING));
+      ::memfd_create(("shmbroker-meta:" + s.name()).c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING));
   if (!fd) return fd;
   if (::write(fd.get(), bytes.data(), bytes.size()) != static_cast<ssize_t>(bytes.size()) ||
       ::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) !=
@@ -131,13 +120,7 @@ std::size_t FdStore::Restore(std::vector<ListenFd>& fds, Registry& registry) {
       continue;
     }
     const auto& info = stored.info();
-    SegmentSpec spec;
-    spec.name = info.name();
-    spec.dtype = info.dtype();
-    spec.shape.assign(info.shape().begin(), info.shape().end());
-    spec.order = info.order() == wire::ORDER_F ? Order::kF : Order::kC;
-    spec.mode = info.mode();
-    spec.attrs.insert(info.attrs().begin(), info.attrs().end());
+    SegmentSpec spec = SpecFromWire(info);
     Credentials owner{info.uid(), info.gid(), info.creator_pid(), {}};
     std::string name = spec.name;
     Status s =

@@ -63,8 +63,7 @@ bool Registry::Allowed(const Segment& s, Access access, const Credentials& creds
   return mode & bit;
 }
 
-Result<std::shared_ptr<Segment>> Registry::Create(SegmentSpec spec, const Credentials& creds,
-                                                  std::uint64_t connection) {
+Result<std::uint64_t> Registry::CheckNew(const SegmentSpec& spec) const {
   if (Status s = ValidateName(spec.name); !s.ok()) return s;
   auto itemsize = ParseDtype(spec.dtype);
   if (!itemsize.ok()) return itemsize.status();
@@ -75,6 +74,13 @@ Result<std::shared_ptr<Segment>> Registry::Create(SegmentSpec spec, const Creden
   if (segments_.find(spec.name) != segments_.end()) {
     return Status::AlreadyExists("a segment named " + Quoted(spec.name) + " exists already");
   }
+  return nbytes;
+}
+
+Result<std::shared_ptr<Segment>> Registry::Create(SegmentSpec spec, const Credentials& creds,
+                                                  std::uint64_t connection) {
+  auto nbytes = CheckNew(spec);
+  if (!nbytes.ok()) return nbytes.status();
   std::uint64_t size = *nbytes;
   if (options_.max_memory != 0 &&
       size > options_.max_memory - std::min(bytes_held_, options_.max_memory)) {
@@ -112,17 +118,9 @@ Result<std::shared_ptr<Segment>> Registry::Create(SegmentSpec spec, const Creden
 
 Status Registry::Restore(std::uint64_t id, SegmentSpec spec, const Credentials& owner,
                          std::int64_t created_unix_ns, UniqueFd fd) {
-  if (Status s = ValidateName(spec.name); !s.ok()) return s;
-  auto itemsize = ParseDtype(spec.dtype);
-  if (!itemsize.ok()) return itemsize.status();
-  auto nbytes = ComputeNbytes(*itemsize, spec.shape);
-  if (!nbytes.ok()) return nbytes.status();
-  if (Status s = ValidateMode(spec.mode); !s.ok()) return s;
-  if (Status s = ValidateAttrs(spec.attrs); !s.ok()) return s;
   if (id == 0) return Status::InvalidArgument("segment id 0");
-  if (segments_.find(spec.name) != segments_.end()) {
-    return Status::AlreadyExists("a segment named " + Quoted(spec.name) + " exists already");
-  }
+  auto nbytes = CheckNew(spec);
+  if (!nbytes.ok()) return nbytes.status();
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode) ||
       static_cast<std::uint64_t>(st.st_size) != *nbytes) {

@@ -165,6 +165,9 @@ class Registry {
   std::uint64_t max_memory() const { return options_.max_memory; }
 
  private:
+  // Validates a spec for a new segment (and that its name is free); returns its size in bytes.
+  Result<std::uint64_t> CheckNew(const SegmentSpec& spec) const;
+
   RegistryOptions options_;
   std::map<std::string, std::shared_ptr<Segment>, std::less<>> segments_;
   std::set<std::uint64_t> open_connections_;

@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 
 #include "validate.h"
+#include "wire_convert.h"
 
 namespace shmbroker::daemon {
 namespace {
@@ -142,18 +143,7 @@ Outcome RequestHandler::Hello(Session& session, const wire::Hello& hello) {
 }
 
 void RequestHandler::FillInfo(const Segment& s, wire::SegmentInfo* info) const {
-  const SegmentSpec& spec = s.spec();
-  info->set_name(spec.name);
-  info->set_dtype(spec.dtype);
-  for (auto d : spec.shape) info->add_shape(d);
-  info->set_order(spec.order == Order::kF ? wire::ORDER_F : wire::ORDER_C);
-  info->set_nbytes(s.nbytes());
-  info->mutable_attrs()->insert(spec.attrs.begin(), spec.attrs.end());
-  info->set_uid(s.uid());
-  info->set_gid(s.gid());
-  info->set_creator_pid(s.creator_pid());
-  info->set_created_unix_ns(s.created_unix_ns());
-  info->set_mode(spec.mode);
+  DescribeSegment(s, info);
   info->set_attachments(s.attachments());
   info->set_creator_connected(registry_.IsConnectionOpen(s.creator_connection()));
 }
