@@ -59,7 +59,9 @@ TEST_F(MalformedTest, RandomBytes) {
   for (int seed = 1; seed <= 20; ++seed) {
     RawConnection raw(d_.socket());
     ASSERT_TRUE(raw.ok());
-    if (seed % 2 == 0) ASSERT_TRUE(raw.Hello());  // Garbage before and after the handshake.
+    if (seed % 2 == 0) {  // Garbage before and after the handshake.
+      ASSERT_TRUE(raw.Hello());
+    }
     std::mt19937 rng(seed);
     std::string junk(1 + rng() % 2000, '\0');
     for (char& ch : junk) ch = static_cast<char>(rng());

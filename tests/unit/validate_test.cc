@@ -71,7 +71,9 @@ TEST(ParseDtype, RejectsEverythingElse) {
                         "[('a','<i4')]"}) {
     auto r = ParseDtype(d);
     EXPECT_FALSE(r.ok()) << "'" << d << "' was accepted";
-    if (!r.ok()) EXPECT_EQ(r.status().code(), Code::kInvalidArgument);
+    if (!r.ok()) {
+      EXPECT_EQ(r.status().code(), Code::kInvalidArgument);
+    }
   }
 }
 
