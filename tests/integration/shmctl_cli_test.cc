@@ -15,6 +15,8 @@
 #include <thread>
 #include <vector>
 
+#include "test_daemon.h"
+
 namespace shmbroker {
 namespace {
 
@@ -89,39 +91,12 @@ std::vector<std::string> Lines(const std::string& s) {
 class ShmctlTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/shmctl-test-XXXXXX";
-    dir_ = ::mkdtemp(tmpl);
-    ::chmod(dir_.c_str(), 0755);  // Reachable by the other uid in the permission tests.
-    socket_ = dir_ + "/s.sock";
-    daemon_ = ::fork();
-    ASSERT_GE(daemon_, 0);
-    if (daemon_ == 0) {
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // No daemon outlives a crashed test.
-      ::execl(SHMBROKERD_PATH, SHMBROKERD_PATH, "--socket", socket_.c_str(), "--log-level", "warn",
-              static_cast<char*>(nullptr));
-      ::_exit(127);
-    }
-    for (int i = 0; i < 500; ++i) {
-      auto c = Client::Connect({.socket_path = socket_});
-      if (c.ok()) {
-        client_.emplace(std::move(c).value());
-        return;
-      }
-      std::this_thread::sleep_for(10ms);
-    }
-    FAIL() << "the daemon did not come up";
+    client_.emplace(d_.MustConnect());
+    socket_ = d_.socket();
+    dir_ = d_.dir();
+    daemon_ = d_.pid();
   }
-
-  void TearDown() override {
-    client_.reset();
-    if (daemon_ > 0) {
-      ::kill(daemon_, SIGTERM);
-      int status = 0;
-      ::waitpid(daemon_, &status, 0);
-      EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "daemon status " << status;
-    }
-    std::filesystem::remove_all(dir_);
-  }
+  void TearDown() override { client_.reset(); }
 
   Ran Ctl(std::vector<std::string> args, int uid = -1) {
     args.insert(args.begin(), {SHMCTL_PATH, "--socket", socket_});
@@ -167,6 +142,7 @@ class ShmctlTest : public ::testing::Test {
     FAIL() << "creator of " << name << " still counted as connected";
   }
 
+  testing::TestDaemon d_;
   std::string dir_, socket_;
   pid_t daemon_ = -1;
   std::optional<Client> client_;
