@@ -213,6 +213,11 @@ Outcome RequestHandler::Attach(Session& session, const wire::AttachRequest& req)
 
 Outcome RequestHandler::Detach(Session& session, const wire::DetachRequest& req) {
   if (req.released_region_id() != 0) session.regions_sent.erase(req.released_region_id());
+  if (req.attachment_id() == 0 && req.released_region_id() != 0) {
+    Outcome out;  // Only the region: a client that unmapped it without an attachment to end.
+    out.reply.mutable_empty();
+    return out;
+  }
   auto it = session.attachments.find(req.attachment_id());
   if (it == session.attachments.end()) {
     return Error(Status::NotFound("no attachment " + std::to_string(req.attachment_id()) +

@@ -164,6 +164,10 @@ TEST_F(RequestHandlerTest, ReleasedRegionIsSentAgain) {
   Outcome again = Attach(s, "a");
   ASSERT_EQ(Detach(s, again.reply.attach().attachment_id(), region).reply.code(), wire::OK);
   EXPECT_EQ(Attach(s, "a").fds.size(), 1u);
+  // A region can be released on its own (attachment id 0), which is not an error.
+  Outcome only_region = Detach(s, 0, region);
+  EXPECT_EQ(only_region.reply.code(), wire::OK);
+  EXPECT_EQ(Attach(s, "a").fds.size(), 1u);
 }
 
 TEST_F(RequestHandlerTest, DetachAndCloseReleaseAttachments) {
