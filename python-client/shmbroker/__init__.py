@@ -1,0 +1,118 @@
+"""shmbroker: NumPy arrays in shared memory, by name, between processes.
+
+    import shmbroker
+    a = shmbroker.create("job/weights", (1000, 1000), "float32")   # writable, zero-filled
+    b = shmbroker.attach("job/weights")                             # read-only view, any process
+    shmbroker.unlink("job/weights")                                 # memory freed when unused
+
+Arrays keep their mapping alive (views and slices too) and pickle by reference, so passing one
+to a multiprocessing worker costs a few hundred bytes whatever its size. Module-level functions
+use a per-process default client that connects on first use (see :func:`connect` for others).
+"""
+
+from .array import SharedArray, segment_name
+from .client import (
+    Client,
+    DaemonStats,
+    PurgeResult,
+    SegmentInfo,
+    ServerInfo,
+    connect,
+    default_client,
+    resolve_socket_path,
+)
+from .errors import (
+    AlreadyExistsError,
+    Code,
+    Error,
+    FailedPreconditionError,
+    InternalError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    ProtocolError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
+
+__version__ = "0.1.0"
+
+
+def create(name, shape, dtype="float64", *, order="C", mode=0o600, attrs=None):
+    """Creates segment ``name`` and returns it as a writable, zero-filled array.
+    See :meth:`Client.create`."""
+    return default_client().create(name, shape, dtype, order=order, mode=mode, attrs=attrs)
+
+
+def attach(name, *, writable=False):
+    """Maps segment ``name`` (read-only unless ``writable``). See :meth:`Client.attach`."""
+    return default_client().attach(name, writable=writable)
+
+
+def share(arr, name, *, mode=0o600, attrs=None):
+    """Copies ``arr`` into a new segment and returns the shared copy."""
+    return default_client().share(arr, name, mode=mode, attrs=attrs)
+
+
+def unlink(name):
+    """Removes segment ``name``; mappings in use stay valid."""
+    default_client().unlink(name)
+
+
+def stat(name):
+    """:class:`SegmentInfo` of segment ``name``."""
+    return default_client().stat(name)
+
+
+def list(pattern=None):  # noqa: A001 (the issue's name for it)
+    """Segments whose names match the glob ``pattern`` (all when None), sorted by name."""
+    return default_client().list(pattern)
+
+
+def stats():
+    """The daemon's counters."""
+    return default_client().stats()
+
+
+def purge(patterns=(), **selectors):
+    """Unlinks every segment matching all the selectors. See :meth:`Client.purge`."""
+    return default_client().purge(patterns, **selectors)
+
+
+def flush():
+    """Tells the daemon now about attachments released since the last request."""
+    default_client().flush()
+
+
+__all__ = [
+    "AlreadyExistsError",
+    "Client",
+    "Code",
+    "DaemonStats",
+    "Error",
+    "FailedPreconditionError",
+    "InternalError",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "ProtocolError",
+    "PurgeResult",
+    "ResourceExhaustedError",
+    "SegmentInfo",
+    "ServerInfo",
+    "SharedArray",
+    "UnavailableError",
+    "attach",
+    "connect",
+    "create",
+    "default_client",
+    "flush",
+    "list",
+    "purge",
+    "resolve_socket_path",
+    "segment_name",
+    "share",
+    "stat",
+    "stats",
+    "unlink",
+]

@@ -1,0 +1,143 @@
+"""NumPy arrays backed by shmbroker segments, and how they pickle.
+
+Ownership chain, from the user's array down to the memory:
+
+    SharedArray (and every view of it)  --base-->  _Anchor  --base-->  memoryview of the mapping
+
+One _Anchor per attachment: when the last array on it is collected, the attachment is handed
+back to the daemon (queued; see client.py). The memoryview belongs to the mapped region (shared
+by every attachment of the same region in this connection) and munmap() runs when it is
+collected (see _mem.py).
+"""
+
+import numpy as np
+
+__all__ = ["SharedArray", "segment_name"]
+
+
+class _Anchor(np.ndarray):
+    """The bytes of one attachment, as uint8. Internal."""
+
+    # The connection, kept open while the attachment is in use (as the C++ Segment does).
+    __slots__ = ("_conn",)
+
+    def __reduce_ex__(self, protocol):
+        return np.asarray(self).__reduce_ex__(protocol)
+
+
+class _SegmentRef:
+    """What a SharedArray knows about the segment its memory belongs to."""
+
+    __slots__ = ("name", "socket", "anchor", "address", "nbytes")
+
+    def __init__(self, name, socket, anchor, address, nbytes):
+        self.name = name
+        self.socket = socket  # None: the default socket path resolution finds the daemon.
+        self.anchor = anchor  # weakref: copies of an array must not keep the mapping alive
+        self.address = address
+        self.nbytes = nbytes
+
+    def locate(self, arr):
+        """Byte offset of ``arr``'s data in the segment, or None when ``arr`` does not use the
+        segment's memory (a copy, an array computed from it)."""
+        anchor = self.anchor()
+        if anchor is None:
+            return None
+        a = arr
+        # NumPy collapses view chains, so this is a step or two.
+        while a is not anchor:
+            a = a.base
+            if not isinstance(a, np.ndarray):
+                return None
+        if arr.size == 0:
+            return 0
+        offset = arr.__array_interface__["data"][0] - self.address
+        if not 0 <= offset <= self.nbytes:
+            return None
+        return offset
+
+
+def _dtype_token(dtype):
+    # The short type string when it says everything, else the dtype object itself.
+    s = dtype.str
+    try:
+        if np.dtype(s) == dtype and dtype.fields is None and dtype.metadata is None:
+            return s
+    except TypeError:
+        pass
+    return dtype
+
+
+class SharedArray(np.ndarray):
+    """A NumPy array in shared memory. Views, slices, reshapes and transposes of it are
+    SharedArrays too, and all of them keep the mapping alive.
+
+    Pickling one (plain ``pickle``, ``multiprocessing`` with fork, spawn or forkserver) sends only
+    a reference to the segment: the receiving process attaches to the same bytes, with the same
+    offset, shape, strides, dtype and writeability. Arrays computed from it (``a + 1``,
+    ``a.copy()``) are ordinary arrays and pickle their data.
+    """
+
+    __slots__ = ("_shm",)
+
+    def __array_finalize__(self, obj):
+        self._shm = getattr(obj, "_shm", None)
+
+    def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
+        # Compute on plain views so results are plain ndarrays, not tied to any segment;
+        # arrays passed as out= (in-place operations) are handed back as they are.
+        args = [x.view(np.ndarray) if isinstance(x, SharedArray) else x for x in inputs]
+        if out is not None:
+            kwargs["out"] = tuple(
+                o.view(np.ndarray) if isinstance(o, SharedArray) else o for o in out
+            )
+        result = getattr(ufunc, method)(*args, **kwargs)
+        if out is None or method == "at":
+            return result
+        if isinstance(result, tuple):
+            return tuple(o if o is not None else r for o, r in zip(out, result))
+        return out[0] if out[0] is not None else result
+
+    @property
+    def shm_name(self):
+        """The name of the segment this array's memory belongs to, or None for an array that
+        does not use a segment's memory (e.g. a copy)."""
+        ref = self._shm
+        if ref is None or ref.locate(self) is None:
+            return None
+        return ref.name
+
+    def __reduce_ex__(self, protocol):
+        ref = self._shm
+        if ref is not None:
+            offset = ref.locate(self)
+            if offset is not None:
+                args = (
+                    ref.name,
+                    bool(self.flags.writeable),
+                    offset,
+                    self.shape,
+                    self.strides,
+                    _dtype_token(self.dtype),
+                )
+                if ref.socket is not None:
+                    args += (ref.socket,)
+                return (_rebuild, args)
+        return np.asarray(self).__reduce_ex__(protocol)
+
+    def __reduce__(self):
+        return self.__reduce_ex__(2)
+
+
+def segment_name(arr):
+    """The name of the segment whose memory ``arr`` uses, or None."""
+    return arr.shm_name if isinstance(arr, SharedArray) else None
+
+
+def _rebuild(name, writable, offset, shape, strides, dtype, socket=None):
+    # Unpickling: attach in this process through its default client (or one for `socket`).
+    from . import client
+
+    return client._client_for_socket(socket)._view(
+        name, writable, offset, tuple(shape), tuple(strides), np.dtype(dtype)
+    )

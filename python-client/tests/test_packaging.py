@@ -1,0 +1,32 @@
+"""`pip install ./python-client` builds offline with the system's setuptools and leaves the
+checkout clean."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from conftest import CLIENT_ROOT
+
+
+def test_wheel_builds_offline(tmp_path):
+    if importlib.util.find_spec("pip") is None:
+        pytest.skip("pip is not installed (Debian: python3-pip)")
+    before = sorted(os.listdir(CLIENT_ROOT))
+    env = dict(os.environ, PIP_NO_INDEX="1", PIP_FIND_LINKS="", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    p = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path), CLIENT_ROOT],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    (wheel,) = tmp_path.glob("shmbroker-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        files = set(z.namelist())
+        meta = z.read(next(f for f in files if f.endswith(".dist-info/METADATA"))).decode()
+    assert {"shmbroker/__init__.py", "shmbroker/_wire/shmbroker_pb2.py"} <= files
+    assert not any(f.startswith(("tests/", "build_backend/")) for f in files)
+    assert "Requires-Dist: numpy" in meta and "Requires-Dist: protobuf" in meta
+    assert sorted(os.listdir(CLIENT_ROOT)) == before, "no build/ or *.egg-info left behind"
