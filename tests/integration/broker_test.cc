@@ -201,7 +201,8 @@ TEST_F(ReadOnlyTest, ClientApiRefusesWritesAndTheMappingFaults) {
   EXPECT_EQ(ro->as<const float>().status().code(), Code::kFailedPrecondition);  // Wrong dtype.
   auto* p = const_cast<std::byte*>(ro->bytes().data());
   int rc = RunInChild([&] {
-    p[0] = std::byte{1};  // PROT_READ: the kernel stops this.
+    ::signal(SIGSEGV, SIG_DFL);  // Not a sanitizer's handler: let the kernel's signal show.
+    p[0] = std::byte{1};         // PROT_READ: the kernel stops this.
     return 0;
   });
   EXPECT_EQ(rc, 128 + SIGSEGV);
