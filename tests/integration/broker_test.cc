@@ -1,6 +1,7 @@
 // The real shmbrokerd through the C++ client: sharing between processes, crashes, lifetime,
 // permissions, limits, region caching and leaks.
 #include <fcntl.h>
+#include <grp.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -248,6 +249,33 @@ TEST(Broker, PermissionsFollowModeForAnotherUid) {
   // Root may do anything, including unlinking another user's segment.
   EXPECT_TRUE(root.Attach("p/nobodys", Access::kReadWrite).ok());
   EXPECT_TRUE(root.Unlink("p/nobodys").ok());
+}
+
+TEST(Broker, SupplementaryGroupsGrantGroupAccess) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to become another uid";
+  TestDaemon d;
+  Client root = d.MustConnect();
+  auto seg = root.Create({.name = "g/shared", .shape = {64}, .mode = 0640});  // gid 0, group r.
+  ASSERT_TRUE(seg.ok());
+  ASSERT_EQ(seg->info().gid, ::getegid());
+  auto attach_as_nobody = [&](bool with_group) {
+    return RunInChild([&] {
+      gid_t group = ::getegid();
+      if (::setgroups(with_group ? 1 : 0, &group) != 0 || ::setgid(65534) != 0 ||
+          ::setuid(65534) != 0) {
+        return 10;
+      }
+      auto c = d.Connect("grouped");
+      if (!c.ok()) return 11;
+      Code ro = c->Attach("g/shared").status().code();
+      Code rw = c->Attach("g/shared", Access::kReadWrite).status().code();
+      if (ro == Code::kOk && rw == Code::kPermissionDenied) return 0;
+      if (ro == Code::kPermissionDenied && rw == Code::kPermissionDenied) return 1;
+      return 12;
+    });
+  };
+  EXPECT_EQ(attach_as_nobody(true), 0) << "a supplementary group should grant group read";
+  EXPECT_EQ(attach_as_nobody(false), 1) << "without the group, 'other' has no access";
 }
 
 // --- Attachments and lifetime -------------------------------------------------------------------
