@@ -123,6 +123,15 @@ std::size_t FdStore::Restore(std::vector<ListenFd>& fds, Registry& registry) {
     SegmentSpec spec = SpecFromWire(info);
     Credentials owner{info.uid(), info.gid(), info.creator_pid(), {}};
     std::string name = spec.name;
+    // The memory is chmod 0600 to the daemon that made it: a daemon running as another uid (a
+    // DynamicUser= that changed) could not reopen it read-only for readers.
+    struct stat data_st {};
+    if (::fstat(p.data.get(), &data_st) == 0 && data_st.st_uid != ::geteuid()) {
+      spdlog::warn(
+          "stored segment '{}' belongs to uid {}, not to this daemon's uid {}: "
+          "read-only attaches to it will fail",
+          name, data_st.st_uid, ::geteuid());
+    }
     Status s =
         registry.Restore(id, std::move(spec), owner, info.created_unix_ns(), std::move(p.data));
     if (!s.ok()) {
