@@ -56,19 +56,27 @@ BENCHMARK(BM_SeqpacketRoundTrip)->UseRealTime();
 
 // --- The broker ----------------------------------------------------------------------------------
 
+// Creates `name`; on failure reports it on `state`, which then ends the benchmark.
+std::optional<shmbroker::Segment> CreateOrSkip(benchmark::State& state, const std::string& name,
+                                               std::uint64_t size) {
+  auto seg = g_client->Create({.name = name, .shape = {size}});
+  if (!seg.ok()) {
+    state.SkipWithError(seg.status().ToString().c_str());
+    return std::nullopt;
+  }
+  benchmark::DoNotOptimize(seg->bytes().data());
+  return std::move(seg).value();
+}
+
 // Create() alone: one round trip, plus memfd_create, sizing, sealing, fallocate in the daemon and
 // the mapping in the client. The detach and unlink that follow are not timed.
 void BM_Create(benchmark::State& state) {
   const std::uint64_t size = static_cast<std::uint64_t>(state.range(0));
   for (auto _ : state) {
-    auto seg = g_client->Create({.name = "bench/create", .shape = {size}});
-    if (!seg.ok()) {
-      state.SkipWithError(seg.status().ToString().c_str());
-      return;
-    }
-    benchmark::DoNotOptimize(seg->bytes().data());
+    auto seg = CreateOrSkip(state, "bench/create", size);
+    if (!seg) return;
     state.PauseTiming();
-    seg = shmbroker::Status::Internal("released");
+    seg.reset();
     bool unlinked = g_client->Unlink("bench/create").ok();
     state.ResumeTiming();
     if (!unlinked) {
@@ -85,11 +93,8 @@ BENCHMARK(BM_Create)->Arg(4096)->Arg(1 << 20)->UseRealTime();
 void Attach(benchmark::State& state, bool cached) {
   const std::uint64_t size = static_cast<std::uint64_t>(state.range(0));
   std::string name = "bench/attach-" + std::to_string(size);
-  auto owner = g_client->Create({.name = name, .shape = {size}});
-  if (!owner.ok()) {
-    state.SkipWithError(owner.status().ToString().c_str());
-    return;
-  }
+  auto owner = CreateOrSkip(state, name, size);
+  if (!owner) return;
   std::optional<shmbroker::Segment> keep;
   if (cached) keep.emplace(std::move(g_client->Attach(name)).value());
   for (auto _ : state) {
@@ -104,7 +109,7 @@ void Attach(benchmark::State& state, bool cached) {
     state.ResumeTiming();
   }
   keep.reset();
-  owner = shmbroker::Status::Internal("done");
+  owner.reset();
   (void)g_client->Unlink(name);
 }
 void BM_AttachCached(benchmark::State& state) { Attach(state, true); }
@@ -116,14 +121,7 @@ BENCHMARK(BM_AttachUncached)->Arg(4096)->Arg(1 << 20)->UseRealTime();
 void BM_CreateDetachUnlink(benchmark::State& state) {
   const std::uint64_t size = static_cast<std::uint64_t>(state.range(0));
   for (auto _ : state) {
-    {
-      auto seg = g_client->Create({.name = "bench/cycle", .shape = {size}});
-      if (!seg.ok()) {
-        state.SkipWithError(seg.status().ToString().c_str());
-        return;
-      }
-      benchmark::DoNotOptimize(seg->bytes().data());
-    }
+    if (!CreateOrSkip(state, "bench/cycle", size)) return;  // Destroyed at once: detached.
     if (!g_client->Unlink("bench/cycle").ok()) {
       state.SkipWithError("unlink");
       return;

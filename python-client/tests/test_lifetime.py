@@ -128,23 +128,20 @@ class _GcSocket:
     def __init__(self, sock):
         self._sock = sock
 
-    def send(self, *args):
+    def _collecting(self, method, *args):
         _GcSocket.reentered += _GcSocket.inside
         _GcSocket.inside = True
         try:
             gc.collect(1)  # the young generations: where the garbage below is
-            return self._sock.send(*args)
+            return method(*args)
         finally:
             _GcSocket.inside = False
 
+    def send(self, *args):
+        return self._collecting(self._sock.send, *args)
+
     def recvmsg(self, *args):
-        _GcSocket.reentered += _GcSocket.inside
-        _GcSocket.inside = True
-        try:
-            gc.collect(1)  # the young generations: where the garbage below is
-            return self._sock.recvmsg(*args)
-        finally:
-            _GcSocket.inside = False
+        return self._collecting(self._sock.recvmsg, *args)
 
     def close(self):
         self._sock.close()
