@@ -101,7 +101,8 @@ Status Server::Listen() {
     socklen_t len = sizeof(addr);
     if (::getsockname(listener.get(), reinterpret_cast<sockaddr*>(&addr), &len) == 0 &&
         len > offsetof(sockaddr_un, sun_path) && addr.sun_path[0] != '\0') {
-      options_.socket_path = addr.sun_path;
+      options_.socket_path.assign(addr.sun_path,
+                                  ::strnlen(addr.sun_path, len - offsetof(sockaddr_un, sun_path)));
       handler_.set_socket_path(options_.socket_path);
     }
     ::fcntl(listener.get(), F_SETFL, ::fcntl(listener.get(), F_GETFL) | O_NONBLOCK);
