@@ -20,8 +20,9 @@ Connection::Connection(SeqPacket::socket socket, RequestHandler& handler,
 
 void Connection::Start() {
   handler_.Opened(session_);
-  spdlog::info("client {} connected (pid {}, uid {}, gid {})", session_.id, session_.creds.pid,
-               session_.creds.uid, session_.creds.gid);
+  // The info line comes with the handshake, which names the client.
+  spdlog::debug("client {} accepted (pid {}, uid {}, gid {})", session_.id, session_.creds.pid,
+                session_.creds.uid, session_.creds.gid);
   WaitReadable();
 }
 
@@ -32,8 +33,9 @@ void Connection::Stop() {
   socket_.close(ignored);
   pending_.reset();
   handler_.Closed(session_);
-  spdlog::info("client {} disconnected ('{}', pid {})", session_.id, session_.client_name,
-               session_.creds.pid);
+  spdlog::log(session_.greeted ? spdlog::level::info : spdlog::level::debug,
+              "client {} disconnected ('{}', pid {})", session_.id, session_.client_name,
+              session_.creds.pid);
 }
 
 void Connection::Finish() { manager_.Stop(shared_from_this()); }

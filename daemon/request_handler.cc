@@ -123,8 +123,8 @@ Outcome RequestHandler::Hello(Session& session, const wire::Hello& hello) {
   }
   session.greeted = true;
   session.client_name = hello.client_name().substr(0, kMaxClientNameBytes);
-  spdlog::info("client {} is '{}' (pid {}, uid {})", session.id, session.client_name,
-               session.creds.pid, session.creds.uid);
+  spdlog::info("client {} connected: '{}' (pid {}, uid {}, gid {})", session.id,
+               session.client_name, session.creds.pid, session.creds.uid, session.creds.gid);
   Outcome out;
   auto* r = out.reply.mutable_hello();
   r->set_protocol_version(wire::PROTOCOL_VERSION_CURRENT);

@@ -59,7 +59,7 @@ class DaemonProcess {
   Result<Client> ConnectWithin(const std::string& socket, std::chrono::milliseconds limit = 5s) {
     auto deadline = std::chrono::steady_clock::now() + limit;
     for (;;) {
-      auto c = Client::Connect({.socket_path = socket});
+      auto c = Client::Connect({.socket_path = socket, .client_name = "test"});
       if (c.ok() || std::chrono::steady_clock::now() > deadline) return c;
       std::this_thread::sleep_for(10ms);
     }
@@ -130,7 +130,14 @@ TEST(DaemonOptions, InfoLogHasConnectsCreatesAndUnlinks) {
   c2 = Status::Unavailable("closed");
   EXPECT_EQ(d.Terminate(), 0);
   std::string log = d.log();
-  EXPECT_NE(log.find("connected"), std::string::npos) << log;
+  auto count = [&](const std::string& what) {
+    std::size_t n = 0;
+    for (auto pos = log.find(what); pos != std::string::npos; pos = log.find(what, pos + 1)) ++n;
+    return n;
+  };
+  // One line per client connect and per disconnect: two clients here.
+  EXPECT_EQ(count("connected: 'test'"), 2u) << log;
+  EXPECT_EQ(count(" disconnected ('test'"), 2u) << log;
   EXPECT_NE(log.find("created 'logged/one'"), std::string::npos) << log;
   EXPECT_NE(log.find("unlinked 'logged/one'"), std::string::npos) << log;
   EXPECT_NE(log.find("disconnected"), std::string::npos) << log;
