@@ -10,7 +10,7 @@ to a multiprocessing worker costs a few hundred bytes whatever its size. Module-
 use a per-process default client that connects on first use (see :func:`connect` for others).
 """
 
-from .array import SharedArray, segment_name
+from .array import SharedArray, UnavailableArray, segment_name
 from .client import (
     Client,
     DaemonStats,
@@ -101,6 +101,7 @@ __all__ = [
     "SegmentInfo",
     "ServerInfo",
     "SharedArray",
+    "UnavailableArray",
     "UnavailableError",
     "attach",
     "connect",

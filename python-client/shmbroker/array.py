@@ -12,7 +12,7 @@ collected (see _mem.py).
 
 import numpy as np
 
-__all__ = ["SharedArray", "segment_name"]
+__all__ = ["SharedArray", "UnavailableArray", "segment_name"]
 
 
 class _Anchor(np.ndarray):
@@ -129,6 +129,46 @@ class SharedArray(np.ndarray):
         return self.__reduce_ex__(2)
 
 
+class UnavailableArray:
+    """What unpickling gives for a shared array that could not be attached (its segment was
+    unlinked or purged, the daemon restarted, permission was refused, ...). Any use of it raises
+    that error, kept in ``error``.
+
+    Why not raise while unpickling: CPython's ``multiprocessing.Pool`` loses a task whose
+    arguments fail to unpickle in the worker, and ``map()`` then waits forever. Failing at first
+    use raises inside the task, and the pool hands the error to the caller.
+    """
+
+    __slots__ = ("error", "name")
+
+    def __init__(self, name, error):
+        self.name = name
+        self.error = error
+
+    def _fail(self, *args, **kwargs):
+        raise self.error
+
+    def __getattr__(self, attr):
+        raise self.error
+
+    def __repr__(self):
+        return f"<shmbroker.UnavailableArray {self.name!r}: {type(self.error).__name__}: {self.error}>"
+
+    def __reduce__(self):
+        return (UnavailableArray, (self.name, self.error))
+
+    # Special methods are looked up on the type, not through __getattr__.
+    __array__ = __len__ = __iter__ = __getitem__ = __setitem__ = __contains__ = _fail
+    __bool__ = __index__ = __int__ = __float__ = __complex__ = _fail
+    __array_ufunc__ = __array_function__ = _fail
+    for _op in ("add", "sub", "mul", "matmul", "truediv", "floordiv", "mod", "pow", "and", "or",
+                "xor", "lshift", "rshift", "lt", "le", "gt", "ge"):
+        for _form in ("__{}__", "__r{}__", "__i{}__"):
+            locals()[_form.format(_op)] = _fail
+    del _op, _form
+    __neg__ = __pos__ = __abs__ = __invert__ = _fail
+
+
 def segment_name(arr):
     """The name of the segment whose memory ``arr`` uses, or None."""
     return arr.shm_name if isinstance(arr, SharedArray) else None
@@ -137,7 +177,11 @@ def segment_name(arr):
 def _rebuild(name, writable, offset, shape, strides, dtype, socket=None):
     # Unpickling: attach in this process through its default client (or one for `socket`).
     from . import client
+    from .errors import Error
 
-    return client._client_for_socket(socket)._view(
-        name, writable, offset, tuple(shape), tuple(strides), np.dtype(dtype)
-    )
+    try:
+        return client._client_for_socket(socket)._view(
+            name, writable, offset, tuple(shape), tuple(strides), np.dtype(dtype)
+        )
+    except Error as e:
+        return UnavailableArray(name, e)

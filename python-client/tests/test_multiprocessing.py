@@ -4,6 +4,7 @@ per-process default client."""
 import multiprocessing as mp
 import os
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -102,3 +103,35 @@ def test_forked_child_uses_its_own_connection(names):
     assert shmbroker.default_client()._conn is parent_conn
     assert a[0] == 6 and a[1] == 5
     assert sbtest.eventually(lambda: shmbroker.stat(name).attachments == 1)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_pool_reports_an_array_that_cannot_be_attached(names, method):
+    # CPython's pool worker drops a task whose unpickling raises (any exception: an OSError makes
+    # it exit quietly, others kill it) and map() then never returns. The failure must come from
+    # the task instead, and reach the parent.
+    name = names()
+    a = shmbroker.create(name, 1000, "f8")
+    shmbroker.unlink(name)  # `a` stays valid here; a worker can no longer attach it by name
+    with mp.get_context(method).Pool(2) as pool:
+        result = pool.map_async(sbtest.sum_view, [a[10:20]])
+        with pytest.raises(shmbroker.NotFoundError, match=re.escape(name)):
+            result.get(TIMEOUT)
+        # The pool still works.
+        assert pool.map_async(abs, [-1, -2]).get(TIMEOUT) == [1, 2]
+
+
+def test_unattachable_array_raises_on_first_use(names):
+    name = names()
+    a = shmbroker.create(name, 1000, "f8")
+    data = pickle.dumps(a)
+    del a
+    shmbroker.unlink(name)
+    x = pickle.loads(data)  # does not raise: a Pool worker would lose the task
+    assert isinstance(x, shmbroker.UnavailableArray)
+    assert name in repr(x)
+    for use in (lambda: x.sum(), lambda: x[0], lambda: len(x), lambda: np.asarray(x),
+                lambda: x + 1, lambda: x.shape):
+        with pytest.raises(shmbroker.NotFoundError, match=re.escape(name)):
+            use()
+    assert isinstance(x.error, shmbroker.NotFoundError)
