@@ -33,8 +33,16 @@ grep -qx "ExecStart=$tmp/prefix/bin/shmbrokerd --log-level info" \
 
 cmake -S "$src_dir" -B "$tmp/consumer" -G Ninja -DCMAKE_PREFIX_PATH="$tmp/prefix" >/dev/null
 cmake --build "$tmp/consumer" >/dev/null
-PKG_CONFIG_PATH="$tmp/prefix/lib/pkgconfig" \
-  g++ -o "$tmp/example-pc" "$src_dir/example.cc" $(PKG_CONFIG_PATH="$tmp/prefix/lib/pkgconfig" pkg-config --cflags --libs shmbroker)
+export PKG_CONFIG_PATH="$tmp/prefix/lib/pkgconfig"
+# The .pc file leaves the language standard to the consumer and names protobuf as a dependency.
+if pkg-config --cflags shmbroker | grep -q -- '-std='; then
+  echo "shmbroker.pc forces a -std"
+  exit 1
+fi
+pkg-config --print-requires-private shmbroker | grep -qx 'protobuf' || { echo "no Requires.private: protobuf"; exit 1; }
+g++ -std=c++20 -o "$tmp/example-pc" "$src_dir/example.cc" $(pkg-config --cflags --libs --static shmbroker)
+# A newer standard works as well.
+g++ -std=c++23 -fsyntax-only "$src_dir/example.cc" $(pkg-config --cflags shmbroker)
 
 export SHMBROKER_SOCKET="$tmp/run/shmbroker.sock"
 "$tmp/prefix/bin/shmbrokerd" --log-level warn &
