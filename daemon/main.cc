@@ -50,8 +50,24 @@ int main(int argc, char** argv) {
                  "beyond the machine's")
       ->capture_default_str();
   app.set_config("--config", "", "Read options from a TOML/INI file (keys as the long options)");
+  // A misspelt key would otherwise start a daemon without the setting, silently.
+  app.allow_config_extras(CLI::config_extras_mode::error);
   app.set_version_flag("--version", std::string("shmbrokerd ") + SHMBROKER_VERSION);
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::Success& e) {
+    return app.exit(e);  // --help, --version
+  } catch (const CLI::ConfigError& e) {
+    // CLI11 says "INI was not able to parse KEY": say which file and what it may hold.
+    std::fprintf(stderr,
+                 "shmbrokerd: %s: %s (unknown key? the file takes the long options without "
+                 "dashes: socket, log-level, max-memory)\n",
+                 app.get_option("--config")->as<std::string>().c_str(), e.what());
+    return 2;
+  } catch (const CLI::ParseError& e) {
+    app.exit(e);  // Prints the error.
+    return 2;     // Every usage error, whatever CLI11's own code for it.
+  }
 
   auto max_memory = daemon::ParseSize(max_memory_text);
   if (!max_memory.ok()) {

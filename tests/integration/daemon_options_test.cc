@@ -65,10 +65,20 @@ class DaemonProcess {
     }
   }
 
-  // Waits for the exit; returns the exit code (or 128 + signal).
-  int Wait() {
+  // Waits for the exit; returns the exit code (or 128 + signal). A daemon still running after
+  // `limit` is killed and reported as -1, so a test expecting an exit fails instead of hanging.
+  int Wait(std::chrono::milliseconds limit = 10s) {
     int status = 0;
-    ::waitpid(pid_, &status, 0);
+    auto deadline = std::chrono::steady_clock::now() + limit;
+    while (::waitpid(pid_, &status, WNOHANG) == 0) {
+      if (std::chrono::steady_clock::now() > deadline) {
+        ::kill(pid_, SIGKILL);
+        ::waitpid(pid_, &status, 0);
+        pid_ = -1;
+        return -1;
+      }
+      std::this_thread::sleep_for(5ms);
+    }
     pid_ = -1;
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   }
@@ -167,6 +177,22 @@ TEST(DaemonOptions, RaisesTheSoftFileLimitToTheHardLimit) {
   EXPECT_EQ(d.Terminate(), 0);
 }
 
+TEST(DaemonOptions, ConfigFileWithAnUnknownKeyIsAUsageError) {
+  // A typo must not start a daemon that silently ignores the setting.
+  for (std::string line : {"maxmemory = \"8G\"", "bogus = 1"}) {
+    char tmpl[] = "/tmp/shmbrokerd-conf-XXXXXX";
+    std::string dir = ::mkdtemp(tmpl);
+    std::string conf = dir + "/shmbrokerd.conf";
+    std::ofstream(conf) << "socket = \"" << dir << "/s.sock\"\n" << line << "\n";
+    DaemonProcess d({"--config", conf});
+    EXPECT_EQ(d.Wait(), 2) << d.log();
+    std::string key = line.substr(0, line.find(' '));
+    EXPECT_NE(d.log().find(key), std::string::npos) << "the unknown key is not named: " << d.log();
+    EXPECT_FALSE(std::filesystem::exists(dir + "/s.sock"));
+    std::filesystem::remove_all(dir);
+  }
+}
+
 TEST(DaemonOptions, VersionHelpAndBadArguments) {
   {
     DaemonProcess d({"--version"});
@@ -185,9 +211,12 @@ TEST(DaemonOptions, VersionHelpAndBadArguments) {
     EXPECT_EQ(d.Wait(), 2);
     EXPECT_NE(d.log().find("--max-memory"), std::string::npos) << d.log();
   }
-  {
-    DaemonProcess d({"--log-level", "loud"});
-    EXPECT_NE(d.Wait(), 0);
+  // Every usage error exits 2 (not CLI11's internal codes) and names what is wrong.
+  for (std::vector<std::string> args : std::vector<std::vector<std::string>>{
+           {"--log-level", "loud"}, {"--bogus"}, {"extra-positional"}, {"--max-memory"}}) {
+    DaemonProcess d(args);
+    EXPECT_EQ(d.Wait(), 2) << args[0] << ": " << d.log();
+    EXPECT_NE(d.log().find(args[0]), std::string::npos) << d.log();
   }
   {
     DaemonProcess d({"--socket", "/nonexistent-dir-for-shmbroker/\x01/" + std::string(120, 'x')});
