@@ -64,7 +64,9 @@ def stat(name):
     return default_client().stat(name)
 
 
-def list(pattern=None):  # noqa: A001 (the issue's name for it)
+# Named like the builtin on purpose (shmbroker.list() reads as shmctl list), so it is left out of
+# __all__: `from shmbroker import *` must not replace the builtin list.
+def list(pattern=None):  # noqa: A001
     """Segments whose names match the glob ``pattern`` (all when None), sorted by name."""
     return default_client().list(pattern)
 
@@ -108,7 +110,6 @@ __all__ = [
     "create",
     "default_client",
     "flush",
-    "list",
     "purge",
     "resolve_socket_path",
     "segment_name",

@@ -30,3 +30,17 @@ def test_wheel_builds_offline(tmp_path):
     assert not any(f.startswith(("tests/", "build_backend/")) for f in files)
     assert "Requires-Dist: numpy" in meta and "Requires-Dist: protobuf" in meta
     assert sorted(os.listdir(CLIENT_ROOT)) == before, "no build/ or *.egg-info left behind"
+
+
+def test_star_import_shadows_no_builtin():
+    import builtins
+
+    import shmbroker
+
+    shadowed = [n for n in shmbroker.__all__ if hasattr(builtins, n)]
+    assert not shadowed, f"`from shmbroker import *` would replace builtins: {shadowed}"
+    assert all(hasattr(shmbroker, n) for n in shmbroker.__all__)
+    # In a fresh interpreter, as a user would see it.
+    code = "from shmbroker import *\nassert list(range(3)) == [0, 1, 2]\nprint(len(Client.list.__doc__) > 0)"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
