@@ -1,0 +1,144 @@
+#include "commands.h"
+
+#include <pwd.h>
+#include <unistd.h>
+
+#include <charconv>
+#include <cstdio>
+#include <map>
+#include <optional>
+
+#include "format.h"
+#include "render.h"
+
+namespace shmbroker::shmctl {
+namespace {
+
+std::string UserName(std::uint32_t uid) {
+  struct passwd pw, *res = nullptr;
+  char buf[4096];
+  if (::getpwuid_r(uid, &pw, buf, sizeof(buf), &res) == 0 && res != nullptr) return pw.pw_name;
+  return std::to_string(uid);
+}
+
+std::optional<std::uint32_t> ParseUser(const std::string& user) {
+  struct passwd pw, *res = nullptr;
+  char buf[4096];
+  if (::getpwnam_r(user.c_str(), &pw, buf, sizeof(buf), &res) == 0 && res != nullptr) {
+    return pw.pw_uid;
+  }
+  std::uint32_t uid = 0;
+  auto [p, ec] = std::from_chars(user.data(), user.data() + user.size(), uid);
+  if (ec == std::errc() && p == user.data() + user.size()) return uid;
+  return std::nullopt;
+}
+
+int Fail(const Status& s, const std::string& what) {
+  std::fprintf(stderr, "shmctl: %s: %s\n", what.c_str(), s.ToString().c_str());
+  return s.code() == Code::kUnavailable ? kUnreachable : kFailed;
+}
+
+RenderContext Context() {
+  return {.now = std::chrono::system_clock::now(),
+          .user_name = UserName,
+          .bold_header = ::isatty(STDOUT_FILENO) != 0};
+}
+
+void Print(const std::string& text) { std::fwrite(text.data(), 1, text.size(), stdout); }
+
+Result<Client> Connect(const GlobalOptions& g) {
+  return Client::Connect({.socket_path = g.socket, .client_name = "shmctl"});
+}
+
+}  // namespace
+
+int ListCommand(const GlobalOptions& g, const std::vector<std::string>& patterns, bool json,
+                bool long_format) {
+  auto client = Connect(g);
+  if (!client.ok()) return Fail(client.status(), "connect");
+  std::map<std::string, SegmentInfo> found;  // Sorted by name, each once.
+  std::vector<std::string> pats = patterns.empty() ? std::vector<std::string>{""} : patterns;
+  for (const auto& p : pats) {
+    auto list = client->List(p);
+    if (!list.ok()) return Fail(list.status(), "list");
+    for (auto& s : *list) found.emplace(s.name, std::move(s));
+  }
+  std::vector<SegmentInfo> segments;
+  for (auto& [name, s] : found) segments.push_back(std::move(s));
+  RenderContext ctx = Context();
+  Print(json ? ListJson(segments, ctx) : ListText(segments, long_format, ctx));
+  return kOk;
+}
+
+int InfoCommand(const GlobalOptions& g, const std::string& name, bool json) {
+  auto client = Connect(g);
+  if (!client.ok()) return Fail(client.status(), "connect");
+  auto s = client->Stat(name);
+  if (!s.ok()) return Fail(s.status(), "info '" + name + "'");
+  RenderContext ctx = Context();
+  Print(json ? InfoJson(*s, ctx) : InfoText(*s, ctx));
+  return kOk;
+}
+
+int UnlinkCommand(const GlobalOptions& g, const std::vector<std::string>& names) {
+  auto client = Connect(g);
+  if (!client.ok()) return Fail(client.status(), "connect");
+  int rc = kOk;
+  for (const auto& n : names) {
+    Status s = client->Unlink(n);
+    if (s.ok()) {
+      std::printf("unlinked %s\n", n.c_str());
+    } else {
+      if (Fail(s, "unlink '" + n + "'") == kUnreachable) return kUnreachable;
+      rc = kFailed;
+    }
+  }
+  return rc;
+}
+
+int PurgeCommand(const GlobalOptions& g, PurgeOptions p, const std::string& owner,
+                 const std::string& older_than, bool json) {
+  if (!older_than.empty()) {
+    p.older_than = ParseDuration(older_than);
+    if (!p.older_than) {
+      std::fprintf(stderr,
+                   "shmctl: purge: --older-than '%s' is not a duration like 90s, 10m, 2h, 7d\n",
+                   older_than.c_str());
+      return kUsage;
+    }
+  }
+  if (!owner.empty()) {
+    auto uid = ParseUser(owner);
+    if (!uid) {
+      std::fprintf(stderr, "shmctl: purge: no such user '%s'\n", owner.c_str());
+      return kUsage;
+    }
+    p.owner_uid = *uid;
+  }
+  if (p.patterns.empty() && !p.orphans && !p.older_than && !p.owner_uid && !p.unattached &&
+      !p.all) {
+    std::fprintf(stderr,
+                 "shmctl: purge: refusing to purge without a selector.\n"
+                 "Say what to remove: PATTERN..., --orphans, --older-than DURATION, --owner USER, "
+                 "--unattached, or --all for everything. Add --dry-run to see first.\n");
+    return kUsage;
+  }
+  auto client = Connect(g);
+  if (!client.ok()) return Fail(client.status(), "connect");
+  auto r = client->Purge(p);
+  if (!r.ok()) return Fail(r.status(), "purge");
+  Print(json ? PurgeJson(*r, p.dry_run, Context()) : PurgeText(*r, p.dry_run));
+  return kOk;
+}
+
+int StatsCommand(const GlobalOptions& g, bool json) {
+  auto client = Connect(g);
+  if (!client.ok()) return Fail(client.status(), "connect");
+  auto s = client->Stats();
+  if (!s.ok()) return Fail(s.status(), "stats");
+  RenderContext ctx = Context();
+  Print(json ? StatsJson(*s, ctx) : StatsText(*s, ctx));
+  return kOk;
+}
+
+}  // namespace shmbroker::shmctl

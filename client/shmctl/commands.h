@@ -1,0 +1,29 @@
+// One function per shmctl subcommand: connect, ask the daemon, print (through render.h), and
+// return the exit code.
+#pragma once
+
+#include <shmbroker/client.h>
+
+#include <string>
+#include <vector>
+
+namespace shmbroker::shmctl {
+
+// Exit codes.
+enum Exit { kOk = 0, kFailed = 1, kUsage = 2, kUnreachable = 3 };
+
+// Options every subcommand takes.
+struct GlobalOptions {
+  std::string socket;  // Empty: the usual resolution.
+};
+
+int ListCommand(const GlobalOptions& g, const std::vector<std::string>& patterns, bool json,
+                bool long_format);
+int InfoCommand(const GlobalOptions& g, const std::string& name, bool json);
+int UnlinkCommand(const GlobalOptions& g, const std::vector<std::string>& names);
+// `owner` is a user name or uid ("" for none); `older_than` a duration ("" for none).
+int PurgeCommand(const GlobalOptions& g, PurgeOptions p, const std::string& owner,
+                 const std::string& older_than, bool json);
+int StatsCommand(const GlobalOptions& g, bool json);
+
+}  // namespace shmbroker::shmctl

@@ -1,0 +1,209 @@
+#include "render.h"
+
+#include <algorithm>
+
+#include "format.h"
+
+namespace shmbroker::shmctl {
+namespace {
+
+std::chrono::seconds Age(const SegmentInfo& s, const RenderContext& ctx) {
+  return std::chrono::duration_cast<std::chrono::seconds>(ctx.now - s.created);
+}
+
+std::string AttrsString(const std::map<std::string, std::string>& attrs) {
+  std::string s;
+  for (const auto& [k, v] : attrs) {
+    if (!s.empty()) s += ",";
+    s += k + "=" + v;
+  }
+  return s.empty() ? "-" : s;
+}
+
+void SegmentJson(JsonWriter& j, const SegmentInfo& s, const RenderContext& ctx) {
+  double created = std::chrono::duration<double>(s.created.time_since_epoch()).count();
+  double age = std::chrono::duration<double>(ctx.now - s.created).count();
+  j.BeginObject();
+  j.Key("name").String(s.name);
+  j.Key("dtype").String(s.dtype);
+  j.Key("shape").BeginArray();
+  for (auto d : s.shape) j.Number(d);
+  j.EndArray();
+  j.Key("order").String(s.order == Order::kF ? "F" : "C");
+  j.Key("nbytes").Number(s.nbytes);
+  j.Key("owner").String(ctx.user_name(s.uid));
+  j.Key("uid").Number(std::uint64_t{s.uid});
+  j.Key("gid").Number(std::uint64_t{s.gid});
+  j.Key("mode").String(ModeString(s.mode));
+  j.Key("attachments").Number(std::uint64_t{s.attachments});
+  j.Key("creator_pid").Number(std::uint64_t{s.creator_pid});
+  j.Key("creator_connected").Bool(s.creator_connected);
+  j.Key("created").String(Iso8601(s.created));
+  j.Key("created_unix").Number(created);
+  j.Key("age_seconds").Number(age < 0 ? 0.0 : age);
+  j.Key("attrs").BeginObject();
+  for (const auto& [k, v] : s.attrs) j.Key(k).String(v);
+  j.EndObject();
+  j.EndObject();
+}
+
+}  // namespace
+
+std::string Table(const std::vector<std::vector<std::string>>& rows, bool bold_header) {
+  std::vector<std::size_t> width;
+  for (const auto& r : rows) {
+    width.resize(std::max(width.size(), r.size()));
+    for (std::size_t i = 0; i < r.size(); ++i) width[i] = std::max(width[i], r[i].size());
+  }
+  std::string out;
+  for (std::size_t n = 0; n < rows.size(); ++n) {
+    std::string line;
+    for (std::size_t i = 0; i < rows[n].size(); ++i) {
+      line += rows[n][i];
+      if (i + 1 < rows[n].size()) line += std::string(width[i] - rows[n][i].size() + 2, ' ');
+    }
+    if (n == 0 && bold_header) line = "\033[1m" + line + "\033[0m";
+    out += line + "\n";
+  }
+  return out;
+}
+
+std::string ListText(const std::vector<SegmentInfo>& segments, bool long_format,
+                     const RenderContext& ctx) {
+  std::vector<std::vector<std::string>> rows;
+  rows.push_back({"NAME", "DTYPE", "SHAPE", "SIZE", "OWNER", "MODE", "ATTACHED", "AGE"});
+  if (long_format) rows[0].insert(rows[0].end(), {"PID", "CREATED", "ATTRS"});
+  for (const auto& s : segments) {
+    rows.push_back({s.name, s.dtype, ShapeString(s.shape), HumanBytes(s.nbytes),
+                    ctx.user_name(s.uid), ModeString(s.mode), std::to_string(s.attachments),
+                    HumanAge(Age(s, ctx))});
+    if (long_format) {
+      rows.back().insert(rows.back().end(),
+                         {std::to_string(s.creator_pid), Iso8601(s.created), AttrsString(s.attrs)});
+    }
+  }
+  return Table(rows, ctx.bold_header);
+}
+
+std::string ListJson(const std::vector<SegmentInfo>& segments, const RenderContext& ctx) {
+  JsonWriter j;
+  j.BeginObject().Key("segments").BeginArray();
+  for (const auto& s : segments) SegmentJson(j, s, ctx);
+  j.EndArray().EndObject();
+  return j.str() + "\n";
+}
+
+std::string InfoText(const SegmentInfo& s, const RenderContext& ctx) {
+  std::vector<std::vector<std::string>> rows = {
+      {"name:", s.name},
+      {"dtype:", s.dtype},
+      {"shape:", ShapeString(s.shape)},
+      {"order:", s.order == Order::kF ? "F" : "C"},
+      {"size:", HumanBytes(s.nbytes) + " (" + std::to_string(s.nbytes) + " bytes)"},
+      {"owner:", ctx.user_name(s.uid) + " (uid " + std::to_string(s.uid) + ", gid " +
+                     std::to_string(s.gid) + ")"},
+      {"mode:", ModeString(s.mode)},
+      {"attached:", std::to_string(s.attachments)},
+      {"creator:",
+       "pid " + std::to_string(s.creator_pid) + (s.creator_connected ? " (connected)" : " (gone)")},
+      {"created:", Iso8601(s.created) + " (" + HumanAge(Age(s, ctx)) + " ago)"},
+  };
+  for (const auto& [k, v] : s.attrs) rows.push_back({"attr " + k + ":", v});
+  return Table(rows, false);
+}
+
+std::string InfoJson(const SegmentInfo& s, const RenderContext& ctx) {
+  JsonWriter j;
+  SegmentJson(j, s, ctx);
+  return j.str() + "\n";
+}
+
+std::string PurgeText(const PurgeResult& r, bool dry_run) {
+  std::string out;
+  const char* verb = dry_run ? "would remove" : "removed";
+  for (const auto& x : r.removed) {
+    out += std::string(verb) + " " + x.name + " (" + HumanBytes(x.nbytes) + ")\n";
+  }
+  if (r.truncated) {
+    out += "... and " + std::to_string(r.removed_count - r.removed.size()) + " more\n";
+  }
+  out += std::string(verb) + " " + std::to_string(r.removed_count) + " segment" +
+         (r.removed_count == 1 ? "" : "s") + ", " + HumanBytes(r.bytes_freed) +
+         (dry_run ? "" : " freed") + "\n";
+  if (r.skipped_not_owner > 0) {
+    out += "skipped " + std::to_string(r.skipped_not_owner) + " matching segment" +
+           (r.skipped_not_owner == 1 ? "" : "s") +
+           " owned by other users (only root may remove them)\n";
+  }
+  return out;
+}
+
+std::string PurgeJson(const PurgeResult& r, bool dry_run, const RenderContext& ctx) {
+  JsonWriter j;
+  j.BeginObject();
+  j.Key("dry_run").Bool(dry_run);
+  j.Key("removed").BeginArray();
+  for (const auto& x : r.removed) {
+    j.BeginObject().Key("name").String(x.name).Key("nbytes").Number(x.nbytes);
+    j.Key("owner").String(ctx.user_name(x.uid)).Key("uid").Number(std::uint64_t{x.uid});
+    j.EndObject();
+  }
+  j.EndArray();
+  j.Key("truncated").Bool(r.truncated);
+  j.Key("removed_count").Number(r.removed_count);
+  j.Key("bytes_freed").Number(r.bytes_freed);
+  j.Key("skipped_not_owner").Number(r.skipped_not_owner);
+  j.EndObject();
+  return j.str() + "\n";
+}
+
+std::string StatsText(const DaemonStats& s, const RenderContext& ctx) {
+  double uptime = std::chrono::duration<double>(ctx.now - s.started).count();
+  // Text shows what happened; --json has every counter.
+  auto counters = [](const std::map<std::string, std::uint64_t>& m) {
+    std::string out;
+    for (const auto& [k, v] : m) {
+      if (v != 0) out += (out.empty() ? "" : " ") + k + "=" + std::to_string(v);
+    }
+    return out.empty() ? std::string("none") : out;
+  };
+  std::vector<std::vector<std::string>> rows = {
+      {"version:", s.version},
+      {"pid:", std::to_string(s.pid)},
+      {"socket:", s.socket_path},
+      {"uptime:", HumanAge(std::chrono::seconds(static_cast<long long>(uptime))) + " (since " +
+                      Iso8601(s.started) + ")"},
+      {"segments:", std::to_string(s.segments)},
+      {"memory:", HumanBytes(s.bytes_held) + " held, cap " +
+                      (s.max_memory == 0 ? std::string("none") : HumanBytes(s.max_memory))},
+      {"clients:", std::to_string(s.clients)},
+      {"requests:", counters(s.requests)},
+      {"errors:", counters(s.errors)},
+  };
+  return Table(rows, false);
+}
+
+std::string StatsJson(const DaemonStats& s, const RenderContext& ctx) {
+  double uptime = std::chrono::duration<double>(ctx.now - s.started).count();
+  JsonWriter j;
+  j.BeginObject();
+  j.Key("version").String(s.version);
+  j.Key("pid").Number(std::uint64_t{s.pid});
+  j.Key("socket").String(s.socket_path);
+  j.Key("started").String(Iso8601(s.started));
+  j.Key("uptime_seconds").Number(uptime);
+  j.Key("segments").Number(s.segments);
+  j.Key("bytes_held").Number(s.bytes_held);
+  j.Key("max_memory").Number(s.max_memory);
+  j.Key("clients").Number(std::uint64_t{s.clients});
+  j.Key("requests").BeginObject();
+  for (const auto& [k, v] : s.requests) j.Key(k).Number(v);
+  j.EndObject();
+  j.Key("errors").BeginObject();
+  for (const auto& [k, v] : s.errors) j.Key(k).Number(v);
+  j.EndObject();
+  j.EndObject();
+  return j.str() + "\n";
+}
+
+}  // namespace shmbroker::shmctl

@@ -1,0 +1,45 @@
+// What shmctl prints, as pure functions of what the daemon said: text tables and JSON documents.
+// No I/O and no clock: the caller passes `now` and a way to name users, so every output can be
+// unit-tested.
+#pragma once
+
+#include <shmbroker/client.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace shmbroker::shmctl {
+
+// A user's name for a uid (the uid as text when it has none).
+using UserNamer = std::function<std::string(std::uint32_t uid)>;
+
+struct RenderContext {
+  std::chrono::system_clock::time_point now;
+  UserNamer user_name;
+  bool bold_header = false;  // Terminal output: the header row in bold.
+};
+
+// A left-aligned table, one line per row; the last column is not padded.
+std::string Table(const std::vector<std::vector<std::string>>& rows, bool bold_header);
+
+// `shmctl list`: one row per segment (`long_format` adds pid, creation time and attributes).
+std::string ListText(const std::vector<SegmentInfo>& segments, bool long_format,
+                     const RenderContext& ctx);
+std::string ListJson(const std::vector<SegmentInfo>& segments, const RenderContext& ctx);
+
+// `shmctl info NAME`.
+std::string InfoText(const SegmentInfo& s, const RenderContext& ctx);
+std::string InfoJson(const SegmentInfo& s, const RenderContext& ctx);
+
+// `shmctl purge`.
+std::string PurgeText(const PurgeResult& r, bool dry_run);
+std::string PurgeJson(const PurgeResult& r, bool dry_run, const RenderContext& ctx);
+
+// `shmctl stats`.
+std::string StatsText(const DaemonStats& s, const RenderContext& ctx);
+std::string StatsJson(const DaemonStats& s, const RenderContext& ctx);
+
+}  // namespace shmbroker::shmctl

@@ -1,0 +1,112 @@
+// shmctl's output as pure functions: fixed clock, fixed user names, exact text.
+#include "render.h"
+
+#include <gtest/gtest.h>
+
+namespace shmbroker::shmctl {
+namespace {
+
+using namespace std::chrono_literals;
+
+const auto kNow = std::chrono::system_clock::time_point(1'800'000'000s);
+
+RenderContext Ctx() {
+  return {.now = kNow,
+          .user_name = [](std::uint32_t uid) { return uid == 0 ? "root" : std::to_string(uid); }};
+}
+
+SegmentInfo Seg(std::string name, std::uint64_t nbytes) {
+  SegmentInfo s;
+  s.name = std::move(name);
+  s.dtype = "<f8";
+  s.shape = {nbytes / 8};
+  s.nbytes = nbytes;
+  s.mode = 0644;
+  s.uid = 0;
+  s.creator_pid = 42;
+  s.created = kNow - 90s;
+  return s;
+}
+
+TEST(ShmctlRender, ListTextIsAnAlignedTable) {
+  std::string out = ListText({Seg("a", 8), Seg("job/bb", 4096)}, false, Ctx());
+  EXPECT_EQ(out,
+            "NAME    DTYPE  SHAPE   SIZE     OWNER  MODE  ATTACHED  AGE\n"
+            "a       <f8    (1,)    8 B      root   0644  0         90s\n"
+            "job/bb  <f8    (512,)  4.0 KiB  root   0644  0         90s\n");
+  EXPECT_EQ(ListText({}, false, Ctx()), "NAME  DTYPE  SHAPE  SIZE  OWNER  MODE  ATTACHED  AGE\n");
+}
+
+TEST(ShmctlRender, ListLongAddsPidCreatedAndAttrs) {
+  SegmentInfo s = Seg("a", 8);
+  s.attrs = {{"k", "v"}, {"x", "y"}};
+  std::string out = ListText({s}, true, Ctx());
+  EXPECT_NE(out.find("PID  CREATED"), std::string::npos) << out;
+  EXPECT_NE(out.find("42   2027-01-15T07:58:30.000Z  k=v,x=y"), std::string::npos) << out;
+}
+
+TEST(ShmctlRender, BoldHeaderOnlyWhenAsked) {
+  RenderContext ctx = Ctx();
+  EXPECT_EQ(ListText({}, false, ctx).find('\033'), std::string::npos);
+  ctx.bold_header = true;
+  EXPECT_EQ(ListText({}, false, ctx).rfind("\033[1mNAME", 0), 0u);
+}
+
+TEST(ShmctlRender, InfoText) {
+  SegmentInfo s = Seg("job/w", 1536);
+  s.creator_connected = true;
+  s.attrs = {{"k", "v"}};
+  std::string out = InfoText(s, Ctx());
+  EXPECT_NE(out.find("size:      1.5 KiB (1536 bytes)\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("creator:   pid 42 (connected)\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("attr k:    v\n"), std::string::npos) << out;
+}
+
+TEST(ShmctlRender, PurgeTextCountsAndSkips) {
+  PurgeResult r;
+  r.removed = {{"a", 1024, 0}};
+  r.removed_count = 3;
+  r.truncated = true;
+  r.bytes_freed = 3072;
+  r.skipped_not_owner = 1;
+  EXPECT_EQ(PurgeText(r, true),
+            "would remove a (1.0 KiB)\n"
+            "... and 2 more\n"
+            "would remove 3 segments, 3.0 KiB\n"
+            "skipped 1 matching segment owned by other users (only root may remove them)\n");
+  r.truncated = false;
+  r.removed_count = 1;
+  r.bytes_freed = 1024;
+  r.skipped_not_owner = 0;
+  EXPECT_EQ(PurgeText(r, false), "removed a (1.0 KiB)\nremoved 1 segment, 1.0 KiB freed\n");
+}
+
+TEST(ShmctlRender, JsonDocuments) {
+  std::string list = ListJson({Seg("a", 8)}, Ctx());
+  EXPECT_EQ(list.rfind("{\"segments\":[{\"name\":\"a\",\"dtype\":\"<f8\",\"shape\":[1],", 0), 0u)
+      << list;
+  EXPECT_NE(list.find("\"age_seconds\":90.000"), std::string::npos) << list;
+  PurgeResult r;
+  r.removed = {{"a\"b", 8, 0}};
+  r.removed_count = 1;
+  EXPECT_NE(PurgeJson(r, true, Ctx()).find("\"name\":\"a\\\"b\""), std::string::npos);
+  DaemonStats st;
+  st.started = kNow - 25s;
+  st.requests = {{"create", 3}, {"list", 0}};
+  std::string stats = StatsJson(st, Ctx());
+  EXPECT_NE(stats.find("\"uptime_seconds\":25.000"), std::string::npos) << stats;
+  EXPECT_NE(stats.find("\"requests\":{\"create\":3,\"list\":0}"), std::string::npos) << stats;
+}
+
+TEST(ShmctlRender, StatsTextShowsOnlyCountersThatMoved) {
+  DaemonStats st;
+  st.started = kNow - 25s;
+  st.requests = {{"create", 3}, {"list", 0}};
+  std::string out = StatsText(st, Ctx());
+  EXPECT_NE(out.find("requests:  create=3\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("errors:    none\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("uptime:    25s (since "), std::string::npos) << out;
+}
+
+}  // namespace
+}  // namespace shmbroker::shmctl
