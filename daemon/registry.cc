@@ -182,6 +182,25 @@ Status Registry::Unlink(std::string_view name, const Credentials& creds) {
   return Status::Ok();
 }
 
+void Registry::Attach(Segment& s, std::uint64_t connection, Access access) {
+  auto it = std::find_if(s.holders_.begin(), s.holders_.end(),
+                         [&](const Segment::Holding& h) { return h.connection == connection; });
+  if (it == s.holders_.end()) it = s.holders_.insert(s.holders_.end(), {connection, 0, 0});
+  ++it->attachments;
+  if (access == Access::kReadWrite) ++it->writable;
+  ++s.attachments_;
+}
+
+void Registry::Detach(Segment& s, std::uint64_t connection, Access access) {
+  auto it = std::find_if(s.holders_.begin(), s.holders_.end(),
+                         [&](const Segment::Holding& h) { return h.connection == connection; });
+  if (it == s.holders_.end() || it->attachments == 0) return;
+  --it->attachments;
+  if (access == Access::kReadWrite && it->writable > 0) --it->writable;
+  --s.attachments_;
+  if (it->attachments == 0) s.holders_.erase(it);
+}
+
 Status Registry::List(std::string_view pattern, std::string_view start_after,
                       const std::function<bool(const Segment&)>& visit) const {
   if (pattern.size() > kMaxPatternBytes) {

@@ -57,7 +57,14 @@ class Segment {
   std::uint32_t creator_pid() const { return creator_pid_; }
   std::uint64_t creator_connection() const { return creator_connection_; }
   std::int64_t created_unix_ns() const { return created_unix_ns_; }
+  // Live attachments over all connections, and per connection.
   std::uint32_t attachments() const { return attachments_; }
+  struct Holding {
+    std::uint64_t connection = 0;
+    std::uint32_t attachments = 0;
+    std::uint32_t writable = 0;  // Of them, read-write.
+  };
+  const std::vector<Holding>& holders() const { return holders_; }
 
   // Region ids name (memory, access) pairs: a read-only and a read-write region per segment.
   std::uint64_t RegionId(Access access) const { return id_ * 2 + (access == Access::kReadWrite); }
@@ -77,6 +84,8 @@ class Segment {
   const std::uint64_t creator_connection_;
   const std::int64_t created_unix_ns_;
   std::uint32_t attachments_ = 0;
+  // Few connections hold a given segment: a small vector beats a map in size and speed.
+  std::vector<Holding> holders_;
   UniqueFd rw_fd_;
   UniqueFd ro_fd_;
 };
@@ -146,10 +155,9 @@ class Registry {
   // unlink; INVALID_ARGUMENT for an empty selector or a bad pattern.
   Result<PurgeResult> Purge(const PurgeSelector& selector, const Credentials& creds, bool dry_run);
 
-  void Attach(Segment& s) { ++s.attachments_; }
-  void Detach(Segment& s) {
-    if (s.attachments_ > 0) --s.attachments_;
-  }
+  // Counts an attachment of `s` by `connection` (and lets it go again).
+  void Attach(Segment& s, std::uint64_t connection, Access access);
+  void Detach(Segment& s, std::uint64_t connection, Access access);
 
   // Tracks which connections are open so a segment can tell whether its creator is.
   void ConnectionOpened(std::uint64_t connection) { open_connections_.insert(connection); }

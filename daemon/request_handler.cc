@@ -37,14 +37,18 @@ RequestHandler::RequestHandler(Registry& registry, ServerInfo info)
 
 void RequestHandler::Opened(Session& session) {
   ++clients_;
+  sessions_.emplace(session.id, &session);
   registry_.ConnectionOpened(session.id);
 }
 
 void RequestHandler::Closed(Session& session) {
-  for (auto& [id, att] : session.attachments) registry_.Detach(*att.segment);
+  for (auto& [id, att] : session.attachments) {
+    registry_.Detach(*att.segment, session.id, att.access);
+  }
   session.attachments.clear();
   session.regions_sent.clear();
   registry_.ConnectionClosed(session.id);
+  sessions_.erase(session.id);
   --clients_;
 }
 
@@ -148,6 +152,23 @@ void RequestHandler::FillInfo(const Segment& s, wire::SegmentInfo* info) const {
   info->set_creator_connected(registry_.IsConnectionOpen(s.creator_connection()));
 }
 
+void RequestHandler::FillHolders(const Segment& s, wire::SegmentInfo* info) const {
+  for (const auto& h : s.holders()) {
+    if (static_cast<std::size_t>(info->holders_size()) >= kMaxHolders) {
+      info->set_holders_truncated(true);
+      break;
+    }
+    auto it = sessions_.find(h.connection);
+    if (it == sessions_.end()) continue;
+    auto* w = info->add_holders();
+    w->set_pid(it->second->creds.pid);
+    w->set_uid(it->second->creds.uid);
+    w->set_client_name(it->second->client_name);
+    w->set_attachments(h.attachments);
+    w->set_writable(h.writable);
+  }
+}
+
 Outcome RequestHandler::AttachReply(Session& session, std::shared_ptr<Segment> segment,
                                     Access access) {
   std::uint64_t region = segment->RegionId(access);
@@ -161,7 +182,7 @@ Outcome RequestHandler::AttachReply(Session& session, std::shared_ptr<Segment> s
   }
   std::uint64_t id = session.next_attachment_id++;
   session.attachments.emplace(id, Session::Attachment{segment, access});
-  registry_.Attach(*segment);
+  registry_.Attach(*segment, session.id, access);
 
   auto* r = out.reply.mutable_attach();
   FillInfo(*segment, r->mutable_info());
@@ -223,7 +244,7 @@ Outcome RequestHandler::Detach(Session& session, const wire::DetachRequest& req)
     return Error(Status::NotFound("no attachment " + std::to_string(req.attachment_id()) +
                                   " on this connection"));
   }
-  registry_.Detach(*it->second.segment);
+  registry_.Detach(*it->second.segment, session.id, it->second.access);
   session.attachments.erase(it);
   Outcome out;
   out.reply.mutable_empty();
@@ -243,6 +264,7 @@ Outcome RequestHandler::Stat(Session&, const wire::StatRequest& req) {
   if (!seg.ok()) return Error(seg.status());
   Outcome out;
   FillInfo(**seg, out.reply.mutable_stat());
+  FillHolders(**seg, out.reply.mutable_stat());
   return out;
 }
 

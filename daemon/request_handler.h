@@ -81,9 +81,13 @@ class RequestHandler {
   Outcome Error(const Status& status);
   void FillInfo(const Segment& s, wire::SegmentInfo* info) const;
 
+  // The holders of `s` (connections with attachments), for stat.
+  void FillHolders(const Segment& s, wire::SegmentInfo* info) const;
+
   Registry& registry_;
   ServerInfo info_;
   std::uint32_t clients_ = 0;
+  std::unordered_map<std::uint64_t, const Session*> sessions_;  // Open ones, by id.
   std::array<std::uint64_t, wire::Request::kPurge + 1> requests_{};
   std::array<std::uint64_t, kMaxCode + 1> errors_{};
 };

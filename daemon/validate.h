@@ -19,6 +19,8 @@ inline constexpr std::size_t kMaxAttrKeyBytes = 64;
 inline constexpr std::size_t kMaxAttrValueBytes = 1024;
 inline constexpr std::size_t kMaxPatternBytes = 1024;
 inline constexpr std::size_t kMaxClientNameBytes = 64;
+// Holders listed by stat (each up to ~90 bytes on the wire).
+inline constexpr std::size_t kMaxHolders = 100;
 // Largest segment the daemon will try to back: well inside off_t.
 inline constexpr std::uint64_t kMaxSegmentBytes = std::uint64_t{1} << 56;
 

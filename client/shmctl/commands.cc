@@ -5,8 +5,10 @@
 
 #include <charconv>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <optional>
+#include <string_view>
 
 #include "format.h"
 #include "render.h"
@@ -39,9 +41,33 @@ int Fail(const Status& s, const std::string& what) {
 }
 
 RenderContext Context() {
+  bool terminal = ::isatty(STDOUT_FILENO) != 0;
+  // https://no-color.org: set and not empty. A dumb terminal shows escapes as garbage.
+  const char* no_color = std::getenv("NO_COLOR");
+  const char* term = std::getenv("TERM");
+  bool color = terminal && (no_color == nullptr || *no_color == '\0') &&
+               (term == nullptr || std::string_view(term) != "dumb");
   return {.now = std::chrono::system_clock::now(),
           .user_name = UserName,
-          .bold_header = ::isatty(STDOUT_FILENO) != 0};
+          .terminal = terminal,
+          .bold_header = color};
+}
+
+bool LooksLikeAPattern(std::string_view name) {
+  return name.find_first_of("*?[") != std::string_view::npos;
+}
+
+// A failed lookup of `name` by a command that takes exact names: a glob gets a pointer to the
+// commands that take patterns.
+int FailByName(const Status& s, const std::string& command, const std::string& name) {
+  int rc = Fail(s, command + " '" + name + "'");
+  if (s.code() == Code::kNotFound && LooksLikeAPattern(name)) {
+    std::fprintf(stderr,
+                 "shmctl: %s takes exact names, not patterns: use 'shmctl list %s' to see what "
+                 "matches, 'shmctl purge %s' to unlink it\n",
+                 command.c_str(), name.c_str(), name.c_str());
+  }
+  return rc;
 }
 
 void Print(const std::string& text) { std::fwrite(text.data(), 1, text.size(), stdout); }
@@ -53,7 +79,7 @@ Result<Client> Connect(const GlobalOptions& g) {
 }  // namespace
 
 int ListCommand(const GlobalOptions& g, const std::vector<std::string>& patterns, bool json,
-                bool long_format) {
+                bool long_format, bool names_only) {
   auto client = Connect(g);
   if (!client.ok()) return Fail(client.status(), "connect");
   std::map<std::string, SegmentInfo> found;  // Sorted by name, each once.
@@ -66,7 +92,11 @@ int ListCommand(const GlobalOptions& g, const std::vector<std::string>& patterns
   std::vector<SegmentInfo> segments;
   for (auto& [name, s] : found) segments.push_back(std::move(s));
   RenderContext ctx = Context();
-  Print(json ? ListJson(segments, ctx) : ListText(segments, long_format, ctx));
+  if (json) {
+    Print(ListJson(segments, ctx));
+  } else {
+    Print(names_only ? ListNames(segments) : ListText(segments, long_format, ctx));
+  }
   return kOk;
 }
 
@@ -74,7 +104,7 @@ int InfoCommand(const GlobalOptions& g, const std::string& name, bool json) {
   auto client = Connect(g);
   if (!client.ok()) return Fail(client.status(), "connect");
   auto s = client->Stat(name);
-  if (!s.ok()) return Fail(s.status(), "info '" + name + "'");
+  if (!s.ok()) return FailByName(s.status(), "info", name);
   RenderContext ctx = Context();
   Print(json ? InfoJson(*s, ctx) : InfoText(*s, ctx));
   return kOk;
@@ -89,7 +119,7 @@ int UnlinkCommand(const GlobalOptions& g, const std::vector<std::string>& names)
     if (s.ok()) {
       std::printf("unlinked %s\n", n.c_str());
     } else {
-      if (Fail(s, "unlink '" + n + "'") == kUnreachable) return kUnreachable;
+      if (FailByName(s, "unlink", n) == kUnreachable) return kUnreachable;
       rc = kFailed;
     }
   }

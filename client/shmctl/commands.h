@@ -18,7 +18,7 @@ struct GlobalOptions {
 };
 
 int ListCommand(const GlobalOptions& g, const std::vector<std::string>& patterns, bool json,
-                bool long_format);
+                bool long_format, bool names_only);
 int InfoCommand(const GlobalOptions& g, const std::string& name, bool json);
 int UnlinkCommand(const GlobalOptions& g, const std::vector<std::string>& names);
 // `owner` is a user name or uid ("" for none); `older_than` a duration ("" for none).

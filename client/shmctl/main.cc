@@ -3,23 +3,41 @@
 //
 // Exit codes: 0 success, 1 an operation failed, 2 usage error, 3 the daemon could not be reached.
 #include <CLI/CLI.hpp>
+#include <cstdio>
 #include <string>
 #include <vector>
 
 #include "commands.h"
 #include "shmbroker/version.h"
 
+namespace {
+
+int UsageError(const std::string& message) {
+  std::fprintf(stderr, "shmctl: %s\nRun 'shmctl --help' for usage.\n", message.c_str());
+  return shmbroker::shmctl::kUsage;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   using namespace shmbroker::shmctl;
   CLI::App app{"shmctl: inspect and clean up the segments shmbrokerd holds"};
-  app.require_subcommand(1);
+  // Global options may also follow the subcommand (`shmctl list --socket S`): a subcommand hands
+  // what it does not know to its parent. Extras are collected and reported below, by name.
+  app.fallthrough();
+  app.allow_extras();
   GlobalOptions global;
   app.add_option("--socket", global.socket,
-                 "Daemon socket (default: $SHMBROKER_SOCKET, else the standard path)");
+                 "Daemon socket (default: $SHMBROKER_SOCKET, else the standard path)")
+      ->check(CLI::Validator(
+          [](std::string& path) {
+            return path.empty() ? std::string("the socket path must not be empty") : "";
+          },
+          "PATH"));
   app.set_version_flag("--version", std::string("shmctl ") + SHMBROKER_VERSION);
 
   std::vector<std::string> patterns, names;
-  bool json = false, long_format = false;
+  bool json = false, long_format = false, names_only = false;
   std::string info_name, owner, older_than;
   shmbroker::PurgeOptions purge;
 
@@ -27,8 +45,10 @@ int main(int argc, char** argv) {
   list->add_option("PATTERN", patterns, "Shell-style globs (job7/*); all segments if none");
   list->add_flag("--json", json, "One JSON document (see README)");
   list->add_flag("--long,-l", long_format, "Add creator pid, creation time and attributes");
+  list->add_flag("--quiet,-q", names_only, "Only the names, one per line");
 
-  auto* info = app.add_subcommand("info", "Everything the daemon knows about one segment");
+  auto* info = app.add_subcommand(
+      "info", "Everything the daemon knows about one segment, and which processes hold it");
   info->add_option("NAME", info_name, "Segment name")->required();
   info->add_flag("--json", json, "One JSON document (see README)");
 
@@ -51,13 +71,34 @@ int main(int argc, char** argv) {
   auto* stats = app.add_subcommand("stats", "Daemon version, uptime, memory, clients, counters");
   stats->add_flag("--json", json, "One JSON document (see README)");
 
+  // CLI11 would take the next argument as the value of a bare "--socket=".
+  for (int i = 1; i < argc; ++i) {
+    if (std::string(argv[i]) == "--socket=") return UsageError("--socket: the path is empty");
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     int rc = app.exit(e);  // Prints help, version or the error.
     return rc == 0 ? kOk : kUsage;
   }
-  if (list->parsed()) return ListCommand(global, patterns, json, long_format);
+  std::vector<std::string> extra = app.remaining();
+  CLI::App* command = app.get_subcommands().empty() ? nullptr : app.get_subcommands().front();
+  if (!extra.empty()) {
+    const std::string& first = extra.front();
+    if (first.rfind("-", 0) == 0) {
+      return UsageError("unknown option '" + first + "'" +
+                        (command ? " for '" + command->get_name() + "'" : std::string()));
+    }
+    if (command == nullptr) {
+      return UsageError("unknown command '" + first +
+                        "' (commands: list, info, unlink, purge, stats)");
+    }
+    return UsageError("unexpected argument '" + first + "' for '" + command->get_name() + "'");
+  }
+  if (command == nullptr) {
+    return UsageError("a command is required: list, info, unlink, purge or stats");
+  }
+  if (list->parsed()) return ListCommand(global, patterns, json, long_format, names_only);
   if (info->parsed()) return InfoCommand(global, info_name, json);
   if (unlink->parsed()) return UnlinkCommand(global, names);
   if (purge_cmd->parsed()) return PurgeCommand(global, purge, owner, older_than, json);

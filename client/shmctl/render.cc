@@ -20,7 +20,8 @@ std::string AttrsString(const std::map<std::string, std::string>& attrs) {
   return s.empty() ? "-" : s;
 }
 
-void SegmentJson(JsonWriter& j, const SegmentInfo& s, const RenderContext& ctx) {
+void SegmentJson(JsonWriter& j, const SegmentInfo& s, const RenderContext& ctx,
+                 bool with_holders = false) {
   double created = std::chrono::duration<double>(s.created.time_since_epoch()).count();
   double age = std::chrono::duration<double>(ctx.now - s.created).count();
   j.BeginObject();
@@ -44,6 +45,21 @@ void SegmentJson(JsonWriter& j, const SegmentInfo& s, const RenderContext& ctx) 
   j.Key("attrs").BeginObject();
   for (const auto& [k, v] : s.attrs) j.Key(k).String(v);
   j.EndObject();
+  if (with_holders) {
+    j.Key("holders").BeginArray();
+    for (const auto& h : s.holders) {
+      j.BeginObject();
+      j.Key("pid").Number(std::uint64_t{h.pid});
+      j.Key("uid").Number(std::uint64_t{h.uid});
+      j.Key("user").String(ctx.user_name(h.uid));
+      j.Key("client").String(h.client_name);
+      j.Key("attachments").Number(std::uint64_t{h.attachments});
+      j.Key("writable").Number(std::uint64_t{h.writable});
+      j.EndObject();
+    }
+    j.EndArray();
+    j.Key("holders_truncated").Bool(s.holders_truncated);
+  }
   j.EndObject();
 }
 
@@ -82,7 +98,20 @@ std::string ListText(const std::vector<SegmentInfo>& segments, bool long_format,
                          {std::to_string(s.creator_pid), Iso8601(s.created), AttrsString(s.attrs)});
     }
   }
-  return Table(rows, ctx.bold_header);
+  std::string out = Table(rows, ctx.bold_header);
+  if (ctx.terminal) {
+    std::uint64_t bytes = 0;
+    for (const auto& s : segments) bytes += s.nbytes;
+    out += std::to_string(segments.size()) + " segment" + (segments.size() == 1 ? "" : "s") + ", " +
+           HumanBytes(bytes) + "\n";
+  }
+  return out;
+}
+
+std::string ListNames(const std::vector<SegmentInfo>& segments) {
+  std::string out;
+  for (const auto& s : segments) out += s.name + "\n";
+  return out;
 }
 
 std::string ListJson(const std::vector<SegmentInfo>& segments, const RenderContext& ctx) {
@@ -109,12 +138,23 @@ std::string InfoText(const SegmentInfo& s, const RenderContext& ctx) {
       {"created:", Iso8601(s.created) + " (" + HumanAge(Age(s, ctx)) + " ago)"},
   };
   for (const auto& [k, v] : s.attrs) rows.push_back({"attr " + k + ":", v});
+  if (s.holders.empty()) rows.push_back({"held by:", "-"});
+  for (std::size_t i = 0; i < s.holders.size(); ++i) {
+    const Holder& h = s.holders[i];
+    rows.push_back(
+        {i == 0 ? "held by:" : "",
+         "pid " + std::to_string(h.pid) + ", " + ctx.user_name(h.uid) + ", '" + h.client_name +
+             "': " + std::to_string(h.attachments) + " attachment" +
+             (h.attachments == 1 ? "" : "s") +
+             (h.writable > 0 ? " (" + std::to_string(h.writable) + " read-write)" : "")});
+  }
+  if (s.holders_truncated) rows.push_back({"", "... and more"});
   return Table(rows, false);
 }
 
 std::string InfoJson(const SegmentInfo& s, const RenderContext& ctx) {
   JsonWriter j;
-  SegmentJson(j, s, ctx);
+  SegmentJson(j, s, ctx, /*with_holders=*/true);
   return j.str() + "\n";
 }
 

@@ -19,7 +19,9 @@ using UserNamer = std::function<std::string(std::uint32_t uid)>;
 struct RenderContext {
   std::chrono::system_clock::time_point now;
   UserNamer user_name;
-  bool bold_header = false;  // Terminal output: the header row in bold.
+  bool terminal = false;     // stdout is a terminal: tables end with a totals line.
+  bool bold_header = false;  // The header row in bold (a terminal, and neither NO_COLOR nor
+                             // TERM=dumb).
 };
 
 // A left-aligned table, one line per row; the last column is not padded.
@@ -28,6 +30,8 @@ std::string Table(const std::vector<std::vector<std::string>>& rows, bool bold_h
 // `shmctl list`: one row per segment (`long_format` adds pid, creation time and attributes).
 std::string ListText(const std::vector<SegmentInfo>& segments, bool long_format,
                      const RenderContext& ctx);
+// `shmctl list -q`: the names, one per line.
+std::string ListNames(const std::vector<SegmentInfo>& segments);
 std::string ListJson(const std::vector<SegmentInfo>& segments, const RenderContext& ctx);
 
 // `shmctl info NAME`.

@@ -128,6 +128,10 @@ SegmentInfo FromWire(const wire::SegmentInfo& w) {
   info.mode = w.mode();
   info.attachments = w.attachments();
   info.creator_connected = w.creator_connected();
+  for (const auto& h : w.holders()) {
+    info.holders.push_back({h.pid(), h.uid(), h.client_name(), h.attachments(), h.writable()});
+  }
+  info.holders_truncated = w.holders_truncated();
   return info;
 }
 

@@ -14,6 +14,7 @@ from .array import SharedArray, UnavailableArray, segment_name
 from .client import (
     Client,
     DaemonStats,
+    Holder,
     PurgeResult,
     SegmentInfo,
     ServerInfo,
@@ -93,6 +94,7 @@ __all__ = [
     "DaemonStats",
     "Error",
     "FailedPreconditionError",
+    "Holder",
     "InternalError",
     "InvalidArgumentError",
     "NotFoundError",

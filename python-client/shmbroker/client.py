@@ -43,6 +43,7 @@ __all__ = [
     "Client",
     "SegmentInfo",
     "DaemonStats",
+    "Holder",
     "PurgeResult",
     "ServerInfo",
     "connect",
@@ -89,6 +90,17 @@ def resolve_socket_path(socket=None):
 
 
 @dataclasses.dataclass(frozen=True)
+class Holder:
+    """A connection holding attachments of a segment (see :attr:`SegmentInfo.holders`)."""
+
+    pid: int  # of the process that opened the connection
+    uid: int
+    client_name: str  # as the client named itself, e.g. "python:train.py"
+    attachments: int  # of this segment on that connection
+    writable: int  # of them, read-write
+
+
+@dataclasses.dataclass(frozen=True)
 class SegmentInfo:
     """Everything the daemon knows about a segment (a snapshot)."""
 
@@ -105,6 +117,8 @@ class SegmentInfo:
     attachments: int  # live attachments over all clients
     attrs: dict
     creator_connected: bool  # the creating connection is still open
+    # stat() only (empty from list()): the connections holding it, at most 100
+    holders: tuple = ()
 
     @property
     def owner(self):
@@ -194,6 +208,9 @@ def _info_from_wire(w):
         attachments=w.attachments,
         attrs=dict(w.attrs),
         creator_connected=w.creator_connected,
+        holders=tuple(
+            Holder(h.pid, h.uid, h.client_name, h.attachments, h.writable) for h in w.holders
+        ),
     )
 
 

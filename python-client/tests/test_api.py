@@ -53,7 +53,15 @@ def test_stat_has_all_metadata(names):
     assert a.flags.f_contiguous and not a.flags.c_contiguous
     b = shmbroker.attach(name)
     assert b.flags.f_contiguous and b.strides == a.strides
-    assert shmbroker.stat(name).attachments == 2
+    info = shmbroker.stat(name)
+    assert info.attachments == 2
+    (holder,) = info.holders  # this process's one connection holds both
+    assert holder == shmbroker.Holder(
+        pid=os.getpid(), uid=os.geteuid(), client_name=holder.client_name, attachments=2,
+        writable=1,
+    )
+    assert holder.client_name.startswith("python:")
+    assert shmbroker.list(name)[0].holders == ()  # stat only
 
 
 def test_share_copies_and_keeps_layout(names):

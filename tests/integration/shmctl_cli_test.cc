@@ -2,6 +2,8 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <gtest/gtest.h>
+#include <poll.h>
+#include <pty.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -64,6 +66,35 @@ Ran Exec(std::vector<std::string> argv, const std::string& input = "", int uid =
   t.join();
   ::close(out[0]);
   ::close(err[0]);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return r;
+}
+
+// Runs `argv` on a pseudo-terminal with exactly `env`; returns what it printed there.
+Ran ExecOnTerminal(std::vector<std::string> argv, std::vector<std::string> env) {
+  int master = -1;
+  pid_t pid = ::forkpty(&master, nullptr, nullptr, nullptr);
+  if (pid == 0) {
+    std::vector<char*> args, envp;
+    for (auto& a : argv) args.push_back(a.data());
+    args.push_back(nullptr);
+    for (auto& e : env) envp.push_back(e.data());
+    envp.push_back(nullptr);
+    ::execve(args[0], args.data(), envp.data());
+    ::_exit(127);
+  }
+  Ran r;
+  char buf[4096];
+  for (;;) {
+    pollfd p{master, POLLIN, 0};
+    if (::poll(&p, 1, 10000) <= 0) break;
+    ssize_t n = ::read(master, buf, sizeof(buf));
+    if (n <= 0) break;  // EIO once the child has exited and closed its side.
+    r.out.append(buf, static_cast<std::size_t>(n));
+  }
+  ::close(master);
   int status = 0;
   ::waitpid(pid, &status, 0);
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
@@ -330,6 +361,92 @@ TEST_F(ShmctlTest, StatsTextAndJson) {
   ASSERT_EQ(t.code, 0);
   EXPECT_NE(t.out.find("segments:"), std::string::npos);
   EXPECT_NE(t.out.find("1000 B held"), std::string::npos) << t.out;
+}
+
+TEST_F(ShmctlTest, UnknownCommandsAndOptionsAreNamed) {
+  for (std::vector<std::string> args : std::vector<std::vector<std::string>>{
+           {"lsit"}, {"--bogus"}, {"list", "--bogus"}, {"info", "a", "b"}}) {
+    Ran r = Ctl(args);
+    EXPECT_EQ(r.code, 2) << args.back();
+    EXPECT_NE(r.err.find("'" + args.back() + "'"), std::string::npos) << r.err;
+  }
+  EXPECT_NE(Ctl({}).err.find("command is required"), std::string::npos);
+}
+
+TEST_F(ShmctlTest, GlobalOptionsAfterTheSubcommandAndNoEmptySocket) {
+  auto seg = Make("g/one");
+  Ran r = Exec({SHMCTL_PATH, "list", "--socket", socket_, "-q"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, "g/one\n");
+  // An empty path is a mistake, not a request for the default path.
+  for (std::vector<std::string> args :
+       std::vector<std::vector<std::string>>{{SHMCTL_PATH, "--socket", "", "list"},
+                                             {SHMCTL_PATH, "--socket=", "list"},
+                                             {SHMCTL_PATH, "list", "--socket", ""}}) {
+    Ran e = Exec(args);
+    EXPECT_EQ(e.code, 2) << e.err;
+    EXPECT_NE(e.err.find("empty"), std::string::npos) << e.err;
+  }
+}
+
+TEST_F(ShmctlTest, ListQuietPrintsNamesOnly) {
+  auto a = Make("q/a"), b = Make("q/b");
+  Ran r = Ctl({"list", "-q", "q/*"});
+  EXPECT_EQ(r.code, 0);
+  EXPECT_EQ(r.out, "q/a\nq/b\n");
+}
+
+TEST_F(ShmctlTest, OnATerminalBoldHeaderAndTotalsUnlessNoColorOrDumb) {
+  auto a = Make("t/a", {1024}, "|u1"), b = Make("t/b", {2048}, "|u1");
+  std::vector<std::string> argv = {SHMCTL_PATH, "--socket", socket_, "list"};
+  Ran color = ExecOnTerminal(argv, {"TERM=xterm"});
+  EXPECT_EQ(color.code, 0);
+  EXPECT_NE(color.out.find("\033[1mNAME"), std::string::npos) << color.out;
+  EXPECT_NE(color.out.find("2 segments, 3.0 KiB"), std::string::npos) << color.out;
+  for (auto env : {std::vector<std::string>{"TERM=xterm", "NO_COLOR=1"},
+                   std::vector<std::string>{"TERM=dumb"}}) {
+    Ran plain = ExecOnTerminal(argv, env);
+    EXPECT_EQ(plain.out.find('\033'), std::string::npos) << env.back() << ": " << plain.out;
+    EXPECT_NE(plain.out.find("2 segments, 3.0 KiB"), std::string::npos) << plain.out;
+  }
+  // Not a terminal: the table alone.
+  Ran piped = Ctl({"list"});
+  EXPECT_EQ(piped.out.find("segments,"), std::string::npos) << piped.out;
+}
+
+TEST_F(ShmctlTest, InfoShowsWhichProcessesHoldTheSegment) {
+  auto seg = Make("h/held");
+  Ran idle = Ctl({"info", "h/other-missing"});
+  EXPECT_EQ(idle.code, 1);
+  auto holder = d_.MustConnect("holder-name");
+  auto att = holder.Attach("h/held");
+  ASSERT_TRUE(att.ok());
+  Ran r = Ctl({"info", "h/held"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::string pid = std::to_string(::getpid());
+  EXPECT_NE(r.out.find("held by:   pid " + pid + ", "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("'holder-name': 1 attachment\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("'test': 1 attachment (1 read-write)"), std::string::npos) << r.out;
+  Ran j = Ctl({"info", "--json", "h/held"});
+  EXPECT_EQ(Py(j.out,
+               "sorted((h['client'], h['pid'], h['attachments'], h['writable']) "
+               "for h in d['holders'])"),
+            "[('holder-name', " + pid + ", 1, 0), ('test', " + pid + ", 1, 1)]");
+  auto st = client_->Stat("h/held");
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ(st->holders.size(), 2u);
+}
+
+TEST_F(ShmctlTest, InfoAndUnlinkGivenAGlobPointToPurge) {
+  auto seg = Make("glob/a");
+  for (std::vector<std::string> args :
+       std::vector<std::vector<std::string>>{{"info", "glob/*"}, {"unlink", "glob/*"}}) {
+    Ran r = Ctl(args);
+    EXPECT_EQ(r.code, 1);
+    EXPECT_NE(r.err.find("shmctl purge glob/*"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("shmctl list glob/*"), std::string::npos) << r.err;
+  }
+  EXPECT_TRUE(client_->Stat("glob/a").ok()) << "nothing was unlinked";
 }
 
 TEST_F(ShmctlTest, ExitCodesForUsageHelpAndUnreachableDaemon) {

@@ -260,11 +260,20 @@ TEST(Registry, AttachmentsAndCreatorConnection) {
   auto seg = reg.Create(Spec("a"), kAlice, 7);
   ASSERT_TRUE(seg.ok());
   Segment& s = **seg;
-  reg.Attach(s);
-  reg.Attach(s);
-  EXPECT_EQ(s.attachments(), 2u);
-  reg.Detach(s);
+  reg.Attach(s, 7, Access::kReadWrite);
+  reg.Attach(s, 7, Access::kReadOnly);
+  reg.Attach(s, 9, Access::kReadOnly);
+  EXPECT_EQ(s.attachments(), 3u);
+  ASSERT_EQ(s.holders().size(), 2u);
+  EXPECT_EQ(s.holders()[0].connection, 7u);
+  EXPECT_EQ(s.holders()[0].attachments, 2u);
+  EXPECT_EQ(s.holders()[0].writable, 1u);
+  reg.Detach(s, 7, Access::kReadWrite);
+  reg.Detach(s, 9, Access::kReadOnly);
+  reg.Detach(s, 9, Access::kReadOnly);  // One too many: ignored.
   EXPECT_EQ(s.attachments(), 1u);
+  ASSERT_EQ(s.holders().size(), 1u);
+  EXPECT_EQ(s.holders()[0].writable, 0u);
   EXPECT_TRUE(reg.IsConnectionOpen(s.creator_connection()));
   reg.ConnectionClosed(7);
   EXPECT_FALSE(reg.IsConnectionOpen(s.creator_connection()));
@@ -297,7 +306,7 @@ class PurgeTest : public ::testing::Test {
     a_ = make("job7/a", kAlice, 1);      // Creator connected, attached below.
     b_ = make("job7/b", kAlice, 2);      // Creator will disconnect: an orphan.
     c_ = make("job8/c", User(2000), 2);  // Someone else's, also an orphan.
-    reg_.Attach(*a_);
+    reg_.Attach(*a_, 1, Access::kReadOnly);
     reg_.ConnectionClosed(2);
   }
   Registry reg_;

@@ -108,5 +108,30 @@ TEST(ShmctlRender, StatsTextShowsOnlyCountersThatMoved) {
   EXPECT_NE(out.find("uptime:    25s (since "), std::string::npos) << out;
 }
 
+TEST(ShmctlRender, ListOnATerminalEndsWithTotals) {
+  RenderContext ctx = Ctx();
+  ctx.terminal = true;
+  std::string out = ListText({Seg("a", 1024), Seg("b", 2048)}, false, ctx);
+  EXPECT_EQ(out.substr(out.rfind('\n', out.size() - 2) + 1), "2 segments, 3.0 KiB\n") << out;
+  EXPECT_EQ(ListNames({Seg("a", 8), Seg("b", 8)}), "a\nb\n");
+}
+
+TEST(ShmctlRender, InfoListsHolders) {
+  SegmentInfo s = Seg("x", 8);
+  EXPECT_NE(InfoText(s, Ctx()).find("held by:   -\n"), std::string::npos);
+  s.holders = {{100, 0, "python:a.py", 2, 1}, {200, 1000, "shmctl", 1, 0}};
+  std::string out = InfoText(s, Ctx());
+  EXPECT_NE(out.find("held by:   pid 100, root, 'python:a.py': 2 attachments (1 read-write)\n"
+                     "           pid 200, 1000, 'shmctl': 1 attachment\n"),
+            std::string::npos)
+      << out;
+  std::string json = InfoJson(s, Ctx());
+  EXPECT_NE(json.find("\"holders\":[{\"pid\":100,\"uid\":0,\"user\":\"root\","
+                      "\"client\":\"python:a.py\",\"attachments\":2,\"writable\":1}"),
+            std::string::npos)
+      << json;
+  EXPECT_EQ(ListJson({s}, Ctx()).find("holders"), std::string::npos) << "list has no holders";
+}
+
 }  // namespace
 }  // namespace shmbroker::shmctl

@@ -129,6 +129,7 @@ class Client {
   // the memory returns to the system when the last mapping goes.
   Status Unlink(std::string_view name);
 
+  // Everything about one segment, including which connections hold it (SegmentInfo::holders).
   Result<SegmentInfo> Stat(std::string_view name);
 
   // Segments whose names match the glob `pattern` (fnmatch(3); '*' also matches '/'), sorted by

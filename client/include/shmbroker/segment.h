@@ -30,6 +30,15 @@ enum class Order { kC = 0, kF = 1 };
 // the daemon sent are read-only.
 enum class Access { kReadOnly = 0, kReadWrite = 1 };
 
+// A connection that holds attachments of a segment.
+struct Holder {
+  std::uint32_t pid = 0;  // Of the process that opened the connection.
+  std::uint32_t uid = 0;
+  std::string client_name;        // As the client named itself ("python:train.py", "shmctl").
+  std::uint32_t attachments = 0;  // Of this segment on that connection.
+  std::uint32_t writable = 0;     // Of them, read-write.
+};
+
 // Everything the daemon knows about a segment (a snapshot taken when it was asked).
 struct SegmentInfo {
   std::string name;
@@ -45,6 +54,9 @@ struct SegmentInfo {
   std::uint32_t mode = 0600;       // Permission bits, as for files.
   std::uint32_t attachments = 0;   // Live attachments over all clients.
   bool creator_connected = false;  // The creating connection is still open.
+  // Client::Stat only (empty from List): the connections holding it, at most 100.
+  std::vector<Holder> holders;
+  bool holders_truncated = false;
 };
 
 // The NumPy type string of C++ type T in this machine's byte order, e.g. DtypeOf<float>() is
