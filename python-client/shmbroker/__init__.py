@@ -77,9 +77,16 @@ def stats():
     return default_client().stats()
 
 
-def purge(patterns=(), **selectors):
-    """Unlinks every segment matching all the selectors. See :meth:`Client.purge`."""
-    return default_client().purge(patterns, **selectors)
+def purge(patterns=(), *, orphans=False, older_than=None, owner=None, unattached=False,
+          all=False, dry_run=False):
+    """Unlinks every segment matching ALL the selectors given (at least one), as
+    ``shmctl purge``: ``patterns`` (globs), ``orphans``, ``older_than`` ("90s", "10m", "2h",
+    "7d", "1w", seconds or a timedelta), ``owner`` (user name or uid), ``unattached``,
+    ``all``, and ``dry_run``. See :meth:`Client.purge`."""
+    return default_client().purge(
+        patterns, orphans=orphans, older_than=older_than, owner=owner, unattached=unattached,
+        all=all, dry_run=dry_run,
+    )
 
 
 def flush():

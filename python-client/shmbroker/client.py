@@ -808,22 +808,36 @@ class Client:
             errors={c.name: c.value for c in s.errors},
         )
 
-    def purge(self, patterns=(), *, orphans=False, older_than=None, owner_uid=None,
-              unattached=False, all=False, dry_run=False):
-        """Unlinks, in one request, every segment matching all the selectors given (at least
-        one is required). Non-root callers remove only their own segments."""
+    def purge(self, patterns=(), *, orphans=False, older_than=None, owner=None,
+              unattached=False, all=False, dry_run=False, owner_uid=None):
+        """Unlinks, in one request, every segment matching ALL the selectors given, as
+        ``shmctl purge`` does. At least one selector is required (InvalidArgumentError).
+
+        - ``patterns``: a glob or a list of globs; a name matching any counts ('*' also
+          matches '/').
+        - ``orphans``: no live attachments and the connection that created it has closed.
+        - ``older_than``: created at least this long ago: "90s", "10m", "2h", "7d", "1w",
+          a number of seconds, or a ``datetime.timedelta``.
+        - ``owner``: owned by this user, a name ("alice") or a uid (``owner_uid`` is the
+          same, for a uid).
+        - ``unattached``: no live attachments.
+        - ``all``: every segment.
+        - ``dry_run``: report what would be removed; remove nothing.
+
+        Non-root callers remove only their own segments; ``skipped_not_owner`` of the
+        :class:`PurgeResult` counts the others that matched."""
         if isinstance(patterns, str):
             patterns = (patterns,)
+        if owner is None:
+            owner = owner_uid
         req = pb.Request()
         p = req.purge
         p.patterns.extend(patterns)
         p.orphans = orphans
         if older_than is not None:
-            if isinstance(older_than, datetime.timedelta):
-                older_than = older_than.total_seconds()
-            p.older_than_seconds = int(older_than)
-        if owner_uid is not None:
-            p.owner_uid = owner_uid
+            p.older_than_seconds = _duration_seconds(older_than)
+        if owner is not None:
+            p.owner_uid = _uid_of(owner)
         p.unattached = unattached
         p.all = all
         p.dry_run = dry_run
@@ -835,6 +849,49 @@ class Client:
             bytes_freed=r.bytes_freed,
             skipped_not_owner=r.skipped_not_owner,
         )
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _duration_seconds(value):
+    """Whole seconds of "90s", "10m", "2h", "7d", "1w", a number or a timedelta (as shmctl
+    reads --older-than: a string needs its unit)."""
+    if isinstance(value, datetime.timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, str):
+        text = value.strip()
+        unit = _DURATION_UNITS.get(text[-1:])
+        if unit is None or not text[:-1].isdigit():
+            raise InvalidArgumentError(
+                f"duration {value!r} is not like 90s, 10m, 2h, 7d or 1w (a unit is required)"
+            )
+        seconds = int(text[:-1]) * unit
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = value
+    else:
+        raise TypeError(f"a duration is a str like '2h', a number or a timedelta, not {value!r}")
+    if not 0 <= seconds < 1 << 40:
+        raise InvalidArgumentError(f"duration {value!r} is out of range")
+    return int(seconds)
+
+
+def _uid_of(owner):
+    """The uid of a user name or a uid."""
+    if isinstance(owner, str):
+        import pwd
+
+        try:
+            return pwd.getpwnam(owner).pw_uid
+        except KeyError:
+            if not owner.isdigit():
+                raise InvalidArgumentError(f"no such user {owner!r}") from None
+            owner = int(owner)
+    if isinstance(owner, bool) or not isinstance(owner, int):
+        raise TypeError(f"owner is a user name or a uid, not {owner!r}")
+    if not 0 <= owner <= 0xFFFFFFFF:
+        raise InvalidArgumentError(f"uid {owner} is out of range")
+    return owner
 
 
 def _extent(offset, shape, strides, itemsize):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import shmbroker
+from conftest import glob_escape
 from conftest import MAX_MEMORY
 from sbtest import run_python
 
@@ -229,6 +230,47 @@ def test_purge(names):
     assert shmbroker.list(names.prefix + "*") == []
     with pytest.raises(shmbroker.InvalidArgumentError):
         shmbroker.purge()
+
+
+def test_purge_takes_shmctls_selectors(names):
+    import pwd
+
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    pattern = glob_escape(names.prefix) + "*"
+    kept = shmbroker.create(names("attached"), 1, "u1")
+    for i in range(2):
+        shmbroker.create(names(f"free{i}"), 1, "u1")  # dropped at once: unattached
+    shmbroker.flush()
+    assert shmbroker.purge(pattern, older_than="2h", dry_run=True).removed_count == 0
+    assert shmbroker.purge(pattern, older_than="0s", dry_run=True).removed_count == 3
+    assert shmbroker.purge(pattern, older_than=datetime.timedelta(hours=1),
+                           dry_run=True).removed_count == 0
+    assert shmbroker.purge(pattern, older_than=0, dry_run=True).removed_count == 3
+    assert shmbroker.purge(pattern, owner=me, dry_run=True).removed_count == 3
+    assert shmbroker.purge(pattern, owner=os.geteuid(), dry_run=True).removed_count == 3
+    assert shmbroker.purge(pattern, owner=os.geteuid() + 1, dry_run=True).removed_count == 0
+    # This connection created them all and is open: no orphans.
+    assert shmbroker.purge(pattern, orphans=True, dry_run=True).removed_count == 0
+    r = shmbroker.purge(pattern, unattached=True)
+    assert sorted(x[0] for x in r.removed) == [names("free0"), names("free1")]
+    assert [i.name for i in shmbroker.list(pattern)] == [names("attached")]
+    assert kept.shm_name == names("attached")
+
+
+@pytest.mark.parametrize(
+    "selectors, error",
+    [
+        ({"older_than": "5"}, shmbroker.InvalidArgumentError),  # a unit is required
+        ({"older_than": "2 hours"}, shmbroker.InvalidArgumentError),
+        ({"older_than": -1}, shmbroker.InvalidArgumentError),
+        ({"owner": "no-such-user-shmbroker"}, shmbroker.InvalidArgumentError),
+        ({"owner": -5}, shmbroker.InvalidArgumentError),
+        ({"bogus": True}, TypeError),
+    ],
+)
+def test_purge_rejects_bad_selectors(selectors, error):
+    with pytest.raises(error):
+        shmbroker.purge("pytest/none/*", dry_run=True, **selectors)
 
 
 def test_socket_path_resolution(monkeypatch):
