@@ -98,6 +98,24 @@ class SharedArray(np.ndarray):
             return tuple(o if o is not None else r for o, r in zip(out, result))
         return out[0] if out[0] is not None else result
 
+    # Copies own their memory: they are plain arrays, tied to no segment.
+    def copy(self, order="C"):
+        return self.view(np.ndarray).copy(order)
+
+    def __copy__(self):
+        return self.view(np.ndarray).copy("K")
+
+    def __deepcopy__(self, memo):
+        return self.view(np.ndarray).copy("K")
+
+    def flatten(self, order="C"):
+        return self.view(np.ndarray).flatten(order)
+
+    def astype(self, dtype, order="K", casting="unsafe", subok=True, copy=True):
+        plain = self.view(np.ndarray)
+        out = plain.astype(dtype, order=order, casting=casting, copy=copy)
+        return self if out is plain else out  # no copy was needed: still the segment
+
     @property
     def shm_name(self):
         """The name of the segment this array's memory belongs to, or None for an array that

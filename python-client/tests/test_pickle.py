@@ -86,6 +86,14 @@ def test_computed_arrays_pickle_as_data(names):
         assert type(back) is np.ndarray
         np.testing.assert_array_equal(back, computed)
     assert type(a + 1) is np.ndarray, "ufunc results are plain arrays"
+    # Copies are plain arrays too (the README says so), however they are made.
+    import copy
+
+    for c in (a.copy(), a.copy(order="F"), copy.copy(a), copy.deepcopy(a), a.astype("f4"),
+              a.reshape(10, 100).T.flatten(), np.copy(a)):
+        assert type(c) is np.ndarray, type(c)
+        assert not np.shares_memory(c, a)
+    assert type(a.astype("f8", copy=False)) is shmbroker.SharedArray, "no copy: the segment"
     # In-place operations stay on the segment.
     a += 1
     assert isinstance(a, shmbroker.SharedArray) and a.shm_name is not None
