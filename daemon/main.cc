@@ -9,6 +9,7 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include "common/units.h"
 #include "server.h"
 #include "shmbroker/version.h"
 #include "systemd.h"
@@ -69,7 +70,7 @@ int main(int argc, char** argv) {
     return 2;     // Every usage error, whatever CLI11's own code for it.
   }
 
-  auto max_memory = daemon::ParseSize(max_memory_text);
+  auto max_memory = ParseSize(max_memory_text);
   if (!max_memory.ok()) {
     std::fprintf(stderr, "shmbrokerd: --max-memory: %s\n", max_memory.status().message().c_str());
     return 2;
@@ -103,7 +104,7 @@ int main(int argc, char** argv) {
     });
     spdlog::info("shmbrokerd {} listening on {} (max memory: {})", SHMBROKER_VERSION,
                  server.socket_path(),
-                 *max_memory == 0 ? std::string("no cap") : std::to_string(*max_memory) + " bytes");
+                 *max_memory == 0 ? std::string("no cap") : HumanBytes(*max_memory));
     io.run();
   } catch (const std::exception& e) {
     spdlog::critical("fatal: {}", e.what());

@@ -4,6 +4,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "common/units.h"
 #include "validate.h"
 #include "wire_convert.h"
 
@@ -217,8 +218,8 @@ Outcome RequestHandler::Create(Session& session, const wire::CreateRequest& req)
     return Error(seg.status());
   }
   const Segment& s = **seg;
-  spdlog::info("created '{}' {} {} bytes mode {:03o} by uid {} pid {}", s.name(), s.spec().dtype,
-               s.nbytes(), s.spec().mode, s.uid(), s.creator_pid());
+  spdlog::info("created '{}' {} {} mode {} by uid {} pid {}", s.name(), s.spec().dtype,
+               HumanBytes(s.nbytes()), ModeString(s.spec().mode), s.uid(), s.creator_pid());
   return AttachReply(session, std::move(seg).value(), Access::kReadWrite);
 }
 

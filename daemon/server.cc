@@ -14,6 +14,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "common/units.h"
+
 namespace shmbroker::daemon {
 namespace {
 
@@ -87,8 +89,8 @@ Status Server::Listen() {
   if (fd_store_) {
     std::size_t restored = fd_store_->Restore(options_.inherited, registry_);
     if (restored > 0) {
-      spdlog::info("restored {} segments ({} bytes) from the service manager's fd store", restored,
-                   registry_.bytes_held());
+      spdlog::info("restored {} segments ({}) from the service manager's fd store", restored,
+                   HumanBytes(registry_.bytes_held()));
     }
   }
   for (auto& lf : options_.inherited) {

@@ -1,5 +1,5 @@
 // Validation of everything a client names or describes: segment names, dtypes, shapes, modes,
-// attributes, plus --max-memory sizes. Pure functions; unit-tested in tests/validate_test.cc.
+// attributes. Pure functions; unit-tested in tests/unit/validate_test.cc.
 #pragma once
 
 #include <cstdint>
@@ -42,8 +42,5 @@ Status ValidateMode(std::uint32_t mode);
 // At most kMaxAttrs entries; keys 1..kMaxAttrKeyBytes printable ASCII, values up to
 // kMaxAttrValueBytes of valid UTF-8 (protobuf strings must be UTF-8).
 Status ValidateAttrs(const std::map<std::string, std::string>& attrs);
-
-// "1048576", "512K", "512M", "8G", "1T" (binary units; "MiB"/"MB" spellings accepted too).
-Result<std::uint64_t> ParseSize(std::string_view text);
 
 }  // namespace shmbroker::daemon

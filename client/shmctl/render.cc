@@ -22,7 +22,8 @@ std::string AttrsString(const std::map<std::string, std::string>& attrs) {
 
 void SegmentJson(JsonWriter& j, const SegmentInfo& s, const RenderContext& ctx,
                  bool with_holders = false) {
-  double created = std::chrono::duration<double>(s.created.time_since_epoch()).count();
+  // From the same whole milliseconds as "created", so that the two agree.
+  double created = static_cast<double>(UnixMillis(s.created)) / 1000;
   double age = std::chrono::duration<double>(ctx.now - s.created).count();
   j.BeginObject();
   j.Key("name").String(s.name);

@@ -129,7 +129,7 @@ TEST(DaemonOptions, InfoLogHasConnectsCreatesAndUnlinks) {
   {
     auto c = d.ConnectWithin("/tmp/shmbrokerd-log-test.sock");
     ASSERT_TRUE(c.ok()) << d.log();
-    ASSERT_TRUE(c->Create({.name = "logged/one", .shape = {8}}).ok());
+    ASSERT_TRUE(c->Create({.name = "logged/one", .shape = {1048575}, .mode = 0640}).ok());
     ASSERT_TRUE(c->Unlink("logged/one").ok());
   }
   // The disconnect is logged once the daemon has seen the hang-up: a stats round trip from a
@@ -148,7 +148,9 @@ TEST(DaemonOptions, InfoLogHasConnectsCreatesAndUnlinks) {
   // One line per client connect and per disconnect: two clients here.
   EXPECT_EQ(count("connected: 'test'"), 2u) << log;
   EXPECT_EQ(count(" disconnected ('test'"), 2u) << log;
-  EXPECT_NE(log.find("created 'logged/one'"), std::string::npos) << log;
+  // Sizes and modes as shmctl shows them.
+  EXPECT_NE(log.find("created 'logged/one' |u1 1.0 MiB mode 0640 by uid"), std::string::npos)
+      << log;
   EXPECT_NE(log.find("unlinked 'logged/one'"), std::string::npos) << log;
   EXPECT_NE(log.find("disconnected"), std::string::npos) << log;
   EXPECT_EQ(log.find(" debug "), std::string::npos) << "debug lines at the default level";

@@ -98,6 +98,16 @@ TEST(ShmctlRender, JsonDocuments) {
   EXPECT_NE(stats.find("\"requests\":{\"create\":3,\"list\":0}"), std::string::npos) << stats;
 }
 
+TEST(ShmctlRender, JsonCreatedAndCreatedUnixAgreeToTheMillisecond) {
+  SegmentInfo s = Seg("a", 8);
+  // 0.9996 s past a second: rounding one form and cutting the other would disagree.
+  s.created = std::chrono::system_clock::time_point(std::chrono::microseconds(1795000000999600));
+  std::string json = InfoJson(s, Ctx());
+  EXPECT_NE(json.find("\"created\":\"2026-11-18T11:06:40.999Z\",\"created_unix\":1795000000.999,"),
+            std::string::npos)
+      << json;
+}
+
 TEST(ShmctlRender, StatsTextShowsOnlyCountersThatMoved) {
   DaemonStats st;
   st.started = kNow - 25s;

@@ -123,21 +123,5 @@ TEST(ValidateAttrs, BoundsCountKeysAndValues) {
   EXPECT_TRUE(ValidateAttrs({{"k", "caf\xc3\xa9"}}).ok());
 }
 
-TEST(ParseSize, UnitsAndErrors) {
-  EXPECT_EQ(*ParseSize("0"), 0u);
-  EXPECT_EQ(*ParseSize("1048576"), 1048576u);
-  EXPECT_EQ(*ParseSize("512K"), 512u << 10);
-  EXPECT_EQ(*ParseSize("512M"), 512ull << 20);
-  EXPECT_EQ(*ParseSize("8G"), 8ull << 30);
-  EXPECT_EQ(*ParseSize("2T"), 2ull << 40);
-  EXPECT_EQ(*ParseSize("8GiB"), 8ull << 30);
-  EXPECT_EQ(*ParseSize("64MB"), 64ull << 20);
-  EXPECT_EQ(*ParseSize("100B"), 100u);
-  for (const char* bad :
-       {"", "M", "-1", "1.5G", "8X", "8Gi", "8 G", "99999999999999999999", "20000000000000000T"}) {
-    EXPECT_FALSE(ParseSize(bad).ok()) << bad;
-  }
-}
-
 }  // namespace
 }  // namespace shmbroker::daemon
