@@ -46,7 +46,8 @@ def create(name, shape, dtype="float64", *, order="C", mode=0o600, attrs=None):
 
 
 def attach(name, *, writable=False):
-    """Maps segment ``name`` (read-only unless ``writable``). See :meth:`Client.attach`."""
+    """Maps segment ``name``: read-only by default; to write, ``attach(name, writable=True)``.
+    See :meth:`Client.attach`."""
     return default_client().attach(name, writable=writable)
 
 

@@ -727,9 +727,13 @@ class Client:
 
     def attach(self, name, *, writable=False):
         """Maps segment ``name`` and returns it as an array with its stored shape, dtype and
-        order. Read-only unless ``writable``: the mapping itself is read-only then, so
-        ``arr.flags.writeable`` is False and cannot be set. NotFoundError (also a KeyError and
-        FileNotFoundError) if there is no such segment."""
+        order. NotFoundError (also a KeyError and FileNotFoundError) if there is no such
+        segment.
+
+        Read-only by default: the mapping itself is read-only, ``arr.flags.writeable`` is False
+        and cannot be set, and a write fails with NumPy's "ValueError: assignment destination
+        is read-only". To write, attach with ``attach(name, writable=True)`` (the segment's
+        mode must grant you write access)."""
         req = pb.Request()
         req.attach.name = _check_name(name)
         req.attach.access = pb.READ_WRITE if writable else pb.READ_ONLY
