@@ -135,7 +135,7 @@ SegmentInfo FromWire(const wire::SegmentInfo& w) {
   return info;
 }
 
-Result<Segment> ClientCore::Map(const wire::Request& request) {
+Result<Segment> ClientCore::Map(const wire::Request& request, std::optional<bool> prefault) {
   std::lock_guard lock(mu_);
   std::vector<wire::UniqueFd> fds;
   auto reply = CallLocked(request, wire::Reply::kAttach, &fds);
@@ -173,7 +173,7 @@ Result<Segment> ClientCore::Map(const wire::Request& request) {
                          "cannot map segment '" + seg.info_.name + "': " + std::strerror(err)));
     }
     fds.clear();  // The mapping keeps the memory; the descriptor is not needed any more.
-    if (prefault_) {
+    if (prefault.value_or(prefault_)) {
       // Best effort: old kernels say EINVAL, and the pages are reserved already.
       ::madvise(addr, len, rw ? MADV_POPULATE_WRITE : MADV_POPULATE_READ);
     }
@@ -318,15 +318,19 @@ Result<Segment> Client::Create(const CreateOptions& o) {
   c->set_order(o.order == Order::kF ? wire::ORDER_F : wire::ORDER_C);
   c->set_mode(o.mode);
   c->mutable_attrs()->insert(o.attrs.begin(), o.attrs.end());
-  return core_->Map(req);
+  return core_->Map(req, o.prefault);
 }
 
 Result<Segment> Client::Attach(std::string_view name, Access access) {
+  return Attach(name, AttachOptions{.access = access});
+}
+
+Result<Segment> Client::Attach(std::string_view name, const AttachOptions& o) {
   wire::Request req;
   req.mutable_attach()->set_name(std::string(name));
-  req.mutable_attach()->set_access(access == Access::kReadWrite ? wire::READ_WRITE
-                                                                : wire::READ_ONLY);
-  return core_->Map(req);
+  req.mutable_attach()->set_access(o.access == Access::kReadWrite ? wire::READ_WRITE
+                                                                  : wire::READ_ONLY);
+  return core_->Map(req, o.prefault);
 }
 
 Status Client::Unlink(std::string_view name) {

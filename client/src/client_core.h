@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -37,8 +38,8 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   Result<wire::Reply> Call(const wire::Request& request, wire::Reply::BodyCase expected,
                            std::vector<wire::UniqueFd>* fds = nullptr);
 
-  // Create or attach: one round trip and the mapping.
-  Result<Segment> Map(const wire::Request& request);
+  // Create or attach: one round trip and the mapping. `prefault` unset: the client's default.
+  Result<Segment> Map(const wire::Request& request, std::optional<bool> prefault);
 
   // Called by ~Segment / Segment::Detach.
   Status Release(Segment& segment);

@@ -39,16 +39,18 @@ from .errors import (
 __version__ = "0.1.0"
 
 
-def create(name, shape, dtype="float64", *, order="C", mode=0o600, attrs=None):
+def create(name, shape, dtype="float64", *, order="C", mode=0o600, attrs=None, prefault=None):
     """Creates segment ``name`` and returns it as a writable, zero-filled array.
     See :meth:`Client.create`."""
-    return default_client().create(name, shape, dtype, order=order, mode=mode, attrs=attrs)
+    return default_client().create(
+        name, shape, dtype, order=order, mode=mode, attrs=attrs, prefault=prefault
+    )
 
 
-def attach(name, *, writable=False):
+def attach(name, *, writable=False, prefault=None):
     """Maps segment ``name``: read-only by default; to write, ``attach(name, writable=True)``.
     See :meth:`Client.attach`."""
-    return default_client().attach(name, writable=writable)
+    return default_client().attach(name, writable=writable, prefault=prefault)
 
 
 def share(arr, name, *, mode=0o600, attrs=None):

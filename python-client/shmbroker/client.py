@@ -610,7 +610,8 @@ class Client:
     parent's socket. Arrays it returned stay valid whatever happens to the client.
 
     ``socket``: the daemon's socket path (default: :func:`resolve_socket_path`).
-    ``prefault``: fill page tables when mapping (much faster first touch of large arrays).
+    ``prefault``: fill page tables when mapping (much faster first touch of large arrays);
+    the default of ``create`` and ``attach``, which can also choose per call.
     """
 
     def __init__(self, socket=None, *, client_name=None, prefault=True, _lazy=False):
@@ -645,10 +646,14 @@ class Client:
         with self._lock:
             return self._connection().call(request, expect)
 
-    def _map(self, request, prefault):
+    def _map(self, request, prefault, want=None):
+        # `prefault`: the byte range to prefault; `want`: this call's choice (None: the
+        # client's).
+        if want is None:
+            want = self._prefault
         with self._lock:
             conn = self._connection()
-            return conn.map(request, prefault if self._prefault else None)
+            return conn.map(request, prefault if want else None)
 
     def _array(self, mapped, shape, dtype, order="C", offset=0, strides=None):
         anchor, address, info, writable = mapped
@@ -695,10 +700,15 @@ class Client:
 
     # -- API --
 
-    def create(self, name, shape, dtype=np.float64, *, order="C", mode=0o600, attrs=None):
+    def create(self, name, shape, dtype=np.float64, *, order="C", mode=0o600, attrs=None,
+               prefault=None):
         """Creates segment ``name`` holding an array of ``shape`` and ``dtype`` and returns it
         mapped read-write (zero-filled). AlreadyExistsError if the name is taken,
-        ResourceExhaustedError when the memory cannot be reserved."""
+        ResourceExhaustedError when the memory cannot be reserved.
+
+        ``prefault``: fill the page tables at once (arrays of 256 KiB and up), which pays when
+        the whole array is written next; False leaves it to page faults (a sparse fill, or a
+        huge array touched in parts). None: the client's default."""
         name = _check_name(name)
         shape = _check_shape(shape)
         dt = _check_dtype(dtype)
@@ -722,10 +732,10 @@ class Client:
                 if not isinstance(k, str) or not isinstance(v, str):
                     raise TypeError("attrs must map str to str")
                 c.attrs[k] = v
-        mapped = self._map(req, (0, None))
+        mapped = self._map(req, (0, None), prefault)
         return self._array(mapped, shape, dt, order)
 
-    def attach(self, name, *, writable=False):
+    def attach(self, name, *, writable=False, prefault=None):
         """Maps segment ``name`` and returns it as an array with its stored shape, dtype and
         order. NotFoundError (also a KeyError and FileNotFoundError) if there is no such
         segment.
@@ -733,11 +743,13 @@ class Client:
         Read-only by default: the mapping itself is read-only, ``arr.flags.writeable`` is False
         and cannot be set, and a write fails with NumPy's "ValueError: assignment destination
         is read-only". To write, attach with ``attach(name, writable=True)`` (the segment's
-        mode must grant you write access)."""
+        mode must grant you write access).
+
+        ``prefault``: as for :meth:`create` (pays when the whole array is read next)."""
         req = pb.Request()
         req.attach.name = _check_name(name)
         req.attach.access = pb.READ_WRITE if writable else pb.READ_ONLY
-        mapped = self._map(req, (0, None))
+        mapped = self._map(req, (0, None), prefault)
         info = mapped[2]
         return self._array(mapped, info.shape, info.dtype, info.order)
 

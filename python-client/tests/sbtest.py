@@ -111,3 +111,19 @@ def eventually(predicate, timeout=10.0, interval=0.01):
         if value or time.monotonic() > deadline:
             return value
         time.sleep(interval)
+
+
+def mapping_rss(arr):
+    """Bytes of the mapping under ``arr`` that have page-table entries in this process (the
+    Rss of its line in /proc/self/smaps)."""
+    addr = arr.__array_interface__["data"][0]
+    with open("/proc/self/smaps") as f:
+        inside = False
+        for line in f:
+            head = line.split(maxsplit=1)[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                inside = lo <= addr < hi
+            elif inside and head == "Rss:":
+                return int(line.split()[1]) * 1024
+    raise LookupError(f"no mapping at {addr:#x}")

@@ -365,3 +365,19 @@ def test_stats_counts_errors():
     with pytest.raises(KeyError):
         shmbroker.attach("pytest/certainly/missing/" + str(time.time()))
     assert shmbroker.stats().errors["NOT_FOUND"] == before + 1
+
+
+def test_prefault_is_a_per_call_choice(names, daemon):
+    from sbtest import mapping_rss
+
+    size = 8 << 20
+    lazy = shmbroker.create(names(), size, "u1", prefault=False)
+    assert mapping_rss(lazy) < size // 4, "no page-table entries until touched"
+    eager = shmbroker.create(names(), size, "u1", prefault=True)
+    assert mapping_rss(eager) >= size
+    assert mapping_rss(shmbroker.attach(eager.shm_name, prefault=False)) < size // 4
+    assert mapping_rss(shmbroker.attach(lazy.shm_name)) >= size, "the default prefaults"
+    # A client whose default is off, overridden per call.
+    with shmbroker.connect(daemon.socket, prefault=False) as c:
+        assert mapping_rss(c.create(names(), size, "u1")) < size // 4
+        assert mapping_rss(c.create(names(), size, "u1", prefault=True)) >= size

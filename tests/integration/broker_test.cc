@@ -212,6 +212,29 @@ TEST_F(ReadOnlyTest, ClientApiRefusesWritesAndTheMappingFaults) {
 
 // --- Permissions --------------------------------------------------------------------------------
 
+TEST(Broker, PrefaultIsAPerCallChoice) {
+  TestDaemon d;
+  constexpr std::uint64_t kSize = 8 << 20;
+  auto eager_client = d.MustConnect();
+  auto lazy = eager_client.Create({.name = "pf/lazy", .shape = {kSize}, .prefault = false});
+  ASSERT_TRUE(lazy.ok()) << lazy.status().ToString();
+  EXPECT_LT(MappingRss(lazy->bytes().data()), kSize / 4) << "no page-table entries until touched";
+  auto eager = eager_client.Create({.name = "pf/eager", .shape = {kSize}});
+  ASSERT_TRUE(eager.ok());
+  EXPECT_GE(MappingRss(eager->bytes().data()), kSize) << "the client's default prefaults";
+  auto ro = eager_client.Attach("pf/eager", AttachOptions{.prefault = false});
+  ASSERT_TRUE(ro.ok());
+  EXPECT_LT(MappingRss(ro->bytes().data()), kSize / 4);
+  // A client whose default is off, overridden per call.
+  auto lazy_client = Client::Connect({.socket_path = d.socket(), .prefault = false});
+  ASSERT_TRUE(lazy_client.ok());
+  auto a = lazy_client->Attach("pf/lazy");
+  EXPECT_LT(MappingRss(a->bytes().data()), kSize / 4);
+  auto b = lazy_client->Attach("pf/eager",
+                               AttachOptions{.access = Access::kReadWrite, .prefault = true});
+  EXPECT_GE(MappingRss(b->bytes().data()), kSize);
+}
+
 TEST(Broker, PermissionsFollowModeForAnotherUid) {
   if (::geteuid() != 0) GTEST_SKIP() << "needs root to become another uid";
   TestDaemon d;

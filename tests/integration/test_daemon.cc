@@ -134,6 +134,21 @@ std::size_t MappingCount() {
   return n;
 }
 
+std::size_t MappingRss(const void* addr) {
+  auto a = reinterpret_cast<std::uintptr_t>(addr);
+  std::ifstream in("/proc/self/smaps");
+  bool inside = false;
+  for (std::string line; std::getline(in, line);) {
+    std::uintptr_t lo = 0, hi = 0;
+    if (std::sscanf(line.c_str(), "%lx-%lx ", &lo, &hi) == 2 && line.find(':') > 20) {
+      inside = lo <= a && a < hi;
+    } else if (inside && line.rfind("Rss:", 0) == 0) {
+      return std::stoull(line.substr(4)) * 1024;
+    }
+  }
+  return 0;
+}
+
 RawConnection::RawConnection(const std::string& socket) {
   fd_.reset(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
   sockaddr_un addr{};

@@ -54,6 +54,8 @@ bool Eventually(const std::function<bool()>& pred,
 // Counts of this process's open fds and memory mappings.
 std::size_t OpenFdCount();
 std::size_t MappingCount();
+// Bytes of the mapping containing `addr` that have page-table entries here (its smaps Rss).
+std::size_t MappingRss(const void* addr);
 
 // The wire protocol by hand, for what the client library never sends.
 class RawConnection {

@@ -34,6 +34,7 @@ struct ClientOptions {
   std::string client_name;  // Shown in the daemon's log; default "cpp:<program>".
   // Map new regions with all their page tables filled in at once (MADV_POPULATE_*; no-op on
   // kernels before 5.14): far cheaper than a page fault per 4 KiB when the data is read whole.
+  // The default for Create and Attach, which can choose per call.
   bool prefault = true;
 };
 
@@ -44,6 +45,15 @@ struct CreateOptions {
   Order order = Order::kC;
   std::uint32_t mode = 0600;  // Who may attach: owner/group/other read and write bits.
   std::map<std::string, std::string> attrs;
+  // Fill the page tables at once: pays when the whole segment is written next; costs when only
+  // parts of a huge one are. Unset: ClientOptions::prefault.
+  std::optional<bool> prefault;
+};
+
+struct AttachOptions {
+  Access access = Access::kReadOnly;
+  // As for CreateOptions: pays when the whole segment is read next. Unset: the client's default.
+  std::optional<bool> prefault;
 };
 
 // What the daemon said in the handshake.
@@ -124,6 +134,7 @@ class Client {
   // Maps an existing segment. Read-only unless asked otherwise; PERMISSION_DENIED when the
   // segment's mode does not grant the access to this process's uid/gid.
   Result<Segment> Attach(std::string_view name, Access access = Access::kReadOnly);
+  Result<Segment> Attach(std::string_view name, const AttachOptions& options);
 
   // Removes the name at once (owner or root). Processes that have it mapped keep their mapping;
   // the memory returns to the system when the last mapping goes.
