@@ -35,6 +35,9 @@ void RaiseFileLimit() {
 
 int main(int argc, char** argv) {
   using namespace shmbroker;
+  // Before anything opens a descriptor (the config file, the notify socket, the logger): fds
+  // from 3 on may be ours to adopt, and a hole in that range must stay a hole.
+  std::vector<daemon::ListenFd> inherited = daemon::TakeListenFds();
   CLI::App app{"shmbrokerd: a shared-memory broker for NumPy arrays and raw segments"};
   std::string socket;
   std::string log_level = "info";
@@ -90,7 +93,7 @@ int main(int argc, char** argv) {
                                .max_memory = *max_memory,
                                .version = SHMBROKER_VERSION,
                                .notifier = daemon::Notifier::FromEnvironment(),
-                               .inherited = daemon::TakeListenFds()});
+                               .inherited = std::move(inherited)});
     if (Status s = server.Listen(); !s.ok()) {
       spdlog::critical("cannot start: {}", s.message());
       return 1;

@@ -81,9 +81,14 @@ class FakeSystemd {
   }
 
   // Starts the daemon with the listening socket and every stored fd, as systemd would.
-  void Start(std::vector<std::string> extra_env = {}) {
+  // `holes`: names of extra entries in $LISTEN_FDS whose fd is not open.
+  void Start(std::vector<std::string> extra_env = {}, std::vector<std::string> holes = {}) {
     std::vector<int> fds = {listener_.get()};
     std::string names = "shmbroker.socket";
+    for (const auto& h : holes) {
+      fds.push_back(-1);
+      names += ":" + h;
+    }
     std::lock_guard lock(mu_);
     for (const auto& [name, fd] : store_) {
       fds.push_back(fd.get());
@@ -97,9 +102,14 @@ class FakeSystemd {
       ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // No daemon outlives a crashed test.
       // Move the fds out of the way first, then into place from 3 on.
       std::vector<int> high;
-      for (int fd : fds) high.push_back(::fcntl(fd, F_DUPFD_CLOEXEC, 1000));
+      for (int fd : fds) high.push_back(fd < 0 ? -1 : ::fcntl(fd, F_DUPFD_CLOEXEC, 1000));
       for (std::size_t i = 0; i < high.size(); ++i) {
-        if (::dup2(high[i], 3 + static_cast<int>(i)) < 0) ::_exit(120);
+        int target = 3 + static_cast<int>(i);
+        if (high[i] < 0) {
+          ::close(target);
+        } else if (::dup2(high[i], target) < 0) {
+          ::_exit(120);
+        }
       }
       std::string count = std::to_string(fds.size());
       std::string pid = std::to_string(::getpid());
@@ -311,6 +321,23 @@ TEST(SystemdSupervisor, CorruptOrIncompleteStoreEntriesAreSkipped) {
   // The daemon asked for the broken entries to be dropped.
   EXPECT_TRUE(
       sd.PumpUntil([&] { return sd.store_.count("seg-2") == 0 && sd.store_.count("seg-3") == 0; }));
+}
+
+TEST(SystemdSupervisor, AHoleInTheInheritedFdsIsNotTakenForTheDaemonsOwnFd) {
+  // fd 4 is named in $LISTEN_FDNAMES but not open. The daemon must take over the inherited range
+  // before it opens anything of its own: else its notify socket lands on fd 4, is adopted as a
+  // stored segment, closed with it, and every later notification is lost.
+  FakeSystemd sd;
+  sd.Start({"WATCHDOG_USEC=200000"}, {"seg-1"});
+  ASSERT_TRUE(sd.PumpUntil([&] { return sd.ready_; })) << "no READY=1";
+  auto client = sd.Connect();
+  ASSERT_TRUE(client.ok()) << client.status().ToString();
+  ASSERT_TRUE(client->Create({.name = "after-hole", .shape = {64}}).ok());
+  EXPECT_TRUE(sd.PumpUntil([&] { return sd.store_.size() == 2; })) << sd.store_.size();
+  auto start = Clock::now();
+  sd.PumpUntil([&] { return Clock::now() - start >= 500ms; }, 2s);
+  auto lock = sd.Lock();
+  EXPECT_GE(sd.watchdog_.size(), 2u) << "watchdog pings stopped";
 }
 
 TEST(SystemdSupervisor, WatchdogStatusAndStopping) {
