@@ -5,6 +5,7 @@
 #include <asio.hpp>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -17,6 +18,8 @@
 #include "wire.h"
 
 namespace {
+
+constexpr const char* kDefaultConfig = "/etc/shmbroker/shmbrokerd.conf";
 
 // The daemon holds one or two fds per segment: take all the hard limit allows.
 void RaiseFileLimit() {
@@ -53,7 +56,13 @@ int main(int argc, char** argv) {
                  "Cap on the bytes all segments may hold: bytes, or 512M, 8G, 1T; 0 = no cap "
                  "beyond the machine's")
       ->capture_default_str();
-  app.set_config("--config", "", "Read options from a TOML/INI file (keys as the long options)");
+  // Read when present and no --config is given: where a packaged service keeps its settings.
+  const char* env_config = std::getenv("SHMBROKERD_CONFIG");
+  std::string default_config = env_config != nullptr ? env_config : kDefaultConfig;
+  app.set_config("--config", default_config,
+                 "Read options from a TOML/INI file (keys as the long options, e.g. "
+                 "max-memory = \"8G\"). Default: $SHMBROKERD_CONFIG, else " +
+                     std::string(kDefaultConfig) + ", when the file exists");
   // A misspelt key would otherwise start a daemon without the setting, silently.
   app.allow_config_extras(CLI::config_extras_mode::error);
   app.set_version_flag("--version", std::string("shmbrokerd ") + SHMBROKER_VERSION);
@@ -105,6 +114,9 @@ int main(int argc, char** argv) {
       server.Stop();
       io.stop();
     });
+    if (const CLI::Option* config = app.get_option("--config"); config->count() > 0) {
+      spdlog::info("configuration read from {}", config->as<std::string>());
+    }
     spdlog::info("shmbrokerd {} listening on {} (max memory: {})", SHMBROKER_VERSION,
                  server.socket_path(),
                  *max_memory == 0 ? std::string("no cap") : HumanBytes(*max_memory));

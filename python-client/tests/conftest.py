@@ -25,6 +25,8 @@ DAEMON = os.path.join(BUILD_DIR, "bin", "shmbrokerd")
 INTEROP = os.path.join(BUILD_DIR, "bin", "shmbroker_interop")
 MAX_MEMORY = 1 << 30  # --max-memory of the test daemon
 
+# The test daemon ignores a configuration file the machine may have (empty: none).
+os.environ["SHMBROKERD_CONFIG"] = ""
 # Children started by the tests import this checkout of the package.
 os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (CLIENT_ROOT, HERE, os.environ.get("PYTHONPATH")) if p

@@ -24,10 +24,20 @@ for f in bin/shmbrokerd include/shmbroker/client.h include/shmbroker/status.h \
   [ -e "$tmp/prefix/$f" ] || { echo "not installed: $f"; exit 1; }
 done
 # The service starts the installed daemon.
-grep -qx "ExecStart=$tmp/prefix/bin/shmbrokerd --log-level info" \
+grep -qx "ExecStart=$tmp/prefix/bin/shmbrokerd --log-level info \$SHMBROKERD_OPTIONS" \
   "$tmp/prefix/lib/systemd/system/shmbroker.service" || { echo "wrong or missing ExecStart"; exit 1; }
 [ -e "$tmp/prefix/lib/systemd/system/shmbroker.socket" ] || { echo "no socket unit"; exit 1; }
 [ -x "$tmp/prefix/bin/shmctl" ] || { echo "shmctl not installed"; exit 1; }
+# Every setting of the example configuration is one the daemon accepts.
+example="$tmp/prefix/share/doc/shmbroker/shmbrokerd.conf.example"
+[ -e "$example" ] || { echo "no example configuration"; exit 1; }
+sed -E "s/^#([a-z-]+ = )/\1/; s|^socket = .*|socket = \"$tmp/example.sock\"|" "$example" >"$tmp/example.conf"
+grep -q '^max-memory = ' "$tmp/example.conf" || { echo "the example sets nothing"; exit 1; }
+"$tmp/prefix/bin/shmbrokerd" --config "$tmp/example.conf" --log-level off &
+example_pid=$!
+for _ in $(seq 100); do [ -S "$tmp/example.sock" ] && break; sleep 0.05; done
+kill "$example_pid"
+wait "$example_pid" || { echo "the daemon rejected the example configuration"; exit 1; }
 # Private headers stay private.
 [ ! -e "$tmp/prefix/include/shmbroker/wire.h" ] || { echo "wire.h was installed"; exit 1; }
 
@@ -45,6 +55,7 @@ g++ -std=c++20 -o "$tmp/example-pc" "$src_dir/example.cc" $(pkg-config --cflags 
 g++ -std=c++23 -fsyntax-only "$src_dir/example.cc" $(pkg-config --cflags shmbroker)
 
 export SHMBROKER_SOCKET="$tmp/run/shmbroker.sock"
+export SHMBROKERD_CONFIG=  # Not the machine's /etc/shmbroker/shmbrokerd.conf.
 "$tmp/prefix/bin/shmbrokerd" --log-level warn &
 daemon_pid=$!
 for _ in $(seq 100); do [ -S "$SHMBROKER_SOCKET" ] && break; sleep 0.05; done

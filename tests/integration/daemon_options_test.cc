@@ -25,7 +25,8 @@ using namespace std::chrono_literals;
 class DaemonProcess {
  public:
   // Starts shmbrokerd with `args`; its stderr goes to a file read by log().
-  explicit DaemonProcess(std::vector<std::string> args, rlim_t nofile_soft = 0) {
+  explicit DaemonProcess(std::vector<std::string> args, rlim_t nofile_soft = 0,
+                         std::vector<std::string> env = {}) {
     char tmpl[] = "/tmp/shmbrokerd-opts-XXXXXX";
     dir_ = ::mkdtemp(tmpl);
     log_path_ = dir_ + "/stderr.log";
@@ -41,6 +42,7 @@ class DaemonProcess {
         rl.rlim_cur = nofile_soft;
         ::setrlimit(RLIMIT_NOFILE, &rl);
       }
+      for (auto& e : env) ::putenv(e.data());
       std::vector<char*> argv{const_cast<char*>(SHMBROKERD_PATH)};
       for (auto& a : args) argv.push_back(a.data());
       argv.push_back(nullptr);
@@ -177,6 +179,33 @@ TEST(DaemonOptions, RaisesTheSoftFileLimitToTheHardLimit) {
   }
   EXPECT_TRUE(found);
   EXPECT_EQ(d.Terminate(), 0);
+}
+
+TEST(DaemonOptions, TheDefaultConfigFileIsReadWhenPresent) {
+  char tmpl[] = "/tmp/shmbrokerd-defconf-XXXXXX";
+  std::string dir = ::mkdtemp(tmpl);
+  std::string conf = dir + "/shmbrokerd.conf";
+  std::string socket = dir + "/from-default-config.sock";
+  std::ofstream(conf) << "socket = \"" << socket << "\"\nmax-memory = \"64M\"\n";
+  {
+    // No --config: the default file (here named by $SHMBROKERD_CONFIG) is read.
+    DaemonProcess d({}, 0, {"SHMBROKERD_CONFIG=" + conf});
+    auto c = d.ConnectWithin(socket);
+    ASSERT_TRUE(c.ok()) << c.status().ToString() << "\n" << d.log();
+    EXPECT_EQ(c->server().max_memory, 64u << 20);
+    EXPECT_EQ(d.Terminate(), 0);
+    EXPECT_NE(d.log().find("configuration read from " + conf), std::string::npos) << d.log();
+  }
+  {
+    // Absent: the daemon starts with its defaults.
+    std::string other = dir + "/s2.sock";
+    DaemonProcess d({"--socket", other}, 0, {"SHMBROKERD_CONFIG=" + dir + "/absent.conf"});
+    auto c = d.ConnectWithin(other);
+    ASSERT_TRUE(c.ok()) << d.log();
+    EXPECT_EQ(c->server().max_memory, 0u);
+    EXPECT_EQ(d.Terminate(), 0);
+  }
+  std::filesystem::remove_all(dir);
 }
 
 TEST(DaemonOptions, ConfigFileWithAnUnknownKeyIsAUsageError) {

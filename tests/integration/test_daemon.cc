@@ -21,6 +21,11 @@ namespace shmbroker::testing {
 
 using namespace std::chrono_literals;
 
+// Every daemon these tests start ignores a configuration file the machine may have
+// (/etc/shmbroker/shmbrokerd.conf): an empty $SHMBROKERD_CONFIG means none, and children inherit
+// it. Set before main().
+[[maybe_unused]] const bool kNoMachineConfig = ::setenv("SHMBROKERD_CONFIG", "", 1) == 0;
+
 TestDaemon::TestDaemon(std::vector<std::string> extra_args) {
   char tmpl[] = "/tmp/shmbroker-it-XXXXXX";
   dir_ = ::mkdtemp(tmpl);
