@@ -326,12 +326,14 @@ Outcome RequestHandler::Purge(Session& session, const wire::PurgeRequest& req) {
   r->set_removed_count(result->removed.size());
   r->set_bytes_freed(result->bytes_freed);
   r->set_skipped_not_owner(result->skipped_not_owner);
+  // One line per purge: thousands of segments must not mean thousands of lines.
+  if (!req.dry_run() && !result->removed.empty()) {
+    spdlog::info("purged {} segment{} ({}) by uid {} pid {}", result->removed.size(),
+                 result->removed.size() == 1 ? "" : "s", HumanBytes(result->bytes_freed),
+                 session.creds.uid, session.creds.pid);
+  }
   std::size_t bytes = 0;
   for (const auto& seg : result->removed) {
-    if (!req.dry_run()) {
-      spdlog::info("purged '{}' ({} bytes) by uid {} pid {}", seg->name(), seg->nbytes(),
-                   session.creds.uid, session.creds.pid);
-    }
     if (bytes >= kListPageBytes) {
       r->set_truncated(true);
       continue;

@@ -229,6 +229,14 @@ void Server::Accept() {
 void Server::Stop() {
   if (stopped_) return;
   stopped_ = true;
+  std::size_t n = registry_.size();
+  std::string what = std::to_string(n) + " segment" + (n == 1 ? "" : "s") + " (" +
+                     HumanBytes(registry_.bytes_held()) + ")";
+  if (fd_store_) {
+    spdlog::info("stopping: {} stay in the service manager's fd store for the next start", what);
+  } else {
+    spdlog::info("stopping: discarding {}", what);
+  }
   if (options_.notifier) {
     options_.notifier->Send("STOPPING=1");
     // The loop is ending: give the manager a moment to take what is still queued.

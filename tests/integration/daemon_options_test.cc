@@ -133,6 +133,11 @@ TEST(DaemonOptions, InfoLogHasConnectsCreatesAndUnlinks) {
     ASSERT_TRUE(c.ok()) << d.log();
     ASSERT_TRUE(c->Create({.name = "logged/one", .shape = {1048575}, .mode = 0640}).ok());
     ASSERT_TRUE(c->Unlink("logged/one").ok());
+    for (int i = 0; i < 300; ++i) {
+      ASSERT_TRUE(c->Create({.name = "logged/p" + std::to_string(i), .shape = {1024}}).ok());
+    }
+    ASSERT_TRUE(c->Create({.name = "logged/kept", .shape = {2048}}).ok());
+    ASSERT_TRUE(c->Purge({.patterns = {"logged/p*"}}).ok());
   }
   // The disconnect is logged once the daemon has seen the hang-up: a stats round trip from a
   // second client orders it after the first one's close on the single event loop.
@@ -156,7 +161,12 @@ TEST(DaemonOptions, InfoLogHasConnectsCreatesAndUnlinks) {
   EXPECT_NE(log.find("unlinked 'logged/one'"), std::string::npos) << log;
   EXPECT_NE(log.find("disconnected"), std::string::npos) << log;
   EXPECT_EQ(log.find(" debug "), std::string::npos) << "debug lines at the default level";
+  // A purge is one line, whatever it removes.
+  EXPECT_EQ(count("purged"), 1u) << log;
+  EXPECT_NE(log.find("purged 300 segments (300.0 KiB) by uid"), std::string::npos) << log;
   EXPECT_NE(log.find("received SIGTERM"), std::string::npos) << log;
+  // What stopping throws away.
+  EXPECT_NE(log.find("discarding 1 segment (2.0 KiB)"), std::string::npos) << log;
 }
 
 TEST(DaemonOptions, RaisesTheSoftFileLimitToTheHardLimit) {
