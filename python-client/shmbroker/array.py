@@ -2,12 +2,15 @@
 
 Ownership chain, from the user's array down to the memory:
 
-    SharedArray (and every view of it)  --base-->  _Anchor  --base-->  memoryview of the mapping
+    SharedArray (and every view of it)  --base-->  Anchor  --base-->  memoryview of the mapping
 
-One _Anchor per attachment: when the last array on it is collected, the attachment is handed
-back to the daemon (queued; see client.py). The memoryview belongs to the mapped region (shared
-by every attachment of the same region in this connection) and munmap() runs when it is
+One Anchor per attachment: when the last array on it is collected, the attachment is handed
+back to the daemon (queued; see _connection.py). The memoryview belongs to the mapped region
+(shared by every attachment of the same region in this connection) and munmap() runs when it is
 collected (see _mem.py).
+
+This module is the bottom of the package: it knows NumPy, not the daemon. Unpickling needs a
+client, so client.py registers the function that attaches (set_unpickler).
 """
 
 import numpy as np
@@ -15,8 +18,8 @@ import numpy as np
 __all__ = ["SharedArray", "UnavailableArray", "segment_name"]
 
 
-class _Anchor(np.ndarray):
-    """The bytes of one attachment, as uint8. Internal."""
+class Anchor(np.ndarray):
+    """The bytes of one attachment, as uint8. Internal to the package."""
 
     # The connection, kept open while the attachment is in use (as the C++ Segment does).
     __slots__ = ("_conn",)
@@ -25,8 +28,9 @@ class _Anchor(np.ndarray):
         return np.asarray(self).__reduce_ex__(protocol)
 
 
-class _SegmentRef:
-    """What a SharedArray knows about the segment its memory belongs to."""
+class SegmentRef:
+    """What a SharedArray knows about the segment its memory belongs to. Internal to the
+    package."""
 
     __slots__ = ("name", "socket", "anchor", "address", "nbytes")
 
@@ -192,14 +196,15 @@ def segment_name(arr):
     return arr.shm_name if isinstance(arr, SharedArray) else None
 
 
-def _rebuild(name, writable, offset, shape, strides, dtype, socket=None):
-    # Unpickling: attach in this process through its default client (or one for `socket`).
-    from . import client
-    from .errors import Error
+# Set by client.py: (name, writable, offset, shape, strides, dtype, socket) -> array.
+_unpickler = None
 
-    try:
-        return client._client_for_socket(socket)._view(
-            name, writable, offset, tuple(shape), tuple(strides), np.dtype(dtype)
-        )
-    except Error as e:
-        return UnavailableArray(name, e)
+
+def set_unpickler(fn):
+    global _unpickler
+    _unpickler = fn
+
+
+def _rebuild(name, writable, offset, shape, strides, dtype, socket=None):
+    # Unpickling (this function is what pickles name): attach in this process.
+    return _unpickler(name, writable, offset, tuple(shape), tuple(strides), np.dtype(dtype), socket)

@@ -92,11 +92,9 @@ def daemon():
 
         leftover = [i.name for i in shmbroker.list("pytest/*")]
     finally:
-        import shmbroker.client as sc
+        from shmbroker import _testing
 
-        if sc._default is not None:
-            sc._default.close()
-            sc._default = None
+        _testing.reset_default_client()
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
         try:

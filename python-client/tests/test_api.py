@@ -295,11 +295,13 @@ def test_socket_path_resolution(monkeypatch):
 def test_default_client_is_lazy_and_per_process():
     # A fresh interpreter: importing connects nothing; the first call does.
     code = """
-import os, shmbroker, shmbroker.client as sc
-assert sc._default is None
+import os, shmbroker
+from shmbroker import _testing
+assert not _testing.default_client_exists()
 shmbroker.list()
 c = shmbroker.default_client()
-assert c._conn is not None and c._conn.pid == os.getpid()
+conn = _testing.connection(c)
+assert conn is not None and _testing.connection_pid(conn) == os.getpid()
 print(c.socket_path)
 """
     assert run_python(code).stdout.strip() == os.environ["SHMBROKER_SOCKET"]

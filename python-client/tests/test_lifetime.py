@@ -11,10 +11,7 @@ import pytest
 
 import shmbroker
 from sbtest import eventually, fd_count, segment_maps
-
-
-def conn():
-    return shmbroker.default_client()._conn
+from shmbroker import _testing
 
 
 def attachments(name):
@@ -57,7 +54,7 @@ def test_regions_are_shared_and_released(names):
     assert attachments(name) == 1 and len(segment_maps(name)) == 1
     del r2
     assert attachments(name) == 0 and segment_maps(name) == []
-    assert not any(e for e in conn().regions.values() if e[0]() is not None)
+    assert _testing.live_region_mappings() == 0
     # Released region: the next attach brings the fd again.
     r3 = shmbroker.attach(name)
     assert r3.sum() == 4096 and len(segment_maps(name)) == 1
@@ -151,10 +148,7 @@ def test_gc_during_requests_only_queues(names):
     name = names()
     shmbroker.create(name, 64, "u1")
     shmbroker.stat(name)  # connected
-    c = conn()
-    c.pending = _RecordingDeque()
-    c.sock = _GcSocket(c.sock)
-    try:
+    with _testing.interpose_release_queue(_RecordingDeque()), _testing.interpose_socket(_GcSocket):
         for i in range(300):
             _Cycle(shmbroker.attach(name)[i % 7:])  # garbage, freed inside the next request
         old = gc.get_threshold()
@@ -168,28 +162,24 @@ def test_gc_during_requests_only_queues(names):
         assert _RecordingDeque.during_request >= 250, _RecordingDeque.during_request
         assert _GcSocket.reentered == 0
         assert attachments(name) == 0
-    finally:
-        c.sock = c.sock._sock
 
 
-def test_region_collected_during_the_request(names, monkeypatch):
+def test_region_collected_during_the_request(names):
     # The last array of a region dies after the queued releases were sent but before the
     # attach reply (which then carries no fd): the client must recover, not fail.
     name = names()
     w = shmbroker.create(name, 16, "i8")
     w[:] = 5
     held = [shmbroker.attach(name)]
-    c = conn()
-    original = c._exchange
 
-    def exchange(packets):
+    def exchange(original, packets):
         if held:
             held.clear()  # read-only region unmapped now, the daemon does not know yet
             gc.collect()
         return original(packets)
 
-    monkeypatch.setattr(c, "_exchange", exchange)
-    r = shmbroker.attach(name)
+    with _testing.interpose_exchange(exchange):
+        r = shmbroker.attach(name)
     assert r.sum() == 80 and not r.flags.writeable
     assert len(segment_maps(name)) == 2  # the writable and the new read-only mapping
     assert attachments(name) == 2

@@ -11,6 +11,7 @@ import pytest
 
 import shmbroker
 import sbtest
+from shmbroker import _testing
 
 METHODS = ["fork", "spawn"]
 TIMEOUT = 120  # seconds: a hung worker fails the test instead of hanging the suite
@@ -78,17 +79,17 @@ def test_worker_returns_a_shared_array(names, method):
 def test_forked_child_uses_its_own_connection(names):
     name = names()
     a = shmbroker.create(name, 10, "i8")
-    parent_conn = shmbroker.default_client()._conn
+    parent_conn = _testing.connection()
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: no pytest machinery from here on
         code = 1
         try:
-            assert parent_conn.sock is None, "the parent's socket is closed in the child"
+            assert not _testing.connection_is_open(parent_conn), "closed in the child"
             a[:] = 5  # the inherited mapping works
             b = shmbroker.attach(name, writable=True)
-            conn = shmbroker.default_client()._conn
-            assert conn is not parent_conn and conn.pid == os.getpid()
+            conn = _testing.connection()
+            assert conn is not parent_conn and _testing.connection_pid(conn) == os.getpid()
             b[0] = 6
             os.write(w, b"ok")
             code = 0
@@ -100,7 +101,7 @@ def test_forked_child_uses_its_own_connection(names):
     _, status = os.waitpid(pid, 0)
     assert msg == b"ok" and os.waitstatus_to_exitcode(status) == 0
     # The parent's connection was not disturbed by the child.
-    assert shmbroker.default_client()._conn is parent_conn
+    assert _testing.connection() is parent_conn
     assert a[0] == 6 and a[1] == 5
     assert sbtest.eventually(lambda: shmbroker.stat(name).attachments == 1)
 

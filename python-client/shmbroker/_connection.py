@@ -1,0 +1,393 @@
+"""One connection to shmbrokerd: its socket and packets, the queue of releases, the cache of
+mapped regions, and the mapping of what create and attach return.
+
+Protocol (proto/shmbroker.proto): AF_UNIX SOCK_SEQPACKET, one Request per packet, one Reply per
+packet in order, descriptors only as SCM_RIGHTS on replies. A region's fd is sent the first time
+a connection needs it; the client caches mappings by region id and says when it unmapped one
+(DetachRequest.released_region_id) so the daemon sends the fd again next time.
+
+Releases and the garbage collector: an attachment ends when the last array on it is collected,
+which can happen at any allocation, in any thread, including in the middle of a request on this
+very socket. So the weakref callbacks only append to a deque (atomic, no lock, no I/O); the
+queue is sent, pipelined, in front of the next request, under the client's lock.
+"""
+
+import array as _array
+import collections
+import errno
+import os
+import socket as _socket
+import weakref
+
+import numpy as np
+
+from . import _mem
+from ._types import info_from_wire, server_from_wire
+from ._wire import pb
+from .array import Anchor
+from .errors import (
+    Code,
+    Error,
+    InternalError,
+    InvalidArgumentError,
+    ProtocolError,
+    UnavailableError,
+    error_for,
+)
+
+MAX_REQUEST_BYTES = 64 * 1024
+MAX_REPLY_BYTES = 96 * 1024
+# Requests in flight at once when flushing queued releases: far below what the socket buffers
+# hold, so neither side can block on a full buffer while the other waits.
+_PIPELINE = 32
+# Room for a few descriptors: enough to see that the daemon sent more than expected (the kernel
+# closes what does not fit and sets MSG_CTRUNC).
+_CMSG_SPACE = _socket.CMSG_SPACE(16 * _array.array("i").itemsize)
+_SUN_PATH_MAX = 107
+# Plain ints: enum flag arithmetic costs microseconds per packet.
+_MSG_NOSIGNAL = int(_socket.MSG_NOSIGNAL)
+_MSG_CMSG_CLOEXEC = int(_socket.MSG_CMSG_CLOEXEC)
+_MSG_TRUNCATED = int(_socket.MSG_TRUNC | _socket.MSG_CTRUNC)
+_SOL_SOCKET = int(_socket.SOL_SOCKET)
+_SCM_RIGHTS = int(_socket.SCM_RIGHTS)
+
+
+def resolve_socket_path(socket=None):
+    """The daemon's socket path, resolved as by every shmbroker program: ``socket`` if given,
+    else $SHMBROKER_SOCKET, else /run/shmbroker/shmbroker.sock for root, else
+    $XDG_RUNTIME_DIR/shmbroker/shmbroker.sock, else /tmp/shmbroker-$UID/shmbroker.sock."""
+    if socket:
+        return os.fspath(socket)
+    env = os.environ.get("SHMBROKER_SOCKET")
+    if env:
+        return env
+    euid = os.geteuid()
+    if euid == 0:
+        return "/run/shmbroker/shmbroker.sock"
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg:
+        return xdg + "/shmbroker/shmbroker.sock"
+    return f"/tmp/shmbroker-{euid}/shmbroker.sock"
+
+
+# Every open connection of this process, closed in a forked child (see client.py).
+connections = weakref.WeakSet()
+
+
+class Connection:
+    """One socket to the daemon, its region cache and its queue of releases. Not thread-safe:
+    the Client serializes calls."""
+
+    def __init__(self, path, client_name):
+        self.path = path
+        self.pid = os.getpid()
+        self.broken = False
+        self.sock = None
+        # Filled by garbage-collector callbacks: an int is an attachment id to detach, a
+        # (region id, weakref) pair a region that was unmapped.
+        self.pending = collections.deque()
+        self.anchors = {}  # attachment id -> weakref to its Anchor (keeps the callback alive)
+        self.regions = {}  # region id -> (weakref to the memoryview of its mapping, address)
+        self.bufsize = MAX_REPLY_BYTES + 1
+        self.max_request = MAX_REQUEST_BYTES
+        self.server = None
+        if len(os.fsencode(path)) > _SUN_PATH_MAX:
+            raise InvalidArgumentError(
+                f"socket path '{path}' is longer than {_SUN_PATH_MAX} bytes"
+            )
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)  # close-on-exec
+        try:
+            sock.connect(path)
+        except OSError as e:
+            sock.close()
+            raise UnavailableError(
+                f"no shmbrokerd answers at '{path}': {e.strerror or e} (is the daemon running? "
+                "see --socket / $SHMBROKER_SOCKET)"
+            ) from None
+        self.sock = sock
+        connections.add(self)
+        try:
+            self._hello(client_name)
+        except BaseException:
+            self.close()
+            raise
+
+    def _hello(self, client_name):
+        req = pb.Request()
+        req.hello.protocol_version = pb.PROTOCOL_VERSION_CURRENT
+        req.hello.client_name = client_name.encode("utf-8")[:64].decode("utf-8", "ignore")
+        self.server = server_from_wire(self.call(req, "hello").hello)
+        if self.server.max_reply_bytes:
+            self.bufsize = max(self.bufsize, self.server.max_reply_bytes + 1)
+        if self.server.max_request_bytes:
+            self.max_request = self.server.max_request_bytes
+
+    def usable(self):
+        return not self.broken and self.pid == os.getpid()
+
+    def close(self):
+        self.broken = True
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            sock.close()
+        # The daemon releases the connection's attachments when it closes; mappings in use
+        # stay valid.
+        self.pending.clear()
+        self.anchors.clear()
+        self.regions.clear()
+
+    def __del__(self):
+        sock = self.sock
+        if sock is not None:
+            sock.close()
+
+    def _lost(self, what):
+        self.close()
+        return UnavailableError(f"{what} (shmbrokerd at '{self.path}')")
+
+    # -- packets --
+
+    def _recv(self):
+        sock = self.sock
+        data, ancdata, flags, _ = sock.recvmsg(self.bufsize, _CMSG_SPACE, _MSG_CMSG_CLOEXEC)
+        fds = []
+        for level, kind, cdata in ancdata:
+            if level == _SOL_SOCKET and kind == _SCM_RIGHTS:
+                a = _array.array("i")
+                a.frombytes(cdata[: len(cdata) - len(cdata) % a.itemsize])
+                fds.extend(a)
+        if flags & _MSG_TRUNCATED:
+            close_fds(fds)
+            self.close()
+            raise ProtocolError("a reply from the daemon did not fit")
+        if not data:
+            close_fds(fds)
+            raise self._lost("the daemon closed the connection")
+        return data, fds
+
+    def _exchange(self, packets):
+        """Sends the packets, then reads one reply per packet: [(bytes, fds)]. Any failure
+        leaves the stream out of step, so it ends the connection."""
+        sock = self.sock
+        replies = []
+        try:
+            for p in packets:
+                sock.send(p, _MSG_NOSIGNAL)
+            for _ in packets:
+                replies.append(self._recv())
+        except BaseException as e:
+            for _, fds in replies:
+                close_fds(fds)
+            if isinstance(e, Error):
+                raise
+            if isinstance(e, OSError):
+                raise self._lost(f"lost the connection to the daemon: {e.strerror or e}") from None
+            self.close()  # e.g. KeyboardInterrupt between a request and its reply
+            raise
+        return replies
+
+    def _take_releases(self):
+        """Empties the release queue into DetachRequest packets."""
+        q = self.pending
+        if not q:
+            return []
+        attachments = []
+        regions = []
+        while q:
+            try:
+                item = q.popleft()
+            except IndexError:
+                break
+            if type(item) is int:
+                self.anchors.pop(item, None)
+                attachments.append(item)
+            else:
+                rid, ref = item
+                # Only the mapping currently cached for the id counts (an older one may have
+                # been replaced when the fd was sent again).
+                entry = self.regions.get(rid)
+                if entry is not None and entry[0] is ref:
+                    del self.regions[rid]
+                    regions.append(rid)
+        packets = []
+        req = pb.Request()
+        d = req.detach
+        for i, aid in enumerate(attachments):
+            d.attachment_id = aid
+            d.released_region_id = regions[i] if i < len(regions) else 0
+            packets.append(req.SerializeToString())
+        # A released region with no detach to ride on (rare): attachment 0 says "only the
+        # region", which the daemon acknowledges.
+        for rid in regions[len(attachments):]:
+            d.attachment_id = 0
+            d.released_region_id = rid
+            packets.append(req.SerializeToString())
+        return packets
+
+    def call(self, request, expect, fds_out=None):
+        """One round trip, after any queued releases. Returns the Reply; raises the reply's
+        error when it is not OK. Descriptors are put in ``fds_out`` (a list) when given and
+        refused otherwise."""
+        if self.broken:
+            raise UnavailableError(f"the connection to shmbrokerd at '{self.path}' was lost")
+        if request is not None:
+            payload = request.SerializeToString()
+            if len(payload) > self.max_request:
+                raise InvalidArgumentError(
+                    f"request of {len(payload)} bytes exceeds the protocol's {self.max_request}"
+                )
+        packets = self._take_releases()
+        if request is not None:
+            packets.append(payload)
+        reply = None
+        fds = []
+        for start in range(0, len(packets), _PIPELINE):
+            batch = packets[start : start + _PIPELINE]
+            results = self._exchange(batch)
+            last = request is not None and start + _PIPELINE >= len(packets)
+            if last:
+                data, fds = results.pop()
+            for _, extra in results:  # detach replies: nothing to learn from them
+                close_fds(extra)
+            if last:
+                try:
+                    reply = pb.Reply.FromString(data)
+                except Exception:
+                    close_fds(fds)
+                    self.close()
+                    raise ProtocolError("the daemon's reply could not be parsed") from None
+        if request is None:
+            return None
+        try:
+            if reply.code != Code.OK:
+                raise error_for(reply.code, reply.message)
+            if reply.WhichOneof("body") != expect:
+                raise ProtocolError("the daemon answered with an unexpected reply")
+            if fds and fds_out is None:
+                raise ProtocolError("the daemon sent descriptors with a reply that takes none")
+        except BaseException:
+            close_fds(fds)
+            raise
+        if fds_out is not None:
+            fds_out.extend(fds)
+        return reply
+
+    # -- mappings --
+
+    def _region_released(self, rid):
+        append = self.pending.append
+        return lambda ref: append((rid, ref))
+
+    def map(self, request, prefault=None):
+        """Create or attach: returns (anchor, address, SegmentInfo, writable). ``prefault`` is
+        None, or (start, length) of the bytes about to be used (length None: all of them)."""
+        for _ in range(2):
+            fds = []
+            reply = self.call(request, "attach", fds)
+            try:
+                result = self._materialize(reply.attach, fds, prefault)
+            finally:
+                close_fds(fds)
+            if result is not None:
+                return result
+            # The region was unmapped after this request left (collected by another thread or
+            # in the middle of the request): give the attachment back, say the region is gone,
+            # and attach again, which brings the fd.
+            a = reply.attach
+            req = pb.Request()
+            req.detach.attachment_id = a.attachment_id
+            req.detach.released_region_id = a.mapping.region_id
+            try:
+                self.call(req, "empty")
+            except Error as e:
+                if e.code != Code.NOT_FOUND:
+                    raise
+            request = pb.Request()
+            request.attach.name = a.info.name
+            request.attach.access = a.mapping.access
+        raise ProtocolError("the daemon did not send the descriptor of a region not mapped here")
+
+    def _materialize(self, a, fds, prefault):
+        m = a.mapping
+        aid = a.attachment_id
+        rid = m.region_id
+        writable = m.access == pb.READ_WRITE
+        done = False
+        try:
+            info = info_from_wire(a.info)
+            if (
+                m.length != info.nbytes
+                or m.offset > m.region_size
+                or m.length > m.region_size - m.offset
+                or info.dtype.itemsize * prod(info.shape) != info.nbytes
+            ):
+                raise ProtocolError(
+                    "the daemon described a mapping that does not fit its region"
+                )
+            if m.length == 0:
+                if fds:
+                    raise ProtocolError("unexpected descriptor with the reply")
+                anchor = np.ndarray.__new__(Anchor, (0,), np.uint8)
+                address = anchor.__array_interface__["data"][0]
+            else:
+                if m.fd_attached:
+                    if len(fds) != 1:
+                        raise ProtocolError("expected one descriptor with the reply")
+                    fd = fds.pop()
+                    try:
+                        view, base, ref = _mem.map_fd(
+                            fd, m.region_size, writable, self._region_released(rid)
+                        )
+                    except OSError as e:
+                        cls = Code.RESOURCE_EXHAUSTED if e.errno == errno.ENOMEM else Code.INTERNAL
+                        raise error_for(
+                            cls, f"cannot map segment '{info.name}': {e.strerror}"
+                        ) from None
+                    self.regions[rid] = (ref, base)
+                else:
+                    if fds:
+                        raise ProtocolError("unexpected descriptor with the reply")
+                    entry = self.regions.get(rid)
+                    view = entry[0]() if entry is not None else None
+                    if view is None:
+                        if entry is not None:
+                            del self.regions[rid]
+                        done = True  # the caller gives the attachment back itself
+                        return None
+                    base = entry[1]
+                anchor = np.ndarray.__new__(
+                    Anchor, (m.length,), np.uint8, buffer=view, offset=m.offset
+                )
+                if anchor.base is not view:
+                    # The unmap is tied to `view`: it must be what keeps the memory alive.
+                    raise InternalError("this NumPy does not keep buffer= objects as base")
+                address = base + m.offset
+                if prefault is not None:
+                    start, length = prefault
+                    if length is None:
+                        length = m.length
+                    _mem.prefault(address, start, min(length, m.length - start), writable)
+            anchor._conn = self
+            append = self.pending.append
+            self.anchors[aid] = weakref.ref(anchor, lambda _r, aid=aid: append(aid))
+            done = True
+            return anchor, address, info, writable
+        finally:
+            if not done:
+                # Give the attachment back with the next request.
+                self.pending.append(aid)
+
+
+def prod(shape):
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def close_fds(fds):
+    while fds:
+        try:
+            os.close(fds.pop())
+        except OSError:
+            pass

@@ -1,0 +1,180 @@
+"""What the daemon reports, as Python values: the result dataclasses, and their conversion from
+the wire's messages (proto/shmbroker.proto)."""
+
+import dataclasses
+import datetime
+
+import numpy as np
+
+from ._wire import pb
+from .errors import ProtocolError
+
+__all__ = ["DaemonStats", "Holder", "PurgeResult", "SegmentInfo", "ServerInfo"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Holder:
+    """A connection holding attachments of a segment (see :attr:`SegmentInfo.holders`)."""
+
+    pid: int  # of the process that opened the connection
+    uid: int
+    client_name: str  # as the client named itself, e.g. "python:train.py"
+    attachments: int  # of this segment on that connection
+    writable: int  # of them, read-write
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentInfo:
+    """Everything the daemon knows about a segment (a snapshot)."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple
+    order: str  # "C" or "F"
+    nbytes: int
+    uid: int  # owner: the creator's uid
+    gid: int
+    creator_pid: int
+    mode: int
+    created: datetime.datetime  # UTC
+    attachments: int  # live attachments over all clients
+    attrs: dict
+    creator_connected: bool  # the creating connection is still open
+    # stat() only (empty from list()): the connections holding it, at most 100
+    holders: tuple = ()
+
+    @property
+    def owner(self):
+        """The owner's user name (the uid as text when it has none)."""
+        try:
+            import pwd
+
+            return pwd.getpwuid(self.uid).pw_name
+        except (KeyError, ImportError):
+            return str(self.uid)
+
+    @property
+    def itemsize(self):
+        return self.dtype.itemsize
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerInfo:
+    """What the daemon said in the handshake."""
+
+    protocol_version: int
+    version: str
+    pid: int
+    max_memory: int  # 0: no cap
+    max_name_bytes: int
+    max_dims: int
+    max_attrs: int
+    max_request_bytes: int
+    max_reply_bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DaemonStats:
+    version: str
+    pid: int
+    started: datetime.datetime
+    socket_path: str
+    segments: int
+    bytes_held: int
+    max_memory: int
+    clients: int
+    requests: dict  # by operation: "create", "attach", ...
+    errors: dict  # by code name: "NOT_FOUND", ...
+
+
+@dataclasses.dataclass(frozen=True)
+class PurgeResult:
+    removed: list  # (name, nbytes, uid) in name order; may be cut short, see truncated
+    truncated: bool
+    removed_count: int
+    bytes_freed: int
+    skipped_not_owner: int
+
+
+def utc(ns):
+    return datetime.datetime.fromtimestamp(ns / 1e9, tz=datetime.timezone.utc)
+
+
+_dtypes = {}
+
+
+def dtype_of(name, text):
+    dt = _dtypes.get(text)
+    if dt is None:
+        try:
+            dt = np.dtype(text)
+        except TypeError:
+            raise ProtocolError(f"segment {name!r} has dtype {text!r}, unknown to NumPy") from None
+        if len(_dtypes) < 1024:
+            _dtypes[text] = dt
+    return dt
+
+
+def info_from_wire(w):
+    dtype = dtype_of(w.name, w.dtype)
+    return SegmentInfo(
+        name=w.name,
+        dtype=dtype,
+        shape=tuple(w.shape),
+        order="F" if w.order == pb.ORDER_F else "C",
+        nbytes=w.nbytes,
+        uid=w.uid,
+        gid=w.gid,
+        creator_pid=w.creator_pid,
+        mode=w.mode,
+        created=utc(w.created_unix_ns),
+        attachments=w.attachments,
+        attrs=dict(w.attrs),
+        creator_connected=w.creator_connected,
+        holders=tuple(
+            Holder(h.pid, h.uid, h.client_name, h.attachments, h.writable) for h in w.holders
+        ),
+    )
+
+
+def server_from_wire(h):
+    """ServerInfo of a HelloReply."""
+    lim = h.limits
+    return ServerInfo(
+        protocol_version=h.protocol_version,
+        version=h.server_version,
+        pid=h.server_pid,
+        max_memory=lim.max_memory,
+        max_name_bytes=lim.max_name_bytes,
+        max_dims=lim.max_dims,
+        max_attrs=lim.max_attrs,
+        max_request_bytes=lim.max_request_bytes,
+        max_reply_bytes=lim.max_reply_bytes,
+    )
+
+
+def stats_from_wire(s):
+    """DaemonStats of a StatsReply."""
+    return DaemonStats(
+        version=s.server_version,
+        pid=s.server_pid,
+        started=utc(s.started_unix_ns),
+        socket_path=s.socket_path,
+        segments=s.segments,
+        bytes_held=s.bytes_held,
+        max_memory=s.max_memory,
+        clients=s.clients,
+        requests={c.name: c.value for c in s.requests},
+        errors={c.name: c.value for c in s.errors},
+    )
+
+
+def purge_from_wire(r):
+    """PurgeResult of a PurgeReply."""
+    return PurgeResult(
+        removed=[(x.name, x.nbytes, x.uid) for x in r.removed],
+        truncated=r.truncated,
+        removed_count=r.removed_count,
+        bytes_freed=r.bytes_freed,
+        skipped_not_owner=r.skipped_not_owner,
+    )
