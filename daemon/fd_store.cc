@@ -39,14 +39,14 @@ bool ParseStoreName(const std::string& name, bool& data, std::uint64_t& id) {
   return ec == std::errc() && p == digits.data() + digits.size() && !digits.empty() && id != 0;
 }
 
-wire::UniqueFd MakeMetaMemfd(const Segment& s) {
+UniqueFd MakeMetaMemfd(const Segment& s) {
   store::StoredSegment stored;
   stored.set_format(1);
   stored.set_id(s.id());
   DescribeSegment(s, stored.mutable_info());
   std::string bytes = stored.SerializeAsString();
 
-  wire::UniqueFd fd(
+  UniqueFd fd(
       ::memfd_create(("shmbroker-meta:" + s.name()).c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING));
   if (!fd) return fd;
   if (::write(fd.get(), bytes.data(), bytes.size()) != static_cast<ssize_t>(bytes.size()) ||
@@ -60,7 +60,7 @@ wire::UniqueFd MakeMetaMemfd(const Segment& s) {
 }  // namespace
 
 void FdStore::Added(const Segment& s) {
-  wire::UniqueFd meta = MakeMetaMemfd(s);
+  UniqueFd meta = MakeMetaMemfd(s);
   if (!meta) {
     spdlog::warn("cannot write restart metadata for '{}': {}; it will not survive a restart",
                  s.name(), std::strerror(errno));
@@ -68,7 +68,7 @@ void FdStore::Added(const Segment& s) {
   }
   // The store keeps its own reference; ours stays with the segment. The data goes first: a
   // metadata entry without its data is dropped at restore.
-  wire::UniqueFd data(::fcntl(s.memfd(), F_DUPFD_CLOEXEC, 3));
+  UniqueFd data(::fcntl(s.memfd(), F_DUPFD_CLOEXEC, 3));
   if (!data) {
     spdlog::warn("cannot hand '{}' to the fd store: {}", s.name(), std::strerror(errno));
     return;
@@ -86,7 +86,7 @@ void FdStore::Drop(std::uint64_t id) {
 
 std::size_t FdStore::Restore(std::vector<ListenFd>& fds, Registry& registry) {
   struct Pair {
-    wire::UniqueFd data, meta;
+    UniqueFd data, meta;
   };
   std::map<std::uint64_t, Pair> pairs;
   for (auto& lf : fds) {

@@ -10,6 +10,7 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include "common/socket_path.h"
 #include "common/units.h"
 #include "server.h"
 #include "shmbroker/version.h"
@@ -98,7 +99,7 @@ int main(int argc, char** argv) {
 
   try {
     asio::io_context io(1);
-    daemon::Server server(io, {.socket_path = wire::ResolveSocketPath(socket),
+    daemon::Server server(io, {.socket_path = ResolveSocketPath(socket),
                                .max_memory = *max_memory,
                                .version = SHMBROKER_VERSION,
                                .notifier = daemon::Notifier::FromEnvironment(),

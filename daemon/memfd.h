@@ -9,8 +9,6 @@
 
 namespace shmbroker::daemon {
 
-using wire::UniqueFd;
-
 // A memfd of exactly `size` bytes: close-on-exec, sealed against grow, shrink and further seals,
 // every page reserved with fallocate (so running out of memory is an error here, never a SIGBUS
 // in a client later), and chmod 0600 so a reader of another uid cannot reopen it read-write

@@ -17,6 +17,7 @@
 
 #include "memfd.h"
 #include "shmbroker/status.h"
+#include "shmbroker/types.h"
 
 namespace shmbroker::daemon {
 
@@ -27,9 +28,6 @@ struct Credentials {
   std::uint32_t pid = 0;
   std::vector<std::uint32_t> groups;  // Supplementary groups, when the kernel tells.
 };
-
-enum class Order { kC = 0, kF = 1 };
-enum class Access { kReadOnly = 0, kReadWrite = 1 };
 
 struct SegmentSpec {
   std::string name;

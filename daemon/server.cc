@@ -38,7 +38,7 @@ bool MakeAddress(const std::string& path, sockaddr_un& addr) {
 bool DaemonAnswers(const std::string& path) {
   sockaddr_un addr;
   if (!MakeAddress(path, addr)) return false;
-  wire::UniqueFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  UniqueFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   if (!fd) return false;
   int rc = ::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
   // EAGAIN: a listener whose backlog is full is alive all the same.
@@ -81,7 +81,7 @@ void Server::ScheduleNotifyFlush() {
 Server::~Server() { Stop(); }
 
 Status Server::Listen() {
-  wire::UniqueFd listener;
+  UniqueFd listener;
   for (auto& lf : options_.inherited) {
     if (lf.fd && !listener && IsListeningSeqPacket(lf.fd.get())) listener = std::move(lf.fd);
   }
@@ -176,7 +176,7 @@ Status Server::Bind() {
       return Status::Internal("cannot remove stale socket '" + path + "': " + std::strerror(errno));
     }
   }
-  wire::UniqueFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  UniqueFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
   if (!fd) return Status::Internal(std::string("socket: ") + std::strerror(errno));
   if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
     int err = errno;

@@ -27,7 +27,7 @@ bool ParseUint(const char* s, unsigned long long& out) {
 
 }  // namespace
 
-Notifier::Notifier(wire::UniqueFd sock, std::string address)
+Notifier::Notifier(UniqueFd sock, std::string address)
     : sock_(std::move(sock)), address_(std::move(address)) {}
 
 std::unique_ptr<Notifier> Notifier::FromEnvironment() {
@@ -44,7 +44,7 @@ std::unique_ptr<Notifier> Notifier::FromEnvironment() {
     spdlog::warn("NOTIFY_SOCKET is too long; not notifying");
     return nullptr;
   }
-  wire::UniqueFd sock(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  UniqueFd sock(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
   if (!sock) {
     spdlog::warn("notify socket: {}", std::strerror(errno));
     return nullptr;
@@ -52,7 +52,7 @@ std::unique_ptr<Notifier> Notifier::FromEnvironment() {
   return std::unique_ptr<Notifier>(new Notifier(std::move(sock), std::move(address)));
 }
 
-void Notifier::Send(std::string state, wire::UniqueFd fd) {
+void Notifier::Send(std::string state, UniqueFd fd) {
   queue_.push_back({std::move(state), std::move(fd)});
   if (!Flush() && on_backlog) on_backlog();
 }

@@ -25,7 +25,7 @@ class Notifier {
   // Queues one notify message, with `fd` attached for FDSTORE=1, and sends what it can at once.
   // Messages go out in order and never block the caller: when the manager's queue is full the
   // rest waits for the next Flush() (`on_backlog` is told, to schedule one).
-  void Send(std::string state, wire::UniqueFd fd = {});
+  void Send(std::string state, UniqueFd fd = {});
 
   // Sends queued messages without blocking; true when none is left.
   bool Flush();
@@ -36,21 +36,21 @@ class Notifier {
   static std::optional<std::chrono::microseconds> WatchdogInterval();
 
  private:
-  Notifier(wire::UniqueFd sock, std::string address);
+  Notifier(UniqueFd sock, std::string address);
   // 0, or the errno of a failed send (EAGAIN: try again later).
   int SendNow(const std::string& state, int fd);
 
   struct Message {
     std::string state;
-    wire::UniqueFd fd;
+    UniqueFd fd;
   };
   std::deque<Message> queue_;
-  wire::UniqueFd sock_;
+  UniqueFd sock_;
   std::string address_;  // sun_path bytes; a leading NUL for the abstract namespace.
 };
 
 struct ListenFd {
-  wire::UniqueFd fd;
+  UniqueFd fd;
   std::string name;  // From $LISTEN_FDNAMES; "" when not given.
 };
 

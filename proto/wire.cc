@@ -4,20 +4,11 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstdlib>
 #include <cstring>
 
+#include "common/posix.h"
+
 namespace shmbroker::wire {
-
-UniqueFd& UniqueFd::operator=(UniqueFd&& o) noexcept {
-  if (this != &o) reset(o.release());
-  return *this;
-}
-
-void UniqueFd::reset(int fd) {
-  if (fd_ >= 0) ::close(fd_);
-  fd_ = fd;
-}
 
 RecvResult RecvPacket(int sock, std::span<std::byte> buffer, bool nonblocking) {
   RecvResult r;
@@ -67,43 +58,15 @@ RecvResult RecvPacket(int sock, std::span<std::byte> buffer, bool nonblocking) {
 int SendPacket(int sock, std::span<const std::byte> data, std::span<const int> fds,
                bool nonblocking) {
   if (fds.size() > kMaxFdsPerPacket) return EINVAL;
-  struct iovec iov {
-    const_cast<std::byte*>(data.data()), data.size()
-  };
-  struct msghdr msg {};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  std::vector<char> control;
-  if (!fds.empty()) {
-    control.resize(CMSG_SPACE(sizeof(int) * fds.size()));
-    msg.msg_control = control.data();
-    msg.msg_controllen = control.size();
-    struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-    std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
-  }
+  FdMessage msg(data, fds);
   int flags = MSG_NOSIGNAL | (nonblocking ? MSG_DONTWAIT : 0);
   ssize_t n;
   do {
-    n = ::sendmsg(sock, &msg, flags);
+    n = ::sendmsg(sock, msg.get(), flags);
   } while (n < 0 && errno == EINTR);
   if (n < 0) return errno;
   // SEQPACKET sends all or nothing.
   return 0;
-}
-
-std::string ResolveSocketPath(const std::string& explicit_path) {
-  if (!explicit_path.empty()) return explicit_path;
-  if (const char* env = std::getenv("SHMBROKER_SOCKET"); env != nullptr && *env != '\0') {
-    return env;
-  }
-  if (::geteuid() == 0) return "/run/shmbroker/shmbroker.sock";
-  if (const char* xdg = std::getenv("XDG_RUNTIME_DIR"); xdg != nullptr && *xdg != '\0') {
-    return std::string(xdg) + "/shmbroker/shmbroker.sock";
-  }
-  return "/tmp/shmbroker-" + std::to_string(::geteuid()) + "/shmbroker.sock";
 }
 
 }  // namespace shmbroker::wire

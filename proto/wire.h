@@ -5,8 +5,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
-#include <string>
 #include <vector>
+
+#include "common/unique_fd.h"
 
 namespace shmbroker::wire {
 
@@ -15,30 +16,6 @@ inline constexpr std::size_t kMaxRequestBytes = 64 * 1024;
 inline constexpr std::size_t kMaxReplyBytes = 96 * 1024;
 // SCM_MAX_FD: the kernel refuses more per message.
 inline constexpr std::size_t kMaxFdsPerPacket = 253;
-
-// Owns a file descriptor; closes it on destruction.
-class UniqueFd {
- public:
-  UniqueFd() = default;
-  explicit UniqueFd(int fd) : fd_(fd) {}
-  UniqueFd(UniqueFd&& o) noexcept : fd_(o.release()) {}
-  UniqueFd& operator=(UniqueFd&& o) noexcept;
-  UniqueFd(const UniqueFd&) = delete;
-  UniqueFd& operator=(const UniqueFd&) = delete;
-  ~UniqueFd() { reset(); }
-
-  int get() const { return fd_; }
-  explicit operator bool() const { return fd_ >= 0; }
-  int release() {
-    int fd = fd_;
-    fd_ = -1;
-    return fd;
-  }
-  void reset(int fd = -1);
-
- private:
-  int fd_ = -1;
-};
 
 enum class RecvStatus {
   kOk,          // A whole packet is in `data` (and any fds in `fds`).
@@ -64,10 +41,5 @@ RecvResult RecvPacket(int sock, std::span<std::byte> buffer, bool nonblocking);
 // signal. Returns 0 or an errno value (EAGAIN when non-blocking and full).
 int SendPacket(int sock, std::span<const std::byte> data, std::span<const int> fds,
                bool nonblocking);
-
-// Socket path resolution, the same in the daemon and every client: `explicit_path` if not empty,
-// else $SHMBROKER_SOCKET, else /run/shmbroker/shmbroker.sock for root, else
-// $XDG_RUNTIME_DIR/shmbroker/shmbroker.sock, else /tmp/shmbroker-$UID/shmbroker.sock.
-std::string ResolveSocketPath(const std::string& explicit_path);
 
 }  // namespace shmbroker::wire

@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "client_core.h"
+#include "common/socket_path.h"
 
 #ifndef MADV_POPULATE_READ
 #define MADV_POPULATE_READ 22
@@ -28,7 +29,7 @@ Region::~Region() {
   if (addr != nullptr) ::munmap(addr, length);
 }
 
-ClientCore::ClientCore(wire::UniqueFd sock, std::string path, bool prefault)
+ClientCore::ClientCore(UniqueFd sock, std::string path, bool prefault)
     : sock_(std::move(sock)),
       path_(std::move(path)),
       prefault_(prefault),
@@ -40,14 +41,14 @@ Status ClientCore::Broken(const std::string& what) {
 }
 
 Result<wire::Reply> ClientCore::Call(const wire::Request& request, wire::Reply::BodyCase expected,
-                                     std::vector<wire::UniqueFd>* fds) {
+                                     std::vector<UniqueFd>* fds) {
   std::lock_guard lock(mu_);
   return CallLocked(request, expected, fds);
 }
 
 Result<wire::Reply> ClientCore::CallLocked(const wire::Request& request,
                                            wire::Reply::BodyCase expected,
-                                           std::vector<wire::UniqueFd>* fds) {
+                                           std::vector<UniqueFd>* fds) {
   if (broken_)
     return Status::Unavailable("the connection to shmbrokerd at '" + path_ + "' was lost");
   std::string bytes;
@@ -137,7 +138,7 @@ SegmentInfo FromWire(const wire::SegmentInfo& w) {
 
 Result<Segment> ClientCore::Map(const wire::Request& request, std::optional<bool> prefault) {
   std::lock_guard lock(mu_);
-  std::vector<wire::UniqueFd> fds;
+  std::vector<UniqueFd> fds;
   auto reply = CallLocked(request, wire::Reply::kAttach, &fds);
   if (!reply.ok()) return reply.status();
   const wire::AttachReply& a = reply->attach();
@@ -272,10 +273,6 @@ Status Segment::CheckView(std::string_view dtype, bool write, std::size_t elem_s
 
 // --- Client ----------------------------------------------------------------------------------
 
-std::string ResolveSocketPath(std::string_view explicit_path) {
-  return wire::ResolveSocketPath(std::string(explicit_path));
-}
-
 Client::Client(std::shared_ptr<internal::ClientCore> core) : core_(std::move(core)) {}
 Client::Client(Client&&) noexcept = default;
 Client& Client::operator=(Client&&) noexcept = default;
@@ -290,7 +287,7 @@ Result<Client> Client::Connect(const ClientOptions& options) {
   }
   addr.sun_family = AF_UNIX;
   std::memcpy(addr.sun_path, path.data(), path.size());
-  wire::UniqueFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  UniqueFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
   if (!fd) return Status::Internal(std::string("socket: ") + std::strerror(errno));
   int rc;
   do {

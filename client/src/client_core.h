@@ -29,14 +29,14 @@ struct Region {
 
 class ClientCore : public std::enable_shared_from_this<ClientCore> {
  public:
-  ClientCore(wire::UniqueFd sock, std::string path, bool prefault);
+  ClientCore(UniqueFd sock, std::string path, bool prefault);
 
   Status Handshake(const std::string& client_name);
 
   // One round trip. Fails with the reply's code when it is not OK, and with PROTOCOL_ERROR when
   // the reply's body is not `expected`.
   Result<wire::Reply> Call(const wire::Request& request, wire::Reply::BodyCase expected,
-                           std::vector<wire::UniqueFd>* fds = nullptr);
+                           std::vector<UniqueFd>* fds = nullptr);
 
   // Create or attach: one round trip and the mapping. `prefault` unset: the client's default.
   Result<Segment> Map(const wire::Request& request, std::optional<bool> prefault);
@@ -49,11 +49,11 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
 
  private:
   Result<wire::Reply> CallLocked(const wire::Request& request, wire::Reply::BodyCase expected,
-                                 std::vector<wire::UniqueFd>* fds);
+                                 std::vector<UniqueFd>* fds);
   Status Broken(const std::string& what);
 
   std::mutex mu_;
-  wire::UniqueFd sock_;
+  UniqueFd sock_;
   const std::string path_;
   const bool prefault_;
   ServerInfo server_;

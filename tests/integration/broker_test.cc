@@ -129,7 +129,7 @@ class ReadOnlyTest : public ::testing::Test {
     ASSERT_TRUE(raw_->Hello());
     wire::Request req;
     req.mutable_attach()->set_name("ro/data");
-    std::vector<wire::UniqueFd> fds;
+    std::vector<UniqueFd> fds;
     auto reply = raw_->Call(req, &fds);
     ASSERT_TRUE(reply && reply->code() == wire::OK);
     ASSERT_EQ(reply->attach().mapping().access(), wire::READ_ONLY);
@@ -143,7 +143,7 @@ class ReadOnlyTest : public ::testing::Test {
   std::optional<Client> owner_;
   std::optional<Segment> seg_;
   std::optional<RawConnection> raw_;
-  wire::UniqueFd fd_;
+  UniqueFd fd_;
 };
 
 TEST_F(ReadOnlyTest, DescriptorCannotBeMappedOrMadeWritable) {
@@ -553,7 +553,7 @@ TEST(Broker, RegionFdIsSentOncePerConnectionAndAgainAfterRelease) {
   ASSERT_TRUE(raw.Hello());
   wire::Request req;
   req.mutable_attach()->set_name("r");
-  std::vector<wire::UniqueFd> fds;
+  std::vector<UniqueFd> fds;
   auto first = raw.Call(req, &fds);
   ASSERT_TRUE(first && first->code() == wire::OK);
   EXPECT_TRUE(first->attach().mapping().fd_attached());

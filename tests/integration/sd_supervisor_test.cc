@@ -33,7 +33,6 @@ namespace shmbroker {
 namespace {
 
 using namespace std::chrono_literals;
-using wire::UniqueFd;
 using Clock = std::chrono::steady_clock;
 
 std::vector<std::string> Lines(const std::string& s) {

@@ -166,7 +166,7 @@ int RawConnection::SendBytes(const std::string& bytes, std::vector<int> fds) {
   return wire::SendPacket(fd_.get(), std::as_bytes(std::span(bytes)), fds, false);
 }
 
-std::optional<wire::Reply> RawConnection::Receive(std::vector<wire::UniqueFd>* fds,
+std::optional<wire::Reply> RawConnection::Receive(std::vector<UniqueFd>* fds,
                                                   std::chrono::milliseconds timeout) {
   pollfd p{fd_.get(), POLLIN, 0};
   if (::poll(&p, 1, static_cast<int>(timeout.count())) <= 0) return std::nullopt;
@@ -197,7 +197,7 @@ bool RawConnection::Hello() {
 }
 
 std::optional<wire::Reply> RawConnection::Call(const wire::Request& request,
-                                               std::vector<wire::UniqueFd>* fds) {
+                                               std::vector<UniqueFd>* fds) {
   if (Send(request) != 0) return std::nullopt;
   return Receive(fds);
 }

@@ -68,7 +68,7 @@ class RawConnection {
   int SendBytes(const std::string& bytes, std::vector<int> fds = {});
   int Send(const wire::Request& request) { return SendBytes(request.SerializeAsString()); }
   // Receives one reply (blocking, bounded by `timeout`). nullopt on EOF, error or timeout.
-  std::optional<wire::Reply> Receive(std::vector<wire::UniqueFd>* fds = nullptr,
+  std::optional<wire::Reply> Receive(std::vector<UniqueFd>* fds = nullptr,
                                      std::chrono::milliseconds timeout = std::chrono::seconds(5));
   // True when the daemon has closed the connection (EOF within `timeout`).
   bool ClosedByPeer(std::chrono::milliseconds timeout = std::chrono::seconds(5));
@@ -76,10 +76,10 @@ class RawConnection {
   // hello; true on OK.
   bool Hello();
   std::optional<wire::Reply> Call(const wire::Request& request,
-                                  std::vector<wire::UniqueFd>* fds = nullptr);
+                                  std::vector<UniqueFd>* fds = nullptr);
 
  private:
-  wire::UniqueFd fd_;
+  UniqueFd fd_;
 };
 
 }  // namespace shmbroker::testing

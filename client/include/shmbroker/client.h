@@ -20,6 +20,7 @@
 
 #include "shmbroker/segment.h"
 #include "shmbroker/status.h"
+#include "shmbroker/types.h"
 #include "shmbroker/version.h"
 
 namespace shmbroker {

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "shmbroker/status.h"
+#include "shmbroker/types.h"
 
 namespace shmbroker {
 
@@ -22,13 +23,6 @@ namespace internal {
 class ClientCore;
 struct Region;
 }  // namespace internal
-
-// Memory layout of the array in a segment.
-enum class Order { kC = 0, kF = 1 };
-
-// How a segment is mapped. Read-only is enforced by the kernel: the mapping and the descriptor
-// the daemon sent are read-only.
-enum class Access { kReadOnly = 0, kReadWrite = 1 };
 
 // A connection that holds attachments of a segment.
 struct Holder {
