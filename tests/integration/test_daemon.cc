@@ -132,10 +132,10 @@ std::size_t OpenFdCount() {
   return n;
 }
 
-std::size_t MappingCount() {
+std::size_t SegmentMappingCount() {
   std::ifstream in("/proc/self/maps");
   std::size_t n = 0;
-  for (std::string line; std::getline(in, line);) ++n;
+  for (std::string line; std::getline(in, line);) n += line.find("/memfd:shmbroker") != line.npos;
   return n;
 }
 

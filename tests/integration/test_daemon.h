@@ -51,9 +51,10 @@ bool DropTo(int uid, int gid);
 bool Eventually(const std::function<bool()>& pred,
                 std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
-// Counts of this process's open fds and memory mappings.
+// This process's open fds, and its mappings of shmbroker memory (memfds the daemon made; other
+// mappings come and go with malloc and are not counted).
 std::size_t OpenFdCount();
-std::size_t MappingCount();
+std::size_t SegmentMappingCount();
 // Bytes of the mapping containing `addr` that have page-table entries here (its smaps Rss).
 std::size_t MappingRss(const void* addr);
 
