@@ -65,7 +65,4 @@ class ConnectionManager {
   std::set<std::shared_ptr<Connection>> connections_;
 };
 
-// Reads SO_PEERCRED (and SO_PEERGROUPS when the kernel has it) of a connected socket.
-Credentials PeerCredentials(int fd);
-
 }  // namespace shmbroker::daemon

@@ -39,7 +39,7 @@ bool ParseStoreName(const std::string& name, bool& data, std::uint64_t& id) {
   return ec == std::errc() && p == digits.data() + digits.size() && !digits.empty() && id != 0;
 }
 
-UniqueFd MakeMetaMemfd(const Segment& s) {
+UniqueFd MakeMetaMemfd(const SegmentEntry& s) {
   store::StoredSegment stored;
   stored.set_format(1);
   stored.set_id(s.id());
@@ -59,7 +59,7 @@ UniqueFd MakeMetaMemfd(const Segment& s) {
 
 }  // namespace
 
-void FdStore::Added(const Segment& s) {
+void FdStore::Added(const SegmentEntry& s) {
   UniqueFd meta = MakeMetaMemfd(s);
   if (!meta) {
     spdlog::warn("cannot write restart metadata for '{}': {}; it will not survive a restart",
@@ -77,7 +77,7 @@ void FdStore::Added(const Segment& s) {
   notifier_.Send("FDSTORE=1\nFDNAME=" + MetaName(s.id()), std::move(meta));
 }
 
-void FdStore::Removed(const Segment& s) { Drop(s.id()); }
+void FdStore::Removed(const SegmentEntry& s) { Drop(s.id()); }
 
 void FdStore::Drop(std::uint64_t id) {
   notifier_.Send("FDSTOREREMOVE=1\nFDNAME=" + DataName(id));

@@ -16,8 +16,8 @@ class FdStore {
  public:
   explicit FdStore(Notifier& notifier) : notifier_(notifier) {}
 
-  void Added(const Segment& s);
-  void Removed(const Segment& s);
+  void Added(const SegmentEntry& s);
+  void Removed(const SegmentEntry& s);
 
   // Rebuilds `registry` from the stored fds in `fds` (other entries are left alone). Anything
   // inconsistent (a missing half, unreadable metadata, a size mismatch, a duplicate name) is

@@ -1,4 +1,5 @@
 // shmbrokerd: owns named shared-memory segments and hands them to clients over a Unix socket.
+// This file is the command line, logging and the file limit; the daemon itself is server.h.
 #include <sys/resource.h>
 
 #include <CLI/CLI.hpp>
@@ -104,17 +105,10 @@ int main(int argc, char** argv) {
                                .version = SHMBROKER_VERSION,
                                .notifier = daemon::Notifier::FromEnvironment(),
                                .inherited = std::move(inherited)});
-    if (Status s = server.Listen(); !s.ok()) {
+    if (Status s = server.Start(); !s.ok()) {
       spdlog::critical("cannot start: {}", s.message());
       return 1;
     }
-    asio::signal_set signals(io, SIGINT, SIGTERM);
-    signals.async_wait([&](const asio::error_code& ec, int signo) {
-      if (ec) return;
-      spdlog::info("received {}, shutting down", signo == SIGINT ? "SIGINT" : "SIGTERM");
-      server.Stop();
-      io.stop();
-    });
     if (const CLI::Option* config = app.get_option("--config"); config->count() > 0) {
       spdlog::info("configuration read from {}", config->as<std::string>());
     }

@@ -10,16 +10,14 @@
 #include <fstream>
 #include <sstream>
 
+#include "common/posix.h"
+
 #ifndef MFD_NOEXEC_SEAL
 #define MFD_NOEXEC_SEAL 0x0008U
 #endif
 
 namespace shmbroker::daemon {
 namespace {
-
-std::string Errno(const char* what, int err) {
-  return std::string(what) + ": " + std::strerror(err);
-}
 
 int MemfdCreate(const std::string& label) {
   // MFD_NOEXEC_SEAL is Linux 6.3+; older kernels reject unknown flags with EINVAL.
@@ -51,10 +49,7 @@ Result<UniqueFd> CreateSegmentMemfd(const std::string& label, std::uint64_t size
   UniqueFd fd(MemfdCreate(label));
   if (!fd) {
     int err = errno;
-    if (err == EMFILE || err == ENFILE || err == ENOMEM) {
-      return Status::ResourceExhausted(Errno("memfd_create", err));
-    }
-    return Status::Internal(Errno("memfd_create", err));
+    return PosixError("memfd_create", err);
   }
   if (::ftruncate(fd.get(), static_cast<off_t>(size)) != 0) {
     int err = errno;
@@ -62,10 +57,10 @@ Result<UniqueFd> CreateSegmentMemfd(const std::string& label, std::uint64_t size
       return Status::ResourceExhausted("cannot size a segment of " + std::to_string(size) +
                                        " bytes: " + std::strerror(err));
     }
-    return Status::Internal(Errno("ftruncate", err));
+    return PosixError("ftruncate", err);
   }
   if (::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) != 0) {
-    return Status::Internal(Errno("F_ADD_SEALS", errno));
+    return PosixError("F_ADD_SEALS", errno);
   }
   if (size > 0) {
     int rc;
@@ -78,7 +73,7 @@ Result<UniqueFd> CreateSegmentMemfd(const std::string& label, std::uint64_t size
                                        " bytes for the segment: " + std::strerror(err));
     }
   }
-  if (::fchmod(fd.get(), 0600) != 0) return Status::Internal(Errno("fchmod", errno));
+  if (::fchmod(fd.get(), 0600) != 0) return PosixError("fchmod", errno);
   return fd;
 }
 
@@ -87,8 +82,7 @@ Result<UniqueFd> ReopenReadOnly(int fd) {
   UniqueFd ro(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!ro) {
     int err = errno;
-    if (err == EMFILE || err == ENFILE) return Status::ResourceExhausted(Errno("open", err));
-    return Status::Internal(Errno(("open " + path).c_str(), err));
+    return PosixError("open " + path, err);
   }
   return ro;
 }

@@ -7,16 +7,11 @@
 #include <algorithm>
 #include <chrono>
 
+#include "common/posix.h"
 #include "validate.h"
 
 namespace shmbroker::daemon {
 namespace {
-
-std::int64_t NowUnixNs() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 std::string Quoted(std::string_view name) { return "'" + std::string(name) + "'"; }
 
@@ -27,32 +22,9 @@ constexpr std::uint64_t kCheckAvailableEvery = std::uint64_t{64} << 20;
 
 }  // namespace
 
-Segment::Segment(std::uint64_t id, SegmentSpec spec, std::uint64_t nbytes, const Credentials& owner,
-                 std::uint64_t creator_connection, UniqueFd fd, std::int64_t created_unix_ns)
-    : id_(id),
-      spec_(std::move(spec)),
-      nbytes_(nbytes),
-      uid_(owner.uid),
-      gid_(owner.gid),
-      creator_pid_(owner.pid),
-      creator_connection_(creator_connection),
-      created_unix_ns_(created_unix_ns != 0 ? created_unix_ns : NowUnixNs()),
-      rw_fd_(std::move(fd)) {}
-
-Result<int> Segment::Fd(Access access) {
-  if (!rw_fd_) return Status::Internal("segment " + Quoted(name()) + " has no memory");
-  if (access == Access::kReadWrite) return rw_fd_.get();
-  if (!ro_fd_) {
-    auto ro = ReopenReadOnly(rw_fd_.get());
-    if (!ro.ok()) return ro.status();
-    ro_fd_ = std::move(ro).value();
-  }
-  return ro_fd_.get();
-}
-
 Registry::Registry(RegistryOptions options) : options_(std::move(options)) {}
 
-bool Registry::Allowed(const Segment& s, Access access, const Credentials& creds) {
+bool Registry::Allowed(const SegmentEntry& s, Access access, const Credentials& creds) {
   if (creds.uid == 0) return true;
   std::uint32_t bit = access == Access::kReadWrite ? 2 : 4;
   std::uint32_t mode = s.spec().mode;
@@ -77,8 +49,8 @@ Result<std::uint64_t> Registry::CheckNew(const SegmentSpec& spec) const {
   return nbytes;
 }
 
-Result<std::shared_ptr<Segment>> Registry::Create(SegmentSpec spec, const Credentials& creds,
-                                                  std::uint64_t connection) {
+Result<std::shared_ptr<SegmentEntry>> Registry::Create(SegmentSpec spec, const Credentials& creds,
+                                                       std::uint64_t connection) {
   auto nbytes = CheckNew(spec);
   if (!nbytes.ok()) return nbytes.status();
   std::uint64_t size = *nbytes;
@@ -107,8 +79,8 @@ Result<std::shared_ptr<Segment>> Registry::Create(SegmentSpec spec, const Creden
                                 " bytes): " + s.message());
   }
   std::string name = spec.name;
-  auto seg = std::make_shared<Segment>(next_id_++, std::move(spec), size, creds, connection,
-                                       std::move(fd).value());
+  auto seg = std::make_shared<SegmentEntry>(next_id_++, std::move(spec), size, creds, connection,
+                                            std::move(fd).value());
   segments_.emplace(std::move(name), seg);
   bytes_held_ += size;
   unchecked_bytes_ += size;
@@ -132,15 +104,15 @@ Status Registry::Restore(std::uint64_t id, SegmentSpec spec, const Credentials& 
     return Status::FailedPrecondition("the memory of " + Quoted(spec.name) + " is not sealed");
   }
   std::string name = spec.name;
-  auto seg = std::make_shared<Segment>(id, std::move(spec), *nbytes, owner, /*connection=*/0,
-                                       std::move(fd), created_unix_ns);
+  auto seg = std::make_shared<SegmentEntry>(id, std::move(spec), *nbytes, owner, /*connection=*/0,
+                                            std::move(fd), created_unix_ns);
   segments_.emplace(std::move(name), std::move(seg));
   bytes_held_ += *nbytes;
   next_id_ = std::max(next_id_, id + 1);
   return Status::Ok();
 }
 
-Result<std::shared_ptr<Segment>> Registry::Find(std::string_view name) {
+Result<std::shared_ptr<SegmentEntry>> Registry::Find(std::string_view name) {
   auto it = segments_.find(name);
   if (it == segments_.end()) {
     if (Status s = ValidateName(name); !s.ok()) return s;
@@ -149,8 +121,8 @@ Result<std::shared_ptr<Segment>> Registry::Find(std::string_view name) {
   return it->second;
 }
 
-Result<std::shared_ptr<Segment>> Registry::Open(std::string_view name, Access access,
-                                                const Credentials& creds) {
+Result<std::shared_ptr<SegmentEntry>> Registry::Open(std::string_view name, Access access,
+                                                     const Credentials& creds) {
   auto seg = Find(name);
   if (!seg.ok()) return seg;
   if (!Allowed(**seg, access, creds)) {
@@ -170,7 +142,7 @@ Status Registry::Unlink(std::string_view name, const Credentials& creds) {
     if (Status s = ValidateName(name); !s.ok()) return s;
     return Status::NotFound("no segment named " + Quoted(name));
   }
-  const Segment& s = *it->second;
+  const SegmentEntry& s = *it->second;
   if (creds.uid != 0 && creds.uid != s.uid()) {
     return Status::PermissionDenied("only the owner (uid " + std::to_string(s.uid()) +
                                     ") or root may unlink " + Quoted(name) + "; caller is uid " +
@@ -182,18 +154,20 @@ Status Registry::Unlink(std::string_view name, const Credentials& creds) {
   return Status::Ok();
 }
 
-void Registry::Attach(Segment& s, std::uint64_t connection, Access access) {
-  auto it = std::find_if(s.holders_.begin(), s.holders_.end(),
-                         [&](const Segment::Holding& h) { return h.connection == connection; });
+void Registry::Attach(SegmentEntry& s, std::uint64_t connection, Access access) {
+  auto it = std::find_if(s.holders_.begin(), s.holders_.end(), [&](const SegmentEntry::Holding& h) {
+    return h.connection == connection;
+  });
   if (it == s.holders_.end()) it = s.holders_.insert(s.holders_.end(), {connection, 0, 0});
   ++it->attachments;
   if (access == Access::kReadWrite) ++it->writable;
   ++s.attachments_;
 }
 
-void Registry::Detach(Segment& s, std::uint64_t connection, Access access) {
-  auto it = std::find_if(s.holders_.begin(), s.holders_.end(),
-                         [&](const Segment::Holding& h) { return h.connection == connection; });
+void Registry::Detach(SegmentEntry& s, std::uint64_t connection, Access access) {
+  auto it = std::find_if(s.holders_.begin(), s.holders_.end(), [&](const SegmentEntry::Holding& h) {
+    return h.connection == connection;
+  });
   if (it == s.holders_.end() || it->attachments == 0) return;
   --it->attachments;
   if (access == Access::kReadWrite && it->writable > 0) --it->writable;
@@ -202,7 +176,7 @@ void Registry::Detach(Segment& s, std::uint64_t connection, Access access) {
 }
 
 Status Registry::List(std::string_view pattern, std::string_view start_after,
-                      const std::function<bool(const Segment&)>& visit) const {
+                      const std::function<bool(const SegmentEntry&)>& visit) const {
   if (pattern.size() > kMaxPatternBytes) {
     return Status::InvalidArgument("pattern is longer than " + std::to_string(kMaxPatternBytes) +
                                    " bytes");
@@ -216,11 +190,7 @@ Status Registry::List(std::string_view pattern, std::string_view start_after,
   return Status::Ok();
 }
 
-}  // namespace shmbroker::daemon
-
-namespace shmbroker::daemon {
-
-Result<PurgeResult> Registry::Purge(const PurgeSelector& sel, const Credentials& creds,
+Result<PurgeReport> Registry::Purge(const PurgeSelector& sel, const Credentials& creds,
                                     bool dry_run) {
   if (sel.empty()) {
     return Status::InvalidArgument(
@@ -234,7 +204,7 @@ Result<PurgeResult> Registry::Purge(const PurgeSelector& sel, const Credentials&
     }
   }
   std::int64_t now = NowUnixNs();
-  auto matches = [&](const Segment& s) {
+  auto matches = [&](const SegmentEntry& s) {
     if (!sel.patterns.empty() &&
         std::none_of(sel.patterns.begin(), sel.patterns.end(), [&](const std::string& p) {
           return ::fnmatch(p.c_str(), s.name().c_str(), 0) == 0;
@@ -254,9 +224,9 @@ Result<PurgeResult> Registry::Purge(const PurgeSelector& sel, const Credentials&
     }
     return true;
   };
-  PurgeResult result;
+  PurgeReport result;
   for (auto it = segments_.begin(); it != segments_.end();) {
-    const Segment& s = *it->second;
+    const SegmentEntry& s = *it->second;
     if (!matches(s)) {
       ++it;
       continue;

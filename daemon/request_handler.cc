@@ -21,19 +21,12 @@ constexpr std::string_view kOpNames[] = {"none",   "hello", "create", "attach", 
                                          "unlink", "stat",  "list",   "stats",  "purge"};
 static_assert(std::size(kOpNames) == wire::Request::kPurge + 1);
 
-Access FromWire(wire::Access a) {
-  return a == wire::READ_WRITE ? Access::kReadWrite : Access::kReadOnly;
-}
-wire::Access ToWire(Access a) {
-  return a == Access::kReadWrite ? wire::READ_WRITE : wire::READ_ONLY;
-}
-
 // Reply pages stay well below the largest reply a client reads, whatever the entries hold.
 constexpr std::size_t kListPageBytes = wire::kMaxReplyBytes / 2;
 
 }  // namespace
 
-RequestHandler::RequestHandler(Registry& registry, ServerInfo info)
+RequestHandler::RequestHandler(Registry& registry, DaemonInfo info)
     : registry_(registry), info_(std::move(info)) {}
 
 void RequestHandler::Opened(Session& session) {
@@ -147,13 +140,13 @@ Outcome RequestHandler::Hello(Session& session, const wire::Hello& hello) {
   return out;
 }
 
-void RequestHandler::FillInfo(const Segment& s, wire::SegmentInfo* info) const {
+void RequestHandler::FillInfo(const SegmentEntry& s, wire::SegmentInfo* info) const {
   DescribeSegment(s, info);
   info->set_attachments(s.attachments());
   info->set_creator_connected(registry_.IsConnectionOpen(s.creator_connection()));
 }
 
-void RequestHandler::FillHolders(const Segment& s, wire::SegmentInfo* info) const {
+void RequestHandler::FillHolders(const SegmentEntry& s, wire::SegmentInfo* info) const {
   for (const auto& h : s.holders()) {
     if (static_cast<std::size_t>(info->holders_size()) >= kMaxHolders) {
       info->set_holders_truncated(true);
@@ -170,7 +163,7 @@ void RequestHandler::FillHolders(const Segment& s, wire::SegmentInfo* info) cons
   }
 }
 
-Outcome RequestHandler::AttachReply(Session& session, std::shared_ptr<Segment> segment,
+Outcome RequestHandler::AttachReply(Session& session, std::shared_ptr<SegmentEntry> segment,
                                     Access access) {
   std::uint64_t region = segment->RegionId(access);
   bool send_fd = segment->nbytes() > 0 && session.regions_sent.count(region) == 0;
@@ -193,44 +186,34 @@ Outcome RequestHandler::AttachReply(Session& session, std::shared_ptr<Segment> s
   m->set_offset(0);
   m->set_length(segment->nbytes());
   m->set_region_size(segment->nbytes());
-  m->set_access(ToWire(access));
+  m->set_access(AccessToWire(access));
   m->set_fd_attached(send_fd);
   out.keep_alive = std::move(segment);
   return out;
 }
 
 Outcome RequestHandler::Create(Session& session, const wire::CreateRequest& req) {
-  SegmentSpec spec;
-  spec.name = req.name();
-  spec.dtype = req.dtype();
-  spec.shape.assign(req.shape().begin(), req.shape().end());
-  spec.order = req.order() == wire::ORDER_F ? Order::kF : Order::kC;
-  if (req.order() != wire::ORDER_C && req.order() != wire::ORDER_F) {
-    return Error(Status::InvalidArgument("order must be C or F"));
-  }
-  spec.mode = req.has_mode() ? req.mode() : 0600;
-  spec.attrs.insert(req.attrs().begin(), req.attrs().end());
-  auto seg = registry_.Create(std::move(spec), session.creds, session.id);
+  auto spec = SpecFromCreate(req);
+  if (!spec.ok()) return Error(spec.status());
+  auto seg = registry_.Create(std::move(spec).value(), session.creds, session.id);
   if (!seg.ok()) {
     if (seg.status().code() == Code::kResourceExhausted || seg.status().code() == Code::kInternal) {
       spdlog::warn("client {}: {}", session.id, seg.status().ToString());
     }
     return Error(seg.status());
   }
-  const Segment& s = **seg;
+  const SegmentEntry& s = **seg;
   spdlog::info("created '{}' {} {} mode {} by uid {} pid {}", s.name(), s.spec().dtype,
                HumanBytes(s.nbytes()), ModeString(s.spec().mode), s.uid(), s.creator_pid());
   return AttachReply(session, std::move(seg).value(), Access::kReadWrite);
 }
 
 Outcome RequestHandler::Attach(Session& session, const wire::AttachRequest& req) {
-  if (req.access() != wire::READ_ONLY && req.access() != wire::READ_WRITE) {
-    return Error(Status::InvalidArgument("access must be READ_ONLY or READ_WRITE"));
-  }
-  Access access = FromWire(req.access());
-  auto seg = registry_.Open(req.name(), access, session.creds);
+  auto access = AccessFromWire(req.access());
+  if (!access.ok()) return Error(access.status());
+  auto seg = registry_.Open(req.name(), *access, session.creds);
   if (!seg.ok()) return Error(seg.status());
-  return AttachReply(session, std::move(seg).value(), access);
+  return AttachReply(session, std::move(seg).value(), *access);
 }
 
 Outcome RequestHandler::Detach(Session& session, const wire::DetachRequest& req) {
@@ -273,7 +256,7 @@ Outcome RequestHandler::List(Session&, const wire::ListRequest& req) {
   Outcome out;
   auto* list = out.reply.mutable_list();
   std::size_t bytes = 0;
-  Status s = registry_.List(req.pattern(), req.start_after(), [&](const Segment& seg) {
+  Status s = registry_.List(req.pattern(), req.start_after(), [&](const SegmentEntry& seg) {
     if (bytes >= kListPageBytes) {
       list->set_truncated(true);
       return false;
@@ -312,14 +295,7 @@ Outcome RequestHandler::Stats(Session&) {
 }
 
 Outcome RequestHandler::Purge(Session& session, const wire::PurgeRequest& req) {
-  PurgeSelector sel;
-  sel.patterns.assign(req.patterns().begin(), req.patterns().end());
-  sel.orphans = req.orphans();
-  if (req.has_older_than_seconds()) sel.older_than_seconds = req.older_than_seconds();
-  if (req.has_owner_uid()) sel.owner_uid = req.owner_uid();
-  sel.unattached = req.unattached();
-  sel.all = req.all();
-  auto result = registry_.Purge(sel, session.creds, req.dry_run());
+  auto result = registry_.Purge(SelectorFromWire(req), session.creds, req.dry_run());
   if (!result.ok()) return Error(result.status());
   Outcome out;
   auto* r = out.reply.mutable_purge();

@@ -12,36 +12,12 @@
 #include <vector>
 
 #include "registry.h"
+#include "session.h"
 #include "shmbroker.pb.h"
 
 namespace shmbroker::daemon {
 
-// What the daemon knows about one client connection.
-struct Session {
-  std::uint64_t id = 0;
-  Credentials creds;
-  std::string client_name;
-  bool greeted = false;
-
-  struct Attachment {
-    std::shared_ptr<Segment> segment;
-    Access access;
-  };
-  std::unordered_map<std::uint64_t, Attachment> attachments;
-  std::uint64_t next_attachment_id = 1;
-  // Regions whose fd this connection has been sent and not released.
-  std::unordered_set<std::uint64_t> regions_sent;
-};
-
-// A reply ready to send. `fds` stay valid while `keep_alive` holds their segment.
-struct Outcome {
-  wire::Reply reply;
-  std::vector<int> fds;
-  std::shared_ptr<Segment> keep_alive;
-  bool close_connection = false;  // After sending: protocol errors end the connection.
-};
-
-struct ServerInfo {
+struct DaemonInfo {
   std::string version;
   std::string socket_path;
   std::int64_t started_unix_ns = 0;
@@ -49,7 +25,7 @@ struct ServerInfo {
 
 class RequestHandler {
  public:
-  RequestHandler(Registry& registry, ServerInfo info);
+  RequestHandler(Registry& registry, DaemonInfo info);
 
   void Opened(Session& session);
   // Releases everything the connection held.
@@ -77,15 +53,15 @@ class RequestHandler {
   Outcome Purge(Session& session, const wire::PurgeRequest& req);
 
   // An attachment of `segment` for `session`, with the region fd when the connection needs it.
-  Outcome AttachReply(Session& session, std::shared_ptr<Segment> segment, Access access);
+  Outcome AttachReply(Session& session, std::shared_ptr<SegmentEntry> segment, Access access);
   Outcome Error(const Status& status);
-  void FillInfo(const Segment& s, wire::SegmentInfo* info) const;
+  void FillInfo(const SegmentEntry& s, wire::SegmentInfo* info) const;
 
   // The holders of `s` (connections with attachments), for stat.
-  void FillHolders(const Segment& s, wire::SegmentInfo* info) const;
+  void FillHolders(const SegmentEntry& s, wire::SegmentInfo* info) const;
 
   Registry& registry_;
-  ServerInfo info_;
+  DaemonInfo info_;
   std::uint32_t clients_ = 0;
   std::unordered_map<std::uint64_t, const Session*> sessions_;  // Open ones, by id.
   std::array<std::uint64_t, wire::Request::kPurge + 1> requests_{};

@@ -1,9 +1,9 @@
-// The daemon's top level: the listening socket (bound with stale-socket recovery, or adopted from
-// systemd), accepting connections, systemd notifications and the fd store, and shutdown.
+// The daemon's top level, as in Asio's HTTP server example: it accepts connections, hands each
+// to a Connection, and stops everything on SIGTERM or SIGINT. The listening socket is the
+// Listener's, systemd's part the ServiceManager's.
 #pragma once
 
 #include <asio.hpp>
-#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -11,9 +11,10 @@
 #include <vector>
 
 #include "connection.h"
-#include "fd_store.h"
+#include "listener.h"
 #include "registry.h"
 #include "request_handler.h"
+#include "service_manager.h"
 #include "systemd.h"
 
 namespace shmbroker::daemon {
@@ -30,45 +31,35 @@ class Server {
  public:
   Server(asio::io_context& io, ServerOptions options);
   ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
 
-  // Restores segments handed back by systemd, then adopts the inherited listening socket or binds
-  // one (refusing if a live daemon answers there, removing a stale file if not; mode 0666), starts
-  // accepting and tells systemd READY=1.
-  Status Listen();
-  // Stops accepting, closes every client, removes a socket file it bound, tells systemd
-  // STOPPING=1. Idempotent.
+  // Restores the segments the service manager kept, adopts the inherited listening socket or
+  // binds one, starts accepting, stops on SIGTERM/SIGINT, and tells the service manager READY=1.
+  Status Start();
+  // Stops accepting, closes every client, removes the socket file it bound, tells the service
+  // manager STOPPING=1. Idempotent.
   void Stop();
 
   const std::string& socket_path() const { return options_.socket_path; }
 
  private:
   void Accept();
-  Status Bind();
-  void Tick();  // Watchdog and STATUS, from the event loop itself.
-  void ScheduleNotifyFlush();
+  void RestoreStored();
   std::string StatusLine() const;
 
   asio::io_context& io_;
   ServerOptions options_;
-  std::optional<FdStore> fd_store_;
+  ServiceManager service_;
   Registry registry_;
   RequestHandler handler_;
   ConnectionManager connections_;
+  std::optional<Listener> listener_;
   asio::basic_socket_acceptor<SeqPacket> acceptor_;
   asio::steady_timer retry_timer_;
-  asio::steady_timer tick_timer_;
-  asio::steady_timer notify_timer_;
-  bool notify_retry_pending_ = false;
-  std::chrono::steady_clock::duration tick_interval_{};
-  std::optional<std::chrono::microseconds> watchdog_;
-  std::string last_status_;
+  asio::signal_set signals_;
   bool stopped_ = false;
   std::uint64_t next_session_id_ = 1;
-  bool bound_ = false;
-  ino_t socket_ino_ = 0;
 };
-
-// Whether a daemon accepts connections on `path` now.
-bool DaemonAnswers(const std::string& path);
 
 }  // namespace shmbroker::daemon

@@ -11,18 +11,18 @@
 
 #include <spdlog/spdlog.h>
 
+#include "common/posix.h"
+
 namespace shmbroker::daemon {
 namespace {
 
 // The first fd systemd passes.
 constexpr int kListenFdsStart = 3;
 
-bool ParseUint(const char* s, unsigned long long& out) {
-  if (s == nullptr || *s == '\0') return false;
-  char* end = nullptr;
-  errno = 0;
-  out = std::strtoull(s, &end, 10);
-  return errno == 0 && end != nullptr && *end == '\0';
+// An environment variable as a number; nullopt when unset or not a number.
+std::optional<std::uint64_t> EnvUint(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr ? ParseUint(v) : std::nullopt;
 }
 
 }  // namespace
@@ -76,47 +76,32 @@ int Notifier::SendNow(const std::string& state, int fd) {
   std::memcpy(addr.sun_path, address_.data(), address_.size());
   socklen_t len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + address_.size() +
                                          (address_[0] == '\0' ? 0 : 1));
-  struct iovec iov {
-    const_cast<char*>(state.data()), state.size()
-  };
-  struct msghdr msg {};
-  msg.msg_name = &addr;
-  msg.msg_namelen = len;
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int))];
-  if (fd >= 0) {
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof(control);
-    struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(c), &fd, sizeof(int));
-  }
+  int fds[1] = {fd};
+  FdMessage msg(std::as_bytes(std::span(state)), std::span(fds, fd >= 0 ? 1 : 0));
+  msg.get()->msg_name = &addr;
+  msg.get()->msg_namelen = len;
   ssize_t n;
   do {
-    n = ::sendmsg(sock_.get(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    n = ::sendmsg(sock_.get(), msg.get(), MSG_NOSIGNAL | MSG_DONTWAIT);
   } while (n < 0 && errno == EINTR);
   return n < 0 ? errno : 0;
 }
 
 std::optional<std::chrono::microseconds> Notifier::WatchdogInterval() {
-  unsigned long long usec = 0, pid = 0;
-  if (!ParseUint(std::getenv("WATCHDOG_USEC"), usec) || usec == 0) return std::nullopt;
-  if (ParseUint(std::getenv("WATCHDOG_PID"), pid) &&
-      pid != static_cast<unsigned long long>(::getpid())) {
+  auto usec = EnvUint("WATCHDOG_USEC");
+  if (!usec || *usec == 0) return std::nullopt;
+  if (auto pid = EnvUint("WATCHDOG_PID"); pid && *pid != static_cast<std::uint64_t>(::getpid())) {
     return std::nullopt;
   }
-  return std::chrono::microseconds(usec / 2);
+  return std::chrono::microseconds(*usec / 2);
 }
 
 std::vector<ListenFd> TakeListenFds() {
   std::vector<ListenFd> out;
-  unsigned long long pid = 0, count = 0;
-  bool ours = ParseUint(std::getenv("LISTEN_PID"), pid) &&
-              pid == static_cast<unsigned long long>(::getpid()) &&
-              ParseUint(std::getenv("LISTEN_FDS"), count);
+  auto pid = EnvUint("LISTEN_PID");
+  auto listen_fds = EnvUint("LISTEN_FDS");
+  bool ours = pid && *pid == static_cast<std::uint64_t>(::getpid()) && listen_fds;
+  std::uint64_t count = listen_fds.value_or(0);
   std::string names = std::getenv("LISTEN_FDNAMES") ? std::getenv("LISTEN_FDNAMES") : "";
   ::unsetenv("LISTEN_PID");
   ::unsetenv("LISTEN_FDS");
@@ -124,7 +109,7 @@ std::vector<ListenFd> TakeListenFds() {
   if (!ours) return out;
   if (count > 65536) count = 65536;
   std::size_t pos = 0;
-  for (unsigned long long i = 0; i < count; ++i) {
+  for (std::uint64_t i = 0; i < count; ++i) {
     int fd = kListenFdsStart + static_cast<int>(i);
     ListenFd lf;
     lf.fd.reset(fd);

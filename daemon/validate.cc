@@ -1,5 +1,7 @@
 #include "validate.h"
 
+#include "common/posix.h"
+
 #include <charconv>
 #include <cstring>
 
@@ -21,13 +23,6 @@ std::string Quote(std::string_view s) {
   }
   if (s.size() > 64) out += "...";
   return out + "'";
-}
-
-// Parses a decimal number that fills `s` entirely.
-bool ParseUint(std::string_view s, std::uint64_t& out) {
-  if (s.empty() || s.size() > 19) return false;
-  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
-  return ec == std::errc() && p == s.data() + s.size();
 }
 
 bool IsDatetimeUnit(std::string_view u) {
@@ -95,9 +90,8 @@ Result<std::uint64_t> ParseDtype(std::string_view dtype) {
       std::string_view unit = rest.substr(1, rest.size() - 2);
       std::size_t digits = 0;
       while (digits < unit.size() && unit[digits] >= '0' && unit[digits] <= '9') ++digits;
-      std::uint64_t mult = 0;
-      if (digits > 0 &&
-          (!ParseUint(unit.substr(0, digits), mult) || mult == 0 || mult > 0x7fffffff)) {
+      auto mult = ParseUint(unit.substr(0, digits));
+      if (digits > 0 && (!mult || *mult == 0 || *mult > 0x7fffffff)) {
         return bad("bad datetime unit multiplier");
       }
       if (!IsDatetimeUnit(unit.substr(digits))) return bad("unknown datetime unit");
@@ -106,8 +100,9 @@ Result<std::uint64_t> ParseDtype(std::string_view dtype) {
     return std::uint64_t{8};
   }
 
-  std::uint64_t size = 0;
-  if (!ParseUint(rest, size)) return bad("no item size");
+  auto parsed = ParseUint(rest);
+  if (!parsed) return bad("no item size");
+  std::uint64_t size = *parsed;
   switch (kind) {
     case 'b':
       if (size != 1) return bad("bool is 1 byte");

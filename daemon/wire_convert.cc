@@ -2,7 +2,7 @@
 
 namespace shmbroker::daemon {
 
-void DescribeSegment(const Segment& s, wire::SegmentInfo* info) {
+void DescribeSegment(const SegmentEntry& s, wire::SegmentInfo* info) {
   const SegmentSpec& spec = s.spec();
   info->set_name(spec.name);
   info->set_dtype(spec.dtype);
@@ -17,15 +17,56 @@ void DescribeSegment(const Segment& s, wire::SegmentInfo* info) {
   info->set_mode(spec.mode);
 }
 
+namespace {
+
+Order OrderFromWire(int order) { return order == wire::ORDER_F ? Order::kF : Order::kC; }
+
+}  // namespace
+
 SegmentSpec SpecFromWire(const wire::SegmentInfo& info) {
   SegmentSpec spec;
   spec.name = info.name();
   spec.dtype = info.dtype();
   spec.shape.assign(info.shape().begin(), info.shape().end());
-  spec.order = info.order() == wire::ORDER_F ? Order::kF : Order::kC;
+  spec.order = OrderFromWire(info.order());
   spec.mode = info.mode();
   spec.attrs.insert(info.attrs().begin(), info.attrs().end());
   return spec;
+}
+
+Result<SegmentSpec> SpecFromCreate(const wire::CreateRequest& req) {
+  if (req.order() != wire::ORDER_C && req.order() != wire::ORDER_F) {
+    return Status::InvalidArgument("order must be C or F");
+  }
+  SegmentSpec spec;
+  spec.name = req.name();
+  spec.dtype = req.dtype();
+  spec.shape.assign(req.shape().begin(), req.shape().end());
+  spec.order = OrderFromWire(req.order());
+  spec.mode = req.has_mode() ? req.mode() : 0600;
+  spec.attrs.insert(req.attrs().begin(), req.attrs().end());
+  return spec;
+}
+
+Result<Access> AccessFromWire(int access) {
+  if (access == wire::READ_ONLY) return Access::kReadOnly;
+  if (access == wire::READ_WRITE) return Access::kReadWrite;
+  return Status::InvalidArgument("access must be READ_ONLY or READ_WRITE");
+}
+
+wire::Access AccessToWire(Access access) {
+  return access == Access::kReadWrite ? wire::READ_WRITE : wire::READ_ONLY;
+}
+
+PurgeSelector SelectorFromWire(const wire::PurgeRequest& req) {
+  PurgeSelector sel;
+  sel.patterns.assign(req.patterns().begin(), req.patterns().end());
+  sel.orphans = req.orphans();
+  if (req.has_older_than_seconds()) sel.older_than_seconds = req.older_than_seconds();
+  if (req.has_owner_uid()) sel.owner_uid = req.owner_uid();
+  sel.unattached = req.unattached();
+  sel.all = req.all();
+  return sel;
 }
 
 }  // namespace shmbroker::daemon

@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "client_core.h"
+#include "common/posix.h"
 #include "common/socket_path.h"
 
 #ifndef MADV_POPULATE_READ
@@ -280,25 +281,15 @@ Client::~Client() = default;
 
 Result<Client> Client::Connect(const ClientOptions& options) {
   std::string path = ResolveSocketPath(options.socket_path);
-  sockaddr_un addr{};
-  if (path.size() >= sizeof(addr.sun_path)) {
-    return Status::InvalidArgument("socket path '" + path + "' is longer than " +
-                                   std::to_string(sizeof(addr.sun_path) - 1) + " bytes");
-  }
-  addr.sun_family = AF_UNIX;
-  std::memcpy(addr.sun_path, path.data(), path.size());
-  UniqueFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-  if (!fd) return Status::Internal(std::string("socket: ") + std::strerror(errno));
-  int rc;
-  do {
-    rc = ::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  } while (rc != 0 && errno == EINTR);
-  if (rc != 0) {
-    int err = errno;
-    return Status::Unavailable("no shmbrokerd answers at '" + path + "': " + std::strerror(err) +
+  if (Status s = MakeUnixAddress(path).status(); !s.ok()) return s;
+  ConnectError error;
+  std::optional<UniqueFd> fd = ConnectSeqPacket(path, &error);
+  if (!fd) {
+    return Status::Unavailable("no shmbrokerd answers at '" + path +
+                               "': " + std::strerror(error.error) +
                                " (is the daemon running? see --socket / $SHMBROKER_SOCKET)");
   }
-  auto core = std::make_shared<internal::ClientCore>(std::move(fd), path, options.prefault);
+  auto core = std::make_shared<internal::ClientCore>(std::move(*fd), path, options.prefault);
   std::string name = options.client_name.empty()
                          ? std::string("cpp:") + program_invocation_short_name
                          : options.client_name;

@@ -31,7 +31,7 @@ SegmentSpec Spec(std::string name, std::vector<std::uint64_t> shape = {16},
 std::vector<std::string> Names(const Registry& r, std::string_view pattern = {},
                                std::string_view after = {}) {
   std::vector<std::string> out;
-  EXPECT_TRUE(r.List(pattern, after, [&](const Segment& s) {
+  EXPECT_TRUE(r.List(pattern, after, [&](const SegmentEntry& s) {
                  out.push_back(s.name());
                  return true;
                }).ok());
@@ -45,7 +45,7 @@ TEST(Registry, CreateRecordsMetadataAndAccountsBytes) {
   spec.attrs = {{"units", "m"}};
   auto seg = reg.Create(spec, kAlice, 9);
   ASSERT_TRUE(seg.ok()) << seg.status().ToString();
-  const Segment& s = **seg;
+  const SegmentEntry& s = **seg;
   EXPECT_EQ(s.name(), "job7/weights");
   EXPECT_EQ(s.nbytes(), 48u);
   EXPECT_EQ(s.uid(), 1000u);
@@ -195,7 +195,7 @@ TEST(Registry, PermissionsFollowTheModeForOwnerGroupOtherAndRoot) {
   Registry reg;
   auto seg = reg.Create(Spec("p", {1}, "<f8", 0640), kAlice, 1);
   ASSERT_TRUE(seg.ok());
-  const Segment& s = **seg;
+  const SegmentEntry& s = **seg;
   const Credentials bob_same_group = User(1001, 100);
   const Credentials carol_supplementary = User(1002, 200, {300, 100});
   const Credentials dave_other = User(1003, 200);
@@ -250,7 +250,7 @@ TEST(Registry, ListFiltersByGlobInNameOrderWithPaging) {
   EXPECT_EQ(Names(reg, "job[78]/?"), (std::vector<std::string>{"job7/a", "job7/b", "job8/a"}));
   EXPECT_EQ(Names(reg, "nothing*"), std::vector<std::string>{});
   EXPECT_EQ(Names(reg, "", "job7/b"), (std::vector<std::string>{"job7/sub/c", "job8/a", "top"}));
-  EXPECT_EQ(reg.List(std::string(5000, '*'), {}, [](const Segment&) { return true; }).code(),
+  EXPECT_EQ(reg.List(std::string(5000, '*'), {}, [](const SegmentEntry&) { return true; }).code(),
             Code::kInvalidArgument);
 }
 
@@ -259,7 +259,7 @@ TEST(Registry, AttachmentsAndCreatorConnection) {
   reg.ConnectionOpened(7);
   auto seg = reg.Create(Spec("a"), kAlice, 7);
   ASSERT_TRUE(seg.ok());
-  Segment& s = **seg;
+  SegmentEntry& s = **seg;
   reg.Attach(s, 7, Access::kReadWrite);
   reg.Attach(s, 7, Access::kReadOnly);
   reg.Attach(s, 9, Access::kReadOnly);
@@ -285,7 +285,7 @@ TEST(Registry, AttachmentsAndCreatorConnection) {
 namespace shmbroker::daemon {
 namespace {
 
-std::vector<std::string> PurgedNames(const Result<PurgeResult>& r) {
+std::vector<std::string> PurgedNames(const Result<PurgeReport>& r) {
   std::vector<std::string> out;
   if (r.ok()) {
     for (const auto& s : r->removed) out.push_back(s->name());
@@ -310,7 +310,7 @@ class PurgeTest : public ::testing::Test {
     reg_.ConnectionClosed(2);
   }
   Registry reg_;
-  std::shared_ptr<Segment> a_, b_, c_;
+  std::shared_ptr<SegmentEntry> a_, b_, c_;
 };
 
 TEST_F(PurgeTest, RefusesWithoutASelector) {

@@ -12,7 +12,7 @@ namespace {
 
 class RequestHandlerTest : public ::testing::Test {
  protected:
-  RequestHandlerTest() : handler_(registry_, ServerInfo{"9.9.9", "/tmp/x.sock", 42}) {
+  RequestHandlerTest() : handler_(registry_, DaemonInfo{"9.9.9", "/tmp/x.sock", 42}) {
     spdlog::set_level(spdlog::level::off);
   }
 

@@ -1,0 +1,77 @@
+// A segment as the daemon keeps it: its spec (name, dtype, shape, order, mode, attributes), its
+// owner, its memory and who holds it. Owned by the Registry; attachments and replies in flight
+// hold references, so the memory outlives an unlink while it is in use.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "common/unique_fd.h"
+#include "credentials.h"
+#include "shmbroker/status.h"
+#include "shmbroker/types.h"
+
+namespace shmbroker::daemon {
+
+struct SegmentSpec {
+  std::string name;
+  std::string dtype;
+  std::vector<std::uint64_t> shape;
+  Order order = Order::kC;
+  std::uint32_t mode = 0600;
+  std::map<std::string, std::string> attrs;
+};
+
+// One named segment. The descriptors close when the last reference goes: the registry drops its
+// reference at unlink, attachments and replies in flight hold theirs.
+class SegmentEntry {
+ public:
+  // `created_unix_ns` 0 means now.
+  SegmentEntry(std::uint64_t id, SegmentSpec spec, std::uint64_t nbytes, const Credentials& owner,
+               std::uint64_t creator_connection, UniqueFd fd, std::int64_t created_unix_ns = 0);
+
+  std::uint64_t id() const { return id_; }
+  const SegmentSpec& spec() const { return spec_; }
+  const std::string& name() const { return spec_.name; }
+  std::uint64_t nbytes() const { return nbytes_; }
+  std::uint32_t uid() const { return uid_; }
+  std::uint32_t gid() const { return gid_; }
+  std::uint32_t creator_pid() const { return creator_pid_; }
+  std::uint64_t creator_connection() const { return creator_connection_; }
+  std::int64_t created_unix_ns() const { return created_unix_ns_; }
+  // Live attachments over all connections, and per connection.
+  std::uint32_t attachments() const { return attachments_; }
+  struct Holding {
+    std::uint64_t connection = 0;
+    std::uint32_t attachments = 0;
+    std::uint32_t writable = 0;  // Of them, read-write.
+  };
+  const std::vector<Holding>& holders() const { return holders_; }
+
+  // Region ids name (memory, access) pairs: a read-only and a read-write region per segment.
+  std::uint64_t RegionId(Access access) const { return id_ * 2 + (access == Access::kReadWrite); }
+
+  // The read-write memfd (the daemon's own reference to the memory).
+  int memfd() const { return rw_fd_.get(); }
+
+  // The descriptor to hand out for `access` (the read-only one is opened on first use).
+  Result<int> Fd(Access access);
+
+ private:
+  friend class Registry;
+  const std::uint64_t id_;
+  const SegmentSpec spec_;
+  const std::uint64_t nbytes_;
+  const std::uint32_t uid_, gid_, creator_pid_;
+  const std::uint64_t creator_connection_;
+  const std::int64_t created_unix_ns_;
+  std::uint32_t attachments_ = 0;
+  // Few connections hold a given segment: a small vector beats a map in size and speed.
+  std::vector<Holding> holders_;
+  UniqueFd rw_fd_;
+  UniqueFd ro_fd_;
+};
+
+}  // namespace shmbroker::daemon
