@@ -83,26 +83,17 @@ TEST(Broker, CreateWriteAttachFromAnotherProcess) {
 
 TEST(Broker, ProducerKilledWithSigkillLeavesItsSegmentIntact) {
   TestDaemon d;
-  int ready[2];
-  ASSERT_EQ(::pipe(ready), 0);
-  pid_t producer = ::fork();
-  ASSERT_GE(producer, 0);
-  if (producer == 0) {
+  HoldingChild producer([&](auto ready) {
     auto c = d.Connect("producer");
-    if (!c.ok()) ::_exit(1);
+    if (!c.ok()) return 2;
     auto seg = c->Create({.name = "crash/data", .shape = {1 << 20}});
-    if (!seg.ok()) ::_exit(2);
+    if (!seg.ok()) return 3;
     Fill(seg->mutable_bytes().value(), 7);
-    (void)!::write(ready[1], "x", 1);
-    ::pause();
-    ::_exit(0);
-  }
-  char x;
-  ASSERT_EQ(::read(ready[0], &x, 1), 1);
-  ::kill(producer, SIGKILL);
-  int status;
-  ::waitpid(producer, &status, 0);
-  ASSERT_TRUE(WIFSIGNALED(status));
+    ready();
+    return 0;
+  });
+  ASSERT_TRUE(producer.ready());
+  ASSERT_TRUE(producer.Kill());
   EXPECT_EQ(RunInChild([&] {
               auto c = d.Connect("consumer");
               if (!c.ok()) return 1;
@@ -111,8 +102,6 @@ TEST(Broker, ProducerKilledWithSigkillLeavesItsSegmentIntact) {
               return Matches(seg->bytes(), 7) ? 0 : 3;
             }),
             0);
-  ::close(ready[0]);
-  ::close(ready[1]);
 }
 
 // --- Read-only ----------------------------------------------------------------------------------
@@ -320,26 +309,18 @@ TEST(Broker, AttachmentCountsFollowSegmentsAndDyingClients) {
   }
   EXPECT_EQ(count(), 1u);
 
-  int ready[2];
-  ASSERT_EQ(::pipe(ready), 0);
-  pid_t pid = ::fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
+  HoldingChild holder([&](auto ready) {
     auto cc = d.Connect("holder");
+    if (!cc.ok()) return 2;
     std::vector<Segment> held;
     for (int i = 0; i < 5; ++i) held.push_back(std::move(cc->Attach("count")).value());
-    (void)!::write(ready[1], "x", 1);
-    ::pause();
-    ::_exit(0);
-  }
-  char x;
-  ASSERT_EQ(::read(ready[0], &x, 1), 1);
+    ready();
+    return 0;
+  });
+  ASSERT_TRUE(holder.ready());
   EXPECT_EQ(count(), 6u);
-  ::kill(pid, SIGKILL);
-  ::waitpid(pid, nullptr, 0);
+  ASSERT_TRUE(holder.Kill());
   EXPECT_TRUE(Eventually([&] { return count() == 1u; })) << count();
-  ::close(ready[0]);
-  ::close(ready[1]);
 }
 
 TEST(Broker, UnlinkWhileAttachedKeepsMappingsValidAndFreesTheName) {

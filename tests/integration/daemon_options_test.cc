@@ -17,92 +17,17 @@
 #include <thread>
 #include <vector>
 
-namespace shmbroker {
+#include "test_daemon.h"
+
+namespace shmbroker::testing {
 namespace {
 
 using namespace std::chrono_literals;
 
-class DaemonProcess {
- public:
-  // Starts shmbrokerd with `args`; its stderr goes to a file read by log().
-  explicit DaemonProcess(std::vector<std::string> args, rlim_t nofile_soft = 0,
-                         std::vector<std::string> env = {}) {
-    char tmpl[] = "/tmp/shmbrokerd-opts-XXXXXX";
-    dir_ = ::mkdtemp(tmpl);
-    log_path_ = dir_ + "/stderr.log";
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // No daemon outlives a crashed test.
-      int fd = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      ::dup2(fd, 2);
-      ::dup2(fd, 1);
-      if (nofile_soft != 0) {
-        struct rlimit rl {};
-        ::getrlimit(RLIMIT_NOFILE, &rl);
-        rl.rlim_cur = nofile_soft;
-        ::setrlimit(RLIMIT_NOFILE, &rl);
-      }
-      for (auto& e : env) ::putenv(e.data());
-      std::vector<char*> argv{const_cast<char*>(SHMBROKERD_PATH)};
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      ::execv(SHMBROKERD_PATH, argv.data());
-      ::_exit(127);
-    }
-  }
-  ~DaemonProcess() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
-    std::filesystem::remove_all(dir_);
-  }
-
-  Result<Client> ConnectWithin(const std::string& socket, std::chrono::milliseconds limit = 5s) {
-    auto deadline = std::chrono::steady_clock::now() + limit;
-    for (;;) {
-      auto c = Client::Connect({.socket_path = socket, .client_name = "test"});
-      if (c.ok() || std::chrono::steady_clock::now() > deadline) return c;
-      std::this_thread::sleep_for(10ms);
-    }
-  }
-
-  // Waits for the exit; returns the exit code (or 128 + signal). A daemon still running after
-  // `limit` is killed and reported as -1, so a test expecting an exit fails instead of hanging.
-  int Wait(std::chrono::milliseconds limit = 10s) {
-    int status = 0;
-    auto deadline = std::chrono::steady_clock::now() + limit;
-    while (::waitpid(pid_, &status, WNOHANG) == 0) {
-      if (std::chrono::steady_clock::now() > deadline) {
-        ::kill(pid_, SIGKILL);
-        ::waitpid(pid_, &status, 0);
-        pid_ = -1;
-        return -1;
-      }
-      std::this_thread::sleep_for(5ms);
-    }
-    pid_ = -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  }
-  int Terminate() {
-    ::kill(pid_, SIGTERM);
-    return Wait();
-  }
-
-  std::string log() const {
-    std::ifstream in(log_path_);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-  }
-
-  pid_t pid() const { return pid_; }
-  const std::string& dir() const { return dir_; }
-
- private:
-  std::string dir_, log_path_;
-  pid_t pid_ = -1;
-};
+// A daemon with exactly these arguments, not waited for (it may be meant to exit).
+DaemonOptions Only(std::vector<std::string> args) {
+  return {.args = std::move(args), .only_args = true, .wait_until_serving = false};
+}
 
 TEST(DaemonOptions, ConfigFileSetsSocketMaxMemoryAndLogLevel) {
   char tmpl[] = "/tmp/shmbrokerd-conf-XXXXXX";
@@ -111,7 +36,7 @@ TEST(DaemonOptions, ConfigFileSetsSocketMaxMemoryAndLogLevel) {
   std::string conf = dir + "/shmbrokerd.toml";
   std::ofstream(conf) << "socket = \"" << socket
                       << "\"\nmax-memory = \"1M\"\nlog-level = \"debug\"\n";
-  DaemonProcess d({"--config", conf});
+  TestDaemon d(Only({"--config", conf}));
   auto c = d.ConnectWithin(socket);
   ASSERT_TRUE(c.ok()) << c.status().ToString() << "\n" << d.log();
   EXPECT_EQ(c->server().max_memory, 1u << 20);
@@ -127,7 +52,7 @@ TEST(DaemonOptions, ConfigFileSetsSocketMaxMemoryAndLogLevel) {
 }
 
 TEST(DaemonOptions, InfoLogHasConnectsCreatesAndUnlinks) {
-  DaemonProcess d({"--socket", "/tmp/shmbrokerd-log-test.sock"});
+  TestDaemon d(Only({"--socket", "/tmp/shmbrokerd-log-test.sock"}));
   {
     auto c = d.ConnectWithin("/tmp/shmbrokerd-log-test.sock");
     ASSERT_TRUE(c.ok()) << d.log();
@@ -173,7 +98,9 @@ TEST(DaemonOptions, RaisesTheSoftFileLimitToTheHardLimit) {
   struct rlimit rl {};
   ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &rl), 0);
   if (rl.rlim_max <= 256) GTEST_SKIP() << "hard limit too low to observe a raise";
-  DaemonProcess d({"--socket", "/tmp/shmbrokerd-rlimit-test.sock"}, /*nofile_soft=*/256);
+  DaemonOptions o = Only({"--socket", "/tmp/shmbrokerd-rlimit-test.sock"});
+  o.nofile_soft = 256;
+  TestDaemon d(o);
   ASSERT_TRUE(d.ConnectWithin("/tmp/shmbrokerd-rlimit-test.sock").ok()) << d.log();
   std::ifstream limits("/proc/" + std::to_string(d.pid()) + "/limits");
   std::string line;
@@ -199,7 +126,9 @@ TEST(DaemonOptions, TheDefaultConfigFileIsReadWhenPresent) {
   std::ofstream(conf) << "socket = \"" << socket << "\"\nmax-memory = \"64M\"\n";
   {
     // No --config: the default file (here named by $SHMBROKERD_CONFIG) is read.
-    DaemonProcess d({}, 0, {"SHMBROKERD_CONFIG=" + conf});
+    DaemonOptions o = Only({});
+    o.env = {"SHMBROKERD_CONFIG=" + conf};
+    TestDaemon d(o);
     auto c = d.ConnectWithin(socket);
     ASSERT_TRUE(c.ok()) << c.status().ToString() << "\n" << d.log();
     EXPECT_EQ(c->server().max_memory, 64u << 20);
@@ -209,7 +138,9 @@ TEST(DaemonOptions, TheDefaultConfigFileIsReadWhenPresent) {
   {
     // Absent: the daemon starts with its defaults.
     std::string other = dir + "/s2.sock";
-    DaemonProcess d({"--socket", other}, 0, {"SHMBROKERD_CONFIG=" + dir + "/absent.conf"});
+    DaemonOptions o = Only({"--socket", other});
+    o.env = {"SHMBROKERD_CONFIG=" + dir + "/absent.conf"};
+    TestDaemon d(o);
     auto c = d.ConnectWithin(other);
     ASSERT_TRUE(c.ok()) << d.log();
     EXPECT_EQ(c->server().max_memory, 0u);
@@ -225,7 +156,7 @@ TEST(DaemonOptions, ConfigFileWithAnUnknownKeyIsAUsageError) {
     std::string dir = ::mkdtemp(tmpl);
     std::string conf = dir + "/shmbrokerd.conf";
     std::ofstream(conf) << "socket = \"" << dir << "/s.sock\"\n" << line << "\n";
-    DaemonProcess d({"--config", conf});
+    TestDaemon d(Only({"--config", conf}));
     EXPECT_EQ(d.Wait(), 2) << d.log();
     std::string key = line.substr(0, line.find(' '));
     EXPECT_NE(d.log().find(key), std::string::npos) << "the unknown key is not named: " << d.log();
@@ -236,35 +167,36 @@ TEST(DaemonOptions, ConfigFileWithAnUnknownKeyIsAUsageError) {
 
 TEST(DaemonOptions, VersionHelpAndBadArguments) {
   {
-    DaemonProcess d({"--version"});
+    TestDaemon d(Only({"--version"}));
     EXPECT_EQ(d.Wait(), 0);
     EXPECT_NE(d.log().find(SHMBROKER_VERSION), std::string::npos) << d.log();
   }
   {
-    DaemonProcess d({"--help"});
+    TestDaemon d(Only({"--help"}));
     EXPECT_EQ(d.Wait(), 0);
     for (const char* opt : {"--socket", "--log-level", "--max-memory", "--config", "--version"}) {
       EXPECT_NE(d.log().find(opt), std::string::npos) << opt;
     }
   }
   {
-    DaemonProcess d({"--max-memory", "lots", "--socket", "/tmp/shmbrokerd-bad.sock"});
+    TestDaemon d(Only({"--max-memory", "lots", "--socket", "/tmp/shmbrokerd-bad.sock"}));
     EXPECT_EQ(d.Wait(), 2);
     EXPECT_NE(d.log().find("--max-memory"), std::string::npos) << d.log();
   }
   // Every usage error exits 2 (not CLI11's internal codes) and names what is wrong.
   for (std::vector<std::string> args : std::vector<std::vector<std::string>>{
            {"--log-level", "loud"}, {"--bogus"}, {"extra-positional"}, {"--max-memory"}}) {
-    DaemonProcess d(args);
+    TestDaemon d(Only(args));
     EXPECT_EQ(d.Wait(), 2) << args[0] << ": " << d.log();
     EXPECT_NE(d.log().find(args[0]), std::string::npos) << d.log();
   }
   {
-    DaemonProcess d({"--socket", "/nonexistent-dir-for-shmbroker/\x01/" + std::string(120, 'x')});
+    TestDaemon d(
+        Only({"--socket", "/nonexistent-dir-for-shmbroker/\x01/" + std::string(120, 'x')}));
     EXPECT_EQ(d.Wait(), 1);
     EXPECT_NE(d.log().find("cannot start"), std::string::npos) << d.log();
   }
 }
 
 }  // namespace
-}  // namespace shmbroker
+}  // namespace shmbroker::testing

@@ -145,25 +145,16 @@ class ShmctlTest : public ::testing::Test {
 
   // A segment whose creator process was killed with SIGKILL: an orphan.
   void MakeOrphan(const std::string& name) {
-    int ready[2];
-    ASSERT_EQ(::pipe(ready), 0);
-    pid_t pid = ::fork();
-    ASSERT_GE(pid, 0);
-    if (pid == 0) {
+    testing::HoldingChild creator([&](auto ready) {
       auto c = Client::Connect({.socket_path = socket_});
-      if (!c.ok()) ::_exit(1);
+      if (!c.ok()) return 2;
       auto s = c->Create({.name = name, .shape = {4096}});
-      if (!s.ok()) ::_exit(2);
-      (void)!::write(ready[1], "x", 1);
-      ::pause();
-      ::_exit(0);
-    }
-    char x;
-    ASSERT_EQ(::read(ready[0], &x, 1), 1);
-    ::kill(pid, SIGKILL);
-    ::waitpid(pid, nullptr, 0);
-    ::close(ready[0]);
-    ::close(ready[1]);
+      if (!s.ok()) return 3;
+      ready();
+      return 0;
+    });
+    ASSERT_TRUE(creator.ready());
+    ASSERT_TRUE(creator.Kill());
     // The daemon notices the hang-up asynchronously.
     for (int i = 0; i < 500; ++i) {
       auto st = client_->Stat(name);

@@ -26,58 +26,75 @@ using namespace std::chrono_literals;
 // it. Set before main().
 [[maybe_unused]] const bool kNoMachineConfig = ::setenv("SHMBROKERD_CONFIG", "", 1) == 0;
 
-TestDaemon::TestDaemon(std::vector<std::string> extra_args) {
+TestDaemon::TestDaemon(DaemonOptions options) {
   char tmpl[] = "/tmp/shmbroker-it-XXXXXX";
   dir_ = ::mkdtemp(tmpl);
   ::chmod(dir_.c_str(), 0755);  // Reachable by children that drop to another uid.
   socket_ = dir_ + "/s.sock";
   log_path_ = dir_ + "/daemon.log";
-  std::vector<std::string> args = {SHMBROKERD_PATH, "--socket", socket_, "--log-level", "warn"};
-  args.insert(args.end(), extra_args.begin(), extra_args.end());
+  std::vector<std::string> args = {SHMBROKERD_PATH};
+  if (!options.only_args) args.insert(args.end(), {"--socket", socket_, "--log-level", "warn"});
+  args.insert(args.end(), options.args.begin(), options.args.end());
   pid_ = ::fork();
   if (pid_ == 0) {
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // No daemon outlives a crashed test.
     int fd = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    ::dup2(fd, 1);
     ::dup2(fd, 2);
+    if (options.nofile_soft != 0) {
+      struct rlimit rl {};
+      ::getrlimit(RLIMIT_NOFILE, &rl);
+      rl.rlim_cur = options.nofile_soft;
+      ::setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    for (auto& e : options.env) ::putenv(e.data());
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
     ::execv(argv[0], argv.data());
     ::_exit(127);
   }
-  bool up = Eventually(
-      [&] {
-        if (!alive()) return true;
-        return Client::Connect({.socket_path = socket_}).ok();
-      },
-      10s);
+  if (!options.wait_until_serving) return;
+  bool up =
+      Eventually([&] { return !alive() || Client::Connect({.socket_path = socket_}).ok(); }, 10s);
   EXPECT_TRUE(up && alive()) << "shmbrokerd did not start:\n" << log();
 }
 
 TestDaemon::~TestDaemon() {
-  if (pid_ > 0) {
+  if (pid_ > 0 && !exit_status_) {
     ::kill(pid_, SIGTERM);
-    int status = 0;
-    bool exited = false;
-    for (int i = 0; i < 1000 && !exited; ++i) {
-      exited = ::waitpid(pid_, &status, WNOHANG) == pid_;
-      if (!exited) std::this_thread::sleep_for(10ms);
-    }
-    if (!exited) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, &status, 0);
-      ADD_FAILURE() << "shmbrokerd did not stop on SIGTERM within 10 s";
-    }
-    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
-        << "shmbrokerd ended with status " << status << ":\n"
-        << log();
+    int status = Wait();
+    if (status == -1) ADD_FAILURE() << "shmbrokerd did not stop on SIGTERM within 10 s";
+    EXPECT_EQ(status, 0) << "shmbrokerd ended with status " << status << ":\n" << log();
   }
   std::filesystem::remove_all(dir_);
 }
 
-bool TestDaemon::alive() const {
-  int status;
-  return pid_ > 0 && ::waitpid(pid_, &status, WNOHANG) == 0;
+bool TestDaemon::alive() {
+  if (pid_ <= 0 || exit_status_) return false;
+  int status = 0;
+  if (::waitpid(pid_, &status, WNOHANG) != pid_) return true;
+  exit_status_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return false;
+}
+
+int TestDaemon::Wait(std::chrono::milliseconds limit) {
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  while (alive()) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+      exit_status_ = -1;
+      break;
+    }
+    std::this_thread::sleep_for(5ms);
+  }
+  return exit_status_.value_or(-1);
+}
+
+int TestDaemon::Terminate() {
+  if (alive()) ::kill(pid_, SIGTERM);
+  return Wait();
 }
 
 std::string TestDaemon::log() const {
@@ -85,6 +102,15 @@ std::string TestDaemon::log() const {
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
+}
+
+Result<Client> TestDaemon::ConnectWithin(const std::string& path, std::chrono::milliseconds limit) {
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  for (;;) {
+    auto c = Client::Connect({.socket_path = path, .client_name = "test"});
+    if (c.ok() || std::chrono::steady_clock::now() > deadline) return c;
+    std::this_thread::sleep_for(10ms);
+  }
 }
 
 Result<Client> TestDaemon::Connect(std::string name) const {
@@ -98,6 +124,42 @@ Client TestDaemon::MustConnect(std::string name) const {
     std::abort();
   }
   return std::move(c).value();
+}
+
+HoldingChild::HoldingChild(const std::function<int(const std::function<void()>&)>& hold, int uid) {
+  int pipefd[2];
+  if (::pipe2(pipefd, O_CLOEXEC) != 0) {
+    ADD_FAILURE() << "pipe: " << std::strerror(errno);
+    return;
+  }
+  pid_ = ::fork();
+  if (pid_ == 0) {
+    ::close(pipefd[0]);
+    if (uid >= 0 && !DropTo(uid, uid)) ::_exit(125);
+    int rc = hold([&] {
+      (void)!::write(pipefd[1], "r", 1);
+      for (;;) ::pause();  // Until killed.
+    });
+    ::_exit(rc == 0 ? 1 : rc);  // Returning at all means it never got ready.
+  }
+  ::close(pipefd[1]);
+  pollfd p{pipefd[0], POLLIN, 0};
+  char r = 0;
+  ready_ = ::poll(&p, 1, 10000) == 1 && ::read(pipefd[0], &r, 1) == 1 && r == 'r';
+  ::close(pipefd[0]);
+}
+
+HoldingChild::~HoldingChild() {
+  if (pid_ > 0) Kill();
+}
+
+bool HoldingChild::Kill() {
+  if (pid_ <= 0) return false;
+  ::kill(pid_, SIGKILL);
+  int status = 0;
+  ::waitpid(pid_, &status, 0);
+  pid_ = -1;
+  return WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
 }
 
 bool DropTo(int uid, int gid) {

@@ -2,6 +2,7 @@
 // code in a child process.
 #pragma once
 
+#include <sys/resource.h>
 #include <sys/types.h>
 
 #include <shmbroker/client.h>
@@ -16,11 +17,24 @@
 
 namespace shmbroker::testing {
 
+struct DaemonOptions {
+  // Arguments after the fixture's own "--socket DIR/s.sock --log-level warn".
+  std::vector<std::string> args;
+  // Pass only `args` (the test chooses the socket, or expects a usage error).
+  bool only_args = false;
+  std::vector<std::string> env;    // "NAME=value", added to the daemon's environment.
+  rlim_t nofile_soft = 0;          // The daemon's soft RLIMIT_NOFILE; 0: this process's.
+  bool wait_until_serving = true;  // Wait until it accepts on socket(); fail the test if not.
+};
+
+// The real shmbrokerd in a temporary directory. Its stdout and stderr go to log().
 class TestDaemon {
  public:
-  // Starts shmbrokerd (its stderr to a log file) and waits until it accepts connections.
-  explicit TestDaemon(std::vector<std::string> extra_args = {});
-  // SIGTERM, then checks the daemon exited 0 (a crash or a sanitizer report fails the test).
+  explicit TestDaemon(DaemonOptions options = {});
+  explicit TestDaemon(std::vector<std::string> extra_args)
+      : TestDaemon(DaemonOptions{.args = std::move(extra_args)}) {}
+  // If it still runs: SIGTERM, and the test fails unless it exits 0 (a crash or a sanitizer
+  // report fails it too).
   ~TestDaemon();
   TestDaemon(const TestDaemon&) = delete;
   TestDaemon& operator=(const TestDaemon&) = delete;
@@ -28,16 +42,51 @@ class TestDaemon {
   const std::string& socket() const { return socket_; }
   const std::string& dir() const { return dir_; }
   pid_t pid() const { return pid_; }
-  bool alive() const;
+  bool alive();
   std::string log() const;
+
+  // Waits for the daemon to exit and returns its status (128 + signal if killed). Still running
+  // after `limit`: it is killed and -1 returned, so that a test expecting an exit fails instead
+  // of hanging.
+  int Wait(std::chrono::milliseconds limit = std::chrono::seconds(10));
+  // SIGTERM, then Wait().
+  int Terminate();
 
   Result<Client> Connect(std::string name = "test") const;
   // Connect() that must succeed.
   Client MustConnect(std::string name = "test") const;
+  // Connects to `path` (another socket than socket()), retrying until `limit`.
+  Result<Client> ConnectWithin(const std::string& path,
+                               std::chrono::milliseconds limit = std::chrono::seconds(5));
 
  private:
   std::string dir_, socket_, log_path_;
   pid_t pid_ = -1;
+  std::optional<int> exit_status_;  // Once reaped.
+};
+
+// A child process that sets something up and then holds it until it is killed: "a client holds
+// a segment, then dies by SIGKILL". `hold(ready)` runs in the child; it calls `ready()` once
+// everything is in place (which tells the parent and never returns), or returns an exit code
+// if something failed.
+class HoldingChild {
+ public:
+  explicit HoldingChild(const std::function<int(const std::function<void()>& ready)>& hold,
+                        int uid = -1);
+  // Kills the child if it still runs.
+  ~HoldingChild();
+  HoldingChild(const HoldingChild&) = delete;
+  HoldingChild& operator=(const HoldingChild&) = delete;
+
+  // Whether the child reached ready() (within 10 s).
+  bool ready() const { return ready_; }
+  pid_t pid() const { return pid_; }
+  // SIGKILL, and reap it. True if it died of that signal.
+  bool Kill();
+
+ private:
+  pid_t pid_ = -1;
+  bool ready_ = false;
 };
 
 // Runs `fn` in a forked child (optionally after dropping to `uid`) and returns its exit code
