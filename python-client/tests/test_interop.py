@@ -1,5 +1,5 @@
 """C++ <-> Python: the same bytes, the same values, read by either side (the C++ side is
-tests/interop/interop.cc, built as shmbroker_interop)."""
+tests/interop/interop.cc at the top of the repository, built as shmbroker_interop)."""
 
 import os
 import subprocess

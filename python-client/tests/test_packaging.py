@@ -44,3 +44,28 @@ def test_star_import_shadows_no_builtin():
     code = "from shmbroker import *\nassert list(range(3)) == [0, 1, 2]\nprint(len(Client.list.__doc__) > 0)"
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
+
+
+def test_every_version_agrees():
+    # The version is written in CMakeLists.txt (project(... VERSION)) and in the Python package;
+    # everything else derives from those two, which this test keeps equal.
+    import re
+
+    import shmbroker
+    from conftest import BUILD_DIR, REPO
+
+    with open(os.path.join(REPO, "CMakeLists.txt")) as f:
+        cmake = re.search(r"project\(shmbroker VERSION ([0-9.]+)", f.read()).group(1)
+    with open(os.path.join(CLIENT_ROOT, "pyproject.toml")) as f:
+        pyproject = re.search(r'^version = "([^"]+)"', f.read(), re.M).group(1)
+    found = {
+        "CMakeLists.txt": cmake,
+        "pyproject.toml": pyproject,
+        "shmbroker.__version__": shmbroker.__version__,
+        "the running daemon": shmbroker.default_client().server.version,
+    }
+    for program in ("shmbrokerd", "shmctl"):
+        out = subprocess.run([os.path.join(BUILD_DIR, "bin", program), "--version"],
+                             capture_output=True, text=True, timeout=30).stdout
+        found[f"{program} --version"] = out.split()[-1]
+    assert set(found.values()) == {cmake}, found

@@ -4,7 +4,8 @@
 //   shmbroker_interop check NAME                      attach NAME read-only, verify the pattern
 //
 // The pattern is defined on the element index k in memory order (so the layout metadata, not
-// the fill loop, decides what Python sees); tests/interop_pattern.py is its Python twin. Big-endian
+// the fill loop, decides what Python sees); interop_pattern() in python-client/tests/sbtest.py
+// is its Python twin. Big-endian
 // dtypes are stored byte-swapped. Exit status: 0 ok, 1 mismatch, 2 usage or shmbroker error.
 #include <shmbroker/client.h>
 
