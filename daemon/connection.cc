@@ -4,21 +4,23 @@
 
 #include <spdlog/spdlog.h>
 
+#include "log.h"
+
 namespace shmbroker::daemon {
 
 // Packets handled per wake-up before yielding to other connections.
 constexpr int kPacketsPerTurn = 32;
 
 Connection::Connection(SeqPacket::socket socket, RequestHandler& handler,
-                       ConnectionManager& manager, Session session)
+                       ConnectionManager& manager, Session session, std::vector<std::byte>& buffer)
     : socket_(std::move(socket)),
       handler_(handler),
       manager_(manager),
       session_(std::move(session)),
-      // One byte more than the limit so an oversized packet shows up as truncated.
-      buffer_(wire::kMaxRequestBytes + 1) {}
+      buffer_(buffer) {}
 
 void Connection::Start() {
+  session_.sink = shared_from_this();
   handler_.Opened(session_);
   // The info line comes with the handshake, which names the client.
   spdlog::debug("client {} accepted (pid {}, uid {}, gid {})", session_.id, session_.creds.pid,
@@ -34,7 +36,7 @@ void Connection::Stop() {
   pending_.reset();
   handler_.Closed(session_);
   spdlog::log(session_.greeted ? spdlog::level::info : spdlog::level::debug,
-              "client {} disconnected ('{}', pid {})", session_.id, session_.client_name,
+              "client {} disconnected ('{}', pid {})", session_.id, Escaped(session_.client_name),
               session_.creds.pid);
 }
 
@@ -77,17 +79,32 @@ void Connection::OnReadable() {
                       : handler_.ProtocolError(session_, "clients must not send file descriptors");
         break;
     }
-    PendingReply reply;
-    if (!outcome.reply.SerializeToString(&reply.bytes)) {
-      spdlog::error("client {}: cannot serialize a reply", session_.id);
-      return Finish();
+    if (outcome.deferred) {
+      awaiting_ = true;  // Complete() goes on from here.
+      return;
     }
-    reply.outcome = std::move(outcome);
-    pending_ = std::move(reply);
-    if (!SendPending()) return;
+    if (!Reply(std::move(outcome))) return;
   }
   // Let other connections have a turn; the reactor reports us readable again at once if so.
   WaitReadable();
+}
+
+void Connection::Complete(Outcome outcome) {
+  if (stopped_ || !awaiting_) return;
+  awaiting_ = false;
+  if (Reply(std::move(outcome))) WaitReadable();
+}
+
+bool Connection::Reply(Outcome outcome) {
+  auto reply = std::make_unique<PendingReply>();
+  if (!outcome.reply.SerializeToString(&reply->bytes)) {
+    spdlog::error("client {}: cannot serialize a reply", session_.id);
+    Finish();
+    return false;
+  }
+  reply->outcome = std::move(outcome);
+  pending_ = std::move(reply);
+  return SendPending();
 }
 
 bool Connection::SendPending() {
@@ -112,6 +129,7 @@ bool Connection::SendPending() {
     return false;
   }
   if (close) {
+    wire::ShutdownForClose(socket_.native_handle(), buffer_);
     Finish();
     return false;
   }
@@ -120,17 +138,43 @@ bool Connection::SendPending() {
 
 void ConnectionManager::Start(std::shared_ptr<Connection> c) {
   connections_.insert(c);
+  ++per_uid_[c->session().creds.uid];
+  unhandshaken_.push_back(c);
   c->Start();
 }
 
 void ConnectionManager::Stop(const std::shared_ptr<Connection>& c) {
   c->Stop();
-  connections_.erase(c);
+  if (connections_.erase(c) != 0) {
+    auto it = per_uid_.find(c->session().creds.uid);
+    if (it != per_uid_.end() && --it->second == 0) per_uid_.erase(it);
+  }
 }
 
 void ConnectionManager::StopAll() {
   for (const auto& c : connections_) c->Stop();
   connections_.clear();
+  per_uid_.clear();
+  unhandshaken_.clear();
+}
+
+std::size_t ConnectionManager::CountForUid(std::uint32_t uid) const {
+  auto it = per_uid_.find(uid);
+  return it == per_uid_.end() ? 0 : it->second;
+}
+
+std::size_t ConnectionManager::CloseSilent(std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() - timeout;
+  std::size_t closed = 0;
+  while (!unhandshaken_.empty()) {
+    std::shared_ptr<Connection> c = unhandshaken_.front().lock();
+    if (c && !c->session().greeted && c->session().opened > deadline) break;
+    unhandshaken_.pop_front();
+    if (!c || c->session().greeted || connections_.count(c) == 0) continue;
+    Stop(c);
+    ++closed;
+  }
+  return closed;
 }
 
 }  // namespace shmbroker::daemon

@@ -8,20 +8,27 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include <spdlog/async.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include "common/posix.h"
 #include "common/socket_path.h"
 #include "common/units.h"
+#include "memfd.h"
+#include "resource_limits.h"
 #include "server.h"
 #include "shmbroker/version.h"
 #include "systemd.h"
-#include "validate.h"
-#include "wire.h"
 
 namespace {
 
+using namespace shmbroker;
+
 constexpr const char* kDefaultConfig = "/etc/shmbroker/shmbrokerd.conf";
+// Log lines queued for the writer thread; past that the oldest are dropped (and counted), so that
+// a stalled stderr (a journal that stopped reading) never blocks the event loop.
+constexpr std::size_t kLogQueue = 8192;
 
 // The daemon holds one or two fds per segment: take all the hard limit allows.
 void RaiseFileLimit() {
@@ -36,17 +43,38 @@ void RaiseFileLimit() {
   }
 }
 
+void StartLogging(const std::string& level) {
+  spdlog::init_thread_pool(kLogQueue, 1);
+  auto logger = spdlog::create_async_nb<spdlog::sinks::stderr_color_sink_mt>("shmbrokerd");
+  spdlog::set_default_logger(logger);
+  spdlog::set_level(spdlog::level::from_str(level));
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+}
+
+// A size option ("8G"); `what` names it in the error.
+bool ReadSize(const std::string& text, const char* what, std::uint64_t& out) {
+  auto v = ParseSize(text);
+  if (!v.ok()) {
+    std::fprintf(stderr, "shmbrokerd: %s: %s\n", what, v.status().message().c_str());
+    return false;
+  }
+  out = *v;
+  return true;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  using namespace shmbroker;
   // Before anything opens a descriptor (the config file, the notify socket, the logger): fds
   // from 3 on may be ours to adopt, and a hole in that range must stay a hole.
   std::vector<daemon::ListenFd> inherited = daemon::TakeListenFds();
   CLI::App app{"shmbrokerd: a shared-memory broker for NumPy arrays and raw segments"};
+  daemon::Limits limits;
   std::string socket;
   std::string log_level = "info";
   std::string max_memory_text = "0";
+  std::string max_memory_per_user_text = "half";
+  std::string handshake_text = "10s";
   app.add_option("--socket", socket,
                  "Socket path (default: $SHMBROKER_SOCKET, else /run/shmbroker/shmbroker.sock "
                  "as root, else $XDG_RUNTIME_DIR/shmbroker/shmbroker.sock, else "
@@ -57,6 +85,24 @@ int main(int argc, char** argv) {
   app.add_option("--max-memory", max_memory_text,
                  "Cap on the bytes all segments may hold: bytes, or 512M, 8G, 1T; 0 = no cap "
                  "beyond the machine's")
+      ->capture_default_str();
+  app.add_option("--max-memory-per-user", max_memory_per_user_text,
+                 "Cap on the bytes one user's segments may hold (root is exempt): a size, 0 = no "
+                 "cap, or 'half' (the default): half of the machine's memory");
+  app.add_option("--max-segments-per-user", limits.max_segments_per_user,
+                 "Cap on one user's segments (root is exempt); 0 = no cap")
+      ->capture_default_str();
+  app.add_option("--max-connections", limits.max_connections,
+                 "Clients at once, all users together (root is exempt); default: a quarter of "
+                 "the file limit, at most 4096");
+  app.add_option("--max-connections-per-user", limits.max_connections_per_user,
+                 "Clients of one user at once (root is exempt)")
+      ->capture_default_str();
+  app.add_option("--max-attachments-per-connection", limits.max_attachments_per_connection,
+                 "Attachments one connection may hold")
+      ->capture_default_str();
+  app.add_option("--handshake-timeout", handshake_text,
+                 "How long a new connection may take to say hello: 500ms, 10s, 1m")
       ->capture_default_str();
   // Read when present and no --config is given: where a packaged service keeps its settings.
   const char* env_config = std::getenv("SHMBROKERD_CONFIG");
@@ -76,7 +122,7 @@ int main(int argc, char** argv) {
     // CLI11 says "INI was not able to parse KEY": say which file and what it may hold.
     std::fprintf(stderr,
                  "shmbrokerd: %s: %s (unknown key? the file takes the long options without "
-                 "dashes: socket, log-level, max-memory)\n",
+                 "dashes, e.g. max-memory = \"8G\"; see --help)\n",
                  app.get_option("--config")->as<std::string>().c_str(), e.what());
     return 2;
   } catch (const CLI::ParseError& e) {
@@ -84,41 +130,67 @@ int main(int argc, char** argv) {
     return 2;     // Every usage error, whatever CLI11's own code for it.
   }
 
-  auto max_memory = ParseSize(max_memory_text);
-  if (!max_memory.ok()) {
-    std::fprintf(stderr, "shmbrokerd: --max-memory: %s\n", max_memory.status().message().c_str());
+  if (!ReadSize(max_memory_text, "--max-memory", limits.max_memory)) return 2;
+  if (max_memory_per_user_text == "half") {
+    limits.max_memory_per_user = daemon::PhysicalMemory() / 2;
+  } else if (!ReadSize(max_memory_per_user_text, "--max-memory-per-user",
+                       limits.max_memory_per_user)) {
+    return 2;
+  }
+  // Milliseconds are for tests and impatient operators; the usual units otherwise.
+  if (handshake_text.size() > 2 && handshake_text.ends_with("ms")) {
+    auto ms = ParseUint(std::string_view(handshake_text).substr(0, handshake_text.size() - 2));
+    if (!ms || *ms == 0) {
+      std::fprintf(stderr, "shmbrokerd: --handshake-timeout: '%s' is not a duration\n",
+                   handshake_text.c_str());
+      return 2;
+    }
+    limits.handshake_timeout = std::chrono::milliseconds(*ms);
+  } else if (auto d = ParseDuration(handshake_text); d && d->count() > 0) {
+    limits.handshake_timeout = *d;
+  } else {
+    std::fprintf(stderr,
+                 "shmbrokerd: --handshake-timeout: '%s' is not a duration like 500ms, 10s, 1m\n",
+                 handshake_text.c_str());
+    return 2;
+  }
+  if (limits.max_attachments_per_connection == 0 || limits.max_connections_per_user == 0) {
+    std::fprintf(stderr,
+                 "shmbrokerd: --max-attachments-per-connection and --max-connections-per-user "
+                 "must be at least 1\n");
     return 2;
   }
 
-  auto logger = spdlog::stderr_color_mt("shmbrokerd");
-  spdlog::set_default_logger(logger);
-  spdlog::set_level(spdlog::level::from_str(log_level));
-  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
-
+  StartLogging(log_level);
   ::signal(SIGPIPE, SIG_IGN);
   RaiseFileLimit();
 
+  int rc = 0;
   try {
     asio::io_context io(1);
-    daemon::Server server(io, {.socket_path = ResolveSocketPath(socket),
-                               .max_memory = *max_memory,
+    daemon::Server server(io, {.socket_path = ResolveDaemonSocketPath(socket),
+                               .limits = limits,
                                .version = SHMBROKER_VERSION,
                                .notifier = daemon::Notifier::FromEnvironment(),
                                .inherited = std::move(inherited)});
     if (Status s = server.Start(); !s.ok()) {
       spdlog::critical("cannot start: {}", s.message());
-      return 1;
+      rc = 1;
+    } else {
+      if (const CLI::Option* config = app.get_option("--config"); config->count() > 0) {
+        spdlog::info("configuration read from {}", config->as<std::string>());
+      }
+      spdlog::info("shmbrokerd {} listening on {} (max memory: {}, per user: {})",
+                   SHMBROKER_VERSION, server.socket_path(),
+                   limits.max_memory == 0 ? std::string("no cap") : HumanBytes(limits.max_memory),
+                   limits.max_memory_per_user == 0 ? std::string("no cap")
+                                                   : HumanBytes(limits.max_memory_per_user));
+      io.run();
     }
-    if (const CLI::Option* config = app.get_option("--config"); config->count() > 0) {
-      spdlog::info("configuration read from {}", config->as<std::string>());
-    }
-    spdlog::info("shmbrokerd {} listening on {} (max memory: {})", SHMBROKER_VERSION,
-                 server.socket_path(),
-                 *max_memory == 0 ? std::string("no cap") : HumanBytes(*max_memory));
-    io.run();
   } catch (const std::exception& e) {
     spdlog::critical("fatal: {}", e.what());
-    return 1;
+    rc = 1;
   }
-  return 0;
+  spdlog::shutdown();  // Writes out what is queued.
+  return rc;
 }

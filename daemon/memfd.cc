@@ -87,6 +87,11 @@ Result<UniqueFd> ReopenReadOnly(int fd) {
   return ro;
 }
 
+std::uint64_t PhysicalMemory() {
+  std::uint64_t kib = ReadMeminfoKiB(Slurp("/proc/meminfo"), "MemTotal:");
+  return kib != 0 ? kib * 1024 : std::uint64_t{1} << 32;  // Unknowable: assume 4 GiB.
+}
+
 std::uint64_t AvailableMemory() {
   std::string meminfo = Slurp("/proc/meminfo");
   // Unknowable (e.g. /proc hidden by a sandbox): let fallocate decide.

@@ -25,4 +25,7 @@ Result<UniqueFd> ReopenReadOnly(int fd);
 // the OOM killer (fallocate on memfd has no size limit of its own).
 std::uint64_t AvailableMemory();
 
+// The machine's physical memory (MemTotal), for defaults such as --max-memory-per-user.
+std::uint64_t PhysicalMemory();
+
 }  // namespace shmbroker::daemon

@@ -8,6 +8,7 @@
 #include <chrono>
 
 #include "common/posix.h"
+#include "common/units.h"
 #include "validate.h"
 
 namespace shmbroker::daemon {
@@ -49,11 +50,49 @@ Result<std::uint64_t> Registry::CheckNew(const SegmentSpec& spec) const {
   return nbytes;
 }
 
+Status Registry::CheckQuota(std::uint32_t uid, const std::string& name, std::uint64_t size) const {
+  if (uid == 0) return Status::Ok();
+  Usage u = UsageOf(uid);
+  if (options_.max_segments_per_user != 0 && u.segments + 1 > options_.max_segments_per_user) {
+    return Status::ResourceExhausted("creating " + Quoted(name) + ": uid " + std::to_string(uid) +
+                                     " holds " + std::to_string(u.segments) +
+                                     " segments, its --max-segments-per-user " +
+                                     std::to_string(options_.max_segments_per_user));
+  }
+  if (options_.max_memory_per_user != 0 &&
+      (size > options_.max_memory_per_user || u.bytes > options_.max_memory_per_user - size)) {
+    return Status::ResourceExhausted("creating " + Quoted(name) + " needs " + HumanBytes(size) +
+                                     "; uid " + std::to_string(uid) + " holds " +
+                                     HumanBytes(u.bytes) + " of its --max-memory-per-user " +
+                                     HumanBytes(options_.max_memory_per_user));
+  }
+  return Status::Ok();
+}
+
+Registry::Usage Registry::UsageOf(std::uint32_t uid) const {
+  auto it = usage_.find(uid);
+  return it == usage_.end() ? Usage{} : it->second;
+}
+
+void Registry::Charge(const SegmentEntry& s) {
+  Usage& u = usage_[s.uid()];
+  u.bytes += s.nbytes();
+  ++u.segments;
+}
+
+void Registry::Uncharge(const SegmentEntry& s) {
+  auto it = usage_.find(s.uid());
+  if (it == usage_.end()) return;
+  it->second.bytes -= std::min(it->second.bytes, s.nbytes());
+  if (--it->second.segments == 0) usage_.erase(it);
+}
+
 Result<std::shared_ptr<SegmentEntry>> Registry::Create(SegmentSpec spec, const Credentials& creds,
                                                        std::uint64_t connection) {
   auto nbytes = CheckNew(spec);
   if (!nbytes.ok()) return nbytes.status();
   std::uint64_t size = *nbytes;
+  if (Status s = CheckQuota(creds.uid, spec.name, size); !s.ok()) return s;
   if (options_.max_memory != 0 &&
       size > options_.max_memory - std::min(bytes_held_, options_.max_memory)) {
     return Status::ResourceExhausted("creating " + Quoted(spec.name) + " needs " +
@@ -79,11 +118,14 @@ Result<std::shared_ptr<SegmentEntry>> Registry::Create(SegmentSpec spec, const C
                                 " bytes): " + s.message());
   }
   std::string name = spec.name;
-  auto seg = std::make_shared<SegmentEntry>(next_id_++, std::move(spec), size, creds, connection,
-                                            std::move(fd).value());
+  std::uint64_t id = next_id_++;
+  auto seg =
+      std::make_shared<SegmentEntry>(id, std::move(spec), size, creds, connection,
+                                     std::make_shared<Region>(id, std::move(fd).value(), size));
   segments_.emplace(std::move(name), seg);
   bytes_held_ += size;
   unchecked_bytes_ += size;
+  Charge(*seg);
   if (options_.on_created) options_.on_created(*seg);
   return seg;
 }
@@ -105,7 +147,9 @@ Status Registry::Restore(std::uint64_t id, SegmentSpec spec, const Credentials& 
   }
   std::string name = spec.name;
   auto seg = std::make_shared<SegmentEntry>(id, std::move(spec), *nbytes, owner, /*connection=*/0,
-                                            std::move(fd), created_unix_ns);
+                                            std::make_shared<Region>(id, std::move(fd), *nbytes),
+                                            created_unix_ns);
+  Charge(*seg);
   segments_.emplace(std::move(name), std::move(seg));
   bytes_held_ += *nbytes;
   next_id_ = std::max(next_id_, id + 1);
@@ -149,6 +193,7 @@ Status Registry::Unlink(std::string_view name, const Credentials& creds) {
                                     std::to_string(creds.uid));
   }
   bytes_held_ -= s.nbytes();
+  Uncharge(s);
   if (options_.on_removed) options_.on_removed(s);
   segments_.erase(it);
   return Status::Ok();
@@ -242,6 +287,7 @@ Result<PurgeReport> Registry::Purge(const PurgeSelector& sel, const Credentials&
       ++it;
     } else {
       bytes_held_ -= s.nbytes();
+      Uncharge(s);
       if (options_.on_removed) options_.on_removed(s);
       it = segments_.erase(it);
     }

@@ -13,6 +13,7 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "credentials.h"
@@ -45,6 +46,9 @@ struct PurgeReport {
 
 struct RegistryOptions {
   std::uint64_t max_memory = 0;  // 0: no cap beyond the machine's.
+  // Per owner uid (root exempt); 0: no cap.
+  std::uint64_t max_memory_per_user = 0;
+  std::uint64_t max_segments_per_user = 0;
   // Seams for tests (fault injection without flags in production code).
   std::function<std::uint64_t()> available_memory = AvailableMemory;
   std::function<Result<UniqueFd>(const std::string&, std::uint64_t)> make_memfd =
@@ -101,6 +105,13 @@ class Registry {
 
   static bool Allowed(const SegmentEntry& s, Access access, const Credentials& creds);
 
+  // What a user's segments take (root's too, though no cap applies to root).
+  struct Usage {
+    std::uint64_t bytes = 0;
+    std::uint64_t segments = 0;
+  };
+  Usage UsageOf(std::uint32_t uid) const;
+
   std::size_t size() const { return segments_.size(); }
   std::uint64_t bytes_held() const { return bytes_held_; }
   std::uint64_t max_memory() const { return options_.max_memory; }
@@ -108,10 +119,15 @@ class Registry {
  private:
   // Validates a spec for a new segment (and that its name is free); returns its size in bytes.
   Result<std::uint64_t> CheckNew(const SegmentSpec& spec) const;
+  // RESOURCE_EXHAUSTED when `size` more bytes in one more segment would take `uid` over a quota.
+  Status CheckQuota(std::uint32_t uid, const std::string& name, std::uint64_t size) const;
+  void Charge(const SegmentEntry& s);
+  void Uncharge(const SegmentEntry& s);
 
   RegistryOptions options_;
   std::map<std::string, std::shared_ptr<SegmentEntry>, std::less<>> segments_;
   std::set<std::uint64_t> open_connections_;
+  std::unordered_map<std::uint32_t, Usage> usage_;
   std::uint64_t bytes_held_ = 0;
   std::uint64_t unchecked_bytes_ = 0;  // Created since the machine's memory was last checked.
   std::uint64_t next_id_ = 1;

@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 
 #include "common/units.h"
+#include "log.h"
 #include "validate.h"
 #include "wire_convert.h"
 
@@ -26,11 +27,12 @@ constexpr std::size_t kListPageBytes = wire::kMaxReplyBytes / 2;
 
 }  // namespace
 
-RequestHandler::RequestHandler(Registry& registry, DaemonInfo info)
-    : registry_(registry), info_(std::move(info)) {}
+RequestHandler::RequestHandler(Registry& registry, DaemonInfo info, Limits limits, FdBudget* fds)
+    : registry_(registry), info_(std::move(info)), limits_(limits), fds_(fds) {}
 
 void RequestHandler::Opened(Session& session) {
   ++clients_;
+  if (fds_ != nullptr) fds_->ConnectionOpened();
   sessions_.emplace(session.id, &session);
   registry_.ConnectionOpened(session.id);
 }
@@ -43,6 +45,7 @@ void RequestHandler::Closed(Session& session) {
   session.regions_sent.clear();
   registry_.ConnectionClosed(session.id);
   sessions_.erase(session.id);
+  if (fds_ != nullptr) fds_->ConnectionClosed();
   --clients_;
 }
 
@@ -55,8 +58,9 @@ Outcome RequestHandler::Error(const Status& status) {
 }
 
 Outcome RequestHandler::ProtocolError(Session& session, const std::string& why) {
-  spdlog::warn("client {} (pid {}, uid {}): protocol error: {}; closing its connection", session.id,
-               session.creds.pid, session.creds.uid, why);
+  Throttled(protocol_errors_, spdlog::level::warn,
+            "client {} (pid {}, uid {}): protocol error: {}; closing its connection", session.id,
+            session.creds.pid, session.creds.uid, why);
   Outcome out = Error(Status::ProtocolError(why));
   out.close_connection = true;
   return out;
@@ -122,7 +126,8 @@ Outcome RequestHandler::Hello(Session& session, const wire::Hello& hello) {
   session.greeted = true;
   session.client_name = hello.client_name().substr(0, kMaxClientNameBytes);
   spdlog::info("client {} connected: '{}' (pid {}, uid {}, gid {})", session.id,
-               session.client_name, session.creds.pid, session.creds.uid, session.creds.gid);
+               Escaped(session.client_name), session.creds.pid, session.creds.uid,
+               session.creds.gid);
   Outcome out;
   auto* r = out.reply.mutable_hello();
   r->set_protocol_version(wire::PROTOCOL_VERSION_CURRENT);
@@ -165,11 +170,11 @@ void RequestHandler::FillHolders(const SegmentEntry& s, wire::SegmentInfo* info)
 
 Outcome RequestHandler::AttachReply(Session& session, std::shared_ptr<SegmentEntry> segment,
                                     Access access) {
-  std::uint64_t region = segment->RegionId(access);
+  std::uint64_t region = segment->region()->WireId(access);
   bool send_fd = segment->nbytes() > 0 && session.regions_sent.count(region) == 0;
   Outcome out;
   if (send_fd) {
-    auto fd = segment->Fd(access);
+    auto fd = segment->region()->Fd(access);
     if (!fd.ok()) return Error(fd.status());
     out.fds.push_back(*fd);
     session.regions_sent.insert(region);
@@ -192,9 +197,22 @@ Outcome RequestHandler::AttachReply(Session& session, std::shared_ptr<SegmentEnt
   return out;
 }
 
+Status RequestHandler::MayAttach(const Session& session) const {
+  if (session.attachments.size() < limits_.max_attachments_per_connection) return Status::Ok();
+  return Status::ResourceExhausted(
+      "this connection holds " + std::to_string(session.attachments.size()) +
+      " attachments, the most one connection may (--max-attachments-per-connection " +
+      std::to_string(limits_.max_attachments_per_connection) + "); release some first");
+}
+
 Outcome RequestHandler::Create(Session& session, const wire::CreateRequest& req) {
   auto spec = SpecFromCreate(req);
   if (!spec.ok()) return Error(spec.status());
+  if (Status s = MayAttach(session); !s.ok()) return Error(s);
+  // Its memfd, and later a read-only one.
+  if (fds_ != nullptr) {
+    if (Status s = fds_->MayOpen(session.creds.uid, 2); !s.ok()) return Error(s);
+  }
   auto seg = registry_.Create(std::move(spec).value(), session.creds, session.id);
   if (!seg.ok()) {
     if (seg.status().code() == Code::kResourceExhausted || seg.status().code() == Code::kInternal) {
@@ -211,6 +229,7 @@ Outcome RequestHandler::Create(Session& session, const wire::CreateRequest& req)
 Outcome RequestHandler::Attach(Session& session, const wire::AttachRequest& req) {
   auto access = AccessFromWire(req.access());
   if (!access.ok()) return Error(access.status());
+  if (Status s = MayAttach(session); !s.ok()) return Error(s);
   auto seg = registry_.Open(req.name(), *access, session.creds);
   if (!seg.ok()) return Error(seg.status());
   return AttachReply(session, std::move(seg).value(), *access);

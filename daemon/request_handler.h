@@ -11,7 +11,10 @@
 #include <unordered_set>
 #include <vector>
 
+#include "fd_budget.h"
+#include "log.h"
 #include "registry.h"
+#include "resource_limits.h"
 #include "session.h"
 #include "shmbroker.pb.h"
 
@@ -25,7 +28,8 @@ struct DaemonInfo {
 
 class RequestHandler {
  public:
-  RequestHandler(Registry& registry, DaemonInfo info);
+  // `fds` (may be null in tests): the daemon's descriptor budget, checked before creates.
+  RequestHandler(Registry& registry, DaemonInfo info, Limits limits = {}, FdBudget* fds = nullptr);
 
   void Opened(Session& session);
   // Releases everything the connection held.
@@ -37,6 +41,7 @@ class RequestHandler {
   Outcome ProtocolError(Session& session, const std::string& why);
 
   Registry& registry() { return registry_; }
+  const Limits& limits() const { return limits_; }
   void set_socket_path(std::string path) { info_.socket_path = std::move(path); }
   std::uint32_t clients() const { return clients_; }
 
@@ -55,6 +60,8 @@ class RequestHandler {
   // An attachment of `segment` for `session`, with the region fd when the connection needs it.
   Outcome AttachReply(Session& session, std::shared_ptr<SegmentEntry> segment, Access access);
   Outcome Error(const Status& status);
+  // RESOURCE_EXHAUSTED when the connection holds all the attachments it may.
+  Status MayAttach(const Session& session) const;
   void FillInfo(const SegmentEntry& s, wire::SegmentInfo* info) const;
 
   // The holders of `s` (connections with attachments), for stat.
@@ -62,6 +69,10 @@ class RequestHandler {
 
   Registry& registry_;
   DaemonInfo info_;
+  Limits limits_;
+  FdBudget* fds_;
+  // A flood of bad packets (one per connection) costs a bounded number of log lines.
+  Throttle protocol_errors_{20, std::chrono::seconds(1)};
   std::uint32_t clients_ = 0;
   std::unordered_map<std::uint64_t, const Session*> sessions_;  // Open ones, by id.
   std::array<std::uint64_t, wire::Request::kPurge + 1> requests_{};

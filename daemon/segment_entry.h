@@ -5,11 +5,12 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
-#include "common/unique_fd.h"
 #include "credentials.h"
+#include "region.h"
 #include "shmbroker/status.h"
 #include "shmbroker/types.h"
 
@@ -24,13 +25,14 @@ struct SegmentSpec {
   std::map<std::string, std::string> attrs;
 };
 
-// One named segment. The descriptors close when the last reference goes: the registry drops its
-// reference at unlink, attachments and replies in flight hold theirs.
+// One named segment: `nbytes` at offset 0 of its region. The registry drops its reference at
+// unlink; attachments and replies in flight hold theirs.
 class SegmentEntry {
  public:
   // `created_unix_ns` 0 means now.
   SegmentEntry(std::uint64_t id, SegmentSpec spec, std::uint64_t nbytes, const Credentials& owner,
-               std::uint64_t creator_connection, UniqueFd fd, std::int64_t created_unix_ns = 0);
+               std::uint64_t creator_connection, std::shared_ptr<Region> region,
+               std::int64_t created_unix_ns = 0);
 
   std::uint64_t id() const { return id_; }
   const SegmentSpec& spec() const { return spec_; }
@@ -50,14 +52,10 @@ class SegmentEntry {
   };
   const std::vector<Holding>& holders() const { return holders_; }
 
-  // Region ids name (memory, access) pairs: a read-only and a read-write region per segment.
-  std::uint64_t RegionId(Access access) const { return id_ * 2 + (access == Access::kReadWrite); }
-
+  const std::shared_ptr<Region>& region() const { return region_; }
+  std::uint64_t offset() const { return 0; }
   // The read-write memfd (the daemon's own reference to the memory).
-  int memfd() const { return rw_fd_.get(); }
-
-  // The descriptor to hand out for `access` (the read-only one is opened on first use).
-  Result<int> Fd(Access access);
+  int memfd() const { return region_->memfd(); }
 
  private:
   friend class Registry;
@@ -70,8 +68,7 @@ class SegmentEntry {
   std::uint32_t attachments_ = 0;
   // Few connections hold a given segment: a small vector beats a map in size and speed.
   std::vector<Holding> holders_;
-  UniqueFd rw_fd_;
-  UniqueFd ro_fd_;
+  std::shared_ptr<Region> region_;
 };
 
 }  // namespace shmbroker::daemon

@@ -1,5 +1,8 @@
 #include "server.h"
 
+#include <fcntl.h>
+#include <sys/socket.h>
+
 #include <spdlog/spdlog.h>
 
 #include "common/posix.h"
@@ -8,11 +11,24 @@
 
 namespace shmbroker::daemon {
 
+namespace {
+
+// The default of --max-connections: a quarter of the file limit, at most 4096.
+std::uint32_t DefaultMaxConnections(const FdBudget& fds) {
+  return static_cast<std::uint32_t>(std::min<std::uint64_t>(4096, fds.limit() / 4));
+}
+
+UniqueFd OpenSpare() { return UniqueFd(::open("/dev/null", O_RDONLY | O_CLOEXEC)); }
+
+}  // namespace
+
 Server::Server(asio::io_context& io, ServerOptions options)
     : io_(io),
       options_(std::move(options)),
       service_(io, std::move(options_.notifier)),
-      registry_(RegistryOptions{.max_memory = options_.max_memory,
+      registry_(RegistryOptions{.max_memory = options_.limits.max_memory,
+                                .max_memory_per_user = options_.limits.max_memory_per_user,
+                                .max_segments_per_user = options_.limits.max_segments_per_user,
                                 .on_created =
                                     [this](const SegmentEntry& s) {
                                       if (FdStore* store = service_.fd_store()) store->Added(s);
@@ -21,10 +37,18 @@ Server::Server(asio::io_context& io, ServerOptions options)
                                     [this](const SegmentEntry& s) {
                                       if (FdStore* store = service_.fd_store()) store->Removed(s);
                                     }}),
-      handler_(registry_, DaemonInfo{options_.version, options_.socket_path, NowUnixNs()}),
+      handler_(registry_, DaemonInfo{options_.version, options_.socket_path, NowUnixNs()},
+               options_.limits, &fds_),
+      buffer_(wire::kMaxRequestBytes + 1),  // One more: an oversized packet shows as truncated.
       acceptor_(io),
       retry_timer_(io),
-      signals_(io, SIGINT, SIGTERM) {}
+      sweep_timer_(io),
+      signals_(io, SIGINT, SIGTERM),
+      spare_(OpenSpare()) {
+  if (options_.limits.max_connections == 0) {
+    options_.limits.max_connections = DefaultMaxConnections(fds_);
+  }
+}
 
 Server::~Server() { Stop(); }
 
@@ -77,8 +101,70 @@ Status Server::Start() {
     Stop();
     io_.stop();
   });
+  Sweep();
   service_.Ready([this] { return StatusLine(); });
   return Status::Ok();
+}
+
+void Server::Sweep() {
+  std::size_t closed = connections_.CloseSilent(options_.limits.handshake_timeout);
+  if (closed > 0) {
+    Throttled(refusals_, spdlog::level::warn,
+              "closed {} connection{} that did not say hello within {} ms", closed,
+              closed == 1 ? "" : "s", options_.limits.handshake_timeout.count());
+  }
+  sweep_timer_.expires_after(std::chrono::seconds(1));
+  sweep_timer_.async_wait([this](const asio::error_code& ec) {
+    if (!ec) Sweep();
+  });
+}
+
+Status Server::Admit(const Credentials& creds) const {
+  const Limits& l = options_.limits;
+  if (creds.uid != 0) {
+    if (connections_.size() >= l.max_connections) {
+      return Status::ResourceExhausted("the daemon serves " + std::to_string(connections_.size()) +
+                                       " clients already (--max-connections " +
+                                       std::to_string(l.max_connections) + ")");
+    }
+    std::size_t mine = connections_.CountForUid(creds.uid);
+    if (mine >= l.max_connections_per_user) {
+      return Status::ResourceExhausted("uid " + std::to_string(creds.uid) + " has " +
+                                       std::to_string(mine) +
+                                       " connections already (--max-connections-per-user " +
+                                       std::to_string(l.max_connections_per_user) + ")");
+    }
+  }
+  if (!fds_.MayAccept(creds.uid)) {
+    return Status::ResourceExhausted("the daemon is near its limit of open files (" +
+                                     std::to_string(fds_.in_use()) + " of " +
+                                     std::to_string(fds_.limit()) + " in use)");
+  }
+  return Status::Ok();
+}
+
+void Server::Refuse(int fd, const Credentials& creds, const Status& why) {
+  wire::Reply reply;
+  reply.set_code(static_cast<wire::Code>(why.code()));
+  reply.set_message(why.message());
+  std::string bytes = reply.SerializeAsString();
+  // Non-blocking: a client that does not read gets its connection closed all the same.
+  (void)wire::SendPacket(fd, std::as_bytes(std::span(bytes)), {}, /*nonblocking=*/true);
+  wire::ShutdownForClose(fd, buffer_);
+  Throttled(refusals_, spdlog::level::warn, "refused a connection of uid {} pid {}: {}", creds.uid,
+            creds.pid, why.message());
+}
+
+void Server::AcceptWithSpare() {
+  spare_.reset();
+  UniqueFd fd(::accept4(acceptor_.native_handle(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+  if (fd) {
+    Credentials creds = PeerCredentials(fd.get());
+    Refuse(fd.get(), creds,
+           Status::ResourceExhausted("the daemon has no file descriptor left for a connection"));
+  }
+  fd.reset();
+  spare_ = OpenSpare();
 }
 
 std::string Server::StatusLine() const {
@@ -89,10 +175,15 @@ std::string Server::StatusLine() const {
 void Server::Accept() {
   acceptor_.async_accept([this](const asio::error_code& ec, SeqPacket::socket socket) {
     if (!acceptor_.is_open()) return;
+    if (ec == asio::error::no_descriptors && spare_) {
+      // Never stall with clients queued: take them one by one on the spare and refuse them.
+      AcceptWithSpare();
+      return Accept();
+    }
     if (ec) {
       if (ec == asio::error::operation_aborted) return;
-      // EMFILE and friends: back off instead of spinning on a listener that stays readable.
-      spdlog::warn("accept: {}", ec.message());
+      // Back off instead of spinning on a listener that stays readable.
+      Throttled(refusals_, spdlog::level::warn, "accept: {}", ec.message());
       retry_timer_.expires_after(std::chrono::milliseconds(100));
       retry_timer_.async_wait([this](const asio::error_code& e) {
         if (!e) Accept();
@@ -104,8 +195,13 @@ void Server::Accept() {
     Session session;
     session.id = next_session_id_++;
     session.creds = PeerCredentials(socket.native_handle());
+    if (Status s = Admit(session.creds); !s.ok()) {
+      Refuse(socket.native_handle(), session.creds, s);
+      socket.close(ignored);
+      return Accept();
+    }
     connections_.Start(std::make_shared<Connection>(std::move(socket), handler_, connections_,
-                                                    std::move(session)));
+                                                    std::move(session), buffer_));
     Accept();
   });
 }
@@ -126,6 +222,7 @@ void Server::Stop() {
   signals_.cancel(ignored);
   acceptor_.close(ignored);
   retry_timer_.cancel();
+  sweep_timer_.cancel();
   connections_.StopAll();
   listener_.reset();  // Removes the socket file if it is still ours.
 }

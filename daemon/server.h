@@ -10,10 +10,14 @@
 #include <string>
 #include <vector>
 
+#include "common/unique_fd.h"
 #include "connection.h"
+#include "fd_budget.h"
 #include "listener.h"
+#include "log.h"
 #include "registry.h"
 #include "request_handler.h"
+#include "resource_limits.h"
 #include "service_manager.h"
 #include "systemd.h"
 
@@ -21,7 +25,7 @@ namespace shmbroker::daemon {
 
 struct ServerOptions {
   std::string socket_path;  // Used when no listening socket is inherited.
-  std::uint64_t max_memory = 0;
+  Limits limits;
   std::string version;
   std::unique_ptr<Notifier> notifier;  // Null outside systemd.
   std::vector<ListenFd> inherited;     // $LISTEN_FDS: a listening socket and/or stored segments.
@@ -45,19 +49,31 @@ class Server {
 
  private:
   void Accept();
+  // Out of descriptors: accept on the spare one, refuse politely, and keep going.
+  void AcceptWithSpare();
+  // OK when a connection of `creds` may be taken now; why not otherwise.
+  Status Admit(const Credentials& creds) const;
+  // Sends `why` as the reply to the hello the client sends first, then closes.
+  void Refuse(int fd, const Credentials& creds, const Status& why);
+  void Sweep();  // Once a second: connections that never said hello.
   void RestoreStored();
   std::string StatusLine() const;
 
   asio::io_context& io_;
   ServerOptions options_;
+  FdBudget fds_;
   ServiceManager service_;
   Registry registry_;
   RequestHandler handler_;
   ConnectionManager connections_;
+  std::vector<std::byte> buffer_;  // Every connection's receive buffer: one thread reads.
   std::optional<Listener> listener_;
   asio::basic_socket_acceptor<SeqPacket> acceptor_;
   asio::steady_timer retry_timer_;
+  asio::steady_timer sweep_timer_;
   asio::signal_set signals_;
+  UniqueFd spare_;  // Closed to accept one more when out of descriptors.
+  Throttle refusals_{10, std::chrono::seconds(1)};
   bool stopped_ = false;
   std::uint64_t next_session_id_ = 1;
 };

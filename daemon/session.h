@@ -1,7 +1,8 @@
-// Per-connection state (Session) and a reply ready to send (Outcome): what passes between a
-// Connection and the RequestHandler.
+// Per-connection state (Session), a reply ready to send (Outcome), and where a reply goes that the
+// handler gives later (ReplySink): what passes between a Connection and the RequestHandler.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -15,12 +16,25 @@
 
 namespace shmbroker::daemon {
 
+struct Outcome;
+
+// The Connection's end of a deferred reply.
+class ReplySink {
+ public:
+  virtual ~ReplySink() = default;
+  // The reply to the request the handler deferred: called once, on the event loop. Until then the
+  // connection reads nothing more, so replies keep the order of their requests.
+  virtual void Complete(Outcome outcome) = 0;
+};
+
 // What the daemon knows about one client connection.
 struct Session {
   std::uint64_t id = 0;
   Credentials creds;
   std::string client_name;
   bool greeted = false;
+  std::chrono::steady_clock::time_point opened = std::chrono::steady_clock::now();
+  std::weak_ptr<ReplySink> sink;  // Where a deferred reply goes.
 
   struct Attachment {
     std::shared_ptr<SegmentEntry> segment;
@@ -38,6 +52,14 @@ struct Outcome {
   std::vector<int> fds;
   std::shared_ptr<SegmentEntry> keep_alive;
   bool close_connection = false;  // After sending: protocol errors end the connection.
+  // No reply yet: the handler completes it later through the session's sink.
+  bool deferred = false;
+
+  static Outcome Deferred() {
+    Outcome o;
+    o.deferred = true;
+    return o;
+  }
 };
 
 }  // namespace shmbroker::daemon

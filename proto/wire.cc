@@ -69,4 +69,10 @@ int SendPacket(int sock, std::span<const std::byte> data, std::span<const int> f
   return 0;
 }
 
+void ShutdownForClose(int sock, std::span<std::byte> scratch) {
+  ::shutdown(sock, SHUT_RD);
+  while (RecvPacket(sock, scratch, /*nonblocking=*/true).status == RecvStatus::kOk) {
+  }
+}
+
 }  // namespace shmbroker::wire

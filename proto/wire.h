@@ -42,4 +42,9 @@ RecvResult RecvPacket(int sock, std::span<std::byte> buffer, bool nonblocking);
 int SendPacket(int sock, std::span<const std::byte> data, std::span<const int> fds,
                bool nonblocking);
 
+// Prepares a socket for closing after a last reply (a refusal, a protocol error) so that the peer
+// reads that reply instead of ECONNRESET: stops receiving (the peer's next send fails with EPIPE)
+// and discards what it had sent, since closing with unread data resets the connection.
+void ShutdownForClose(int sock, std::span<std::byte> scratch);
+
 }  // namespace shmbroker::wire

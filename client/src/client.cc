@@ -60,6 +60,16 @@ Result<wire::Reply> ClientCore::CallLocked(const wire::Request& request,
                                    std::to_string(wire::kMaxRequestBytes));
   }
   if (int err = wire::SendPacket(sock_.get(), std::as_bytes(std::span(bytes)), {}, false)) {
+    // A daemon that refuses a connection (too many, no descriptors left) says why and closes,
+    // maybe before our first request left: its reason is then waiting to be read.
+    wire::RecvResult early = wire::RecvPacket(sock_.get(), buffer_, /*nonblocking=*/true);
+    wire::Reply why;
+    if (early.status == wire::RecvStatus::kOk &&
+        why.ParseFromArray(buffer_.data(), static_cast<int>(early.size)) && why.code() != wire::OK &&
+        why.code() <= kMaxCode) {
+      broken_ = true;
+      return Status(static_cast<Code>(why.code()), why.message());
+    }
     return Broken(std::string("cannot send to the daemon: ") + std::strerror(err));
   }
   wire::RecvResult r = wire::RecvPacket(sock_.get(), buffer_, /*nonblocking=*/false);

@@ -17,6 +17,7 @@ import collections
 import errno
 import os
 import socket as _socket
+import stat
 import weakref
 
 import numpy as np
@@ -52,22 +53,33 @@ _SOL_SOCKET = int(_socket.SOL_SOCKET)
 _SCM_RIGHTS = int(_socket.SCM_RIGHTS)
 
 
+SYSTEM_SOCKET = "/run/shmbroker/shmbroker.sock"  # the system service's (shmbroker.socket)
+
+
 def resolve_socket_path(socket=None):
-    """The daemon's socket path, resolved as by every shmbroker program: ``socket`` if given,
-    else $SHMBROKER_SOCKET, else /run/shmbroker/shmbroker.sock for root, else
-    $XDG_RUNTIME_DIR/shmbroker/shmbroker.sock, else /tmp/shmbroker-$UID/shmbroker.sock."""
+    """The daemon's socket path, resolved as by every shmbroker client: ``socket`` if given,
+    else $SHMBROKER_SOCKET, else the system service's /run/shmbroker/shmbroker.sock for root or
+    when it exists, else $XDG_RUNTIME_DIR/shmbroker/shmbroker.sock, else
+    /tmp/shmbroker-$UID/shmbroker.sock."""
     if socket:
         return os.fspath(socket)
     env = os.environ.get("SHMBROKER_SOCKET")
     if env:
         return env
     euid = os.geteuid()
-    if euid == 0:
-        return "/run/shmbroker/shmbroker.sock"
+    if euid == 0 or _is_socket(SYSTEM_SOCKET):
+        return SYSTEM_SOCKET
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg:
         return xdg + "/shmbroker/shmbroker.sock"
     return f"/tmp/shmbroker-{euid}/shmbroker.sock"
+
+
+def _is_socket(path):
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 # Every open connection of this process, closed in a forked child (see client.py).
@@ -181,10 +193,32 @@ class Connection:
             if isinstance(e, Error):
                 raise
             if isinstance(e, OSError):
+                # A daemon that refuses a connection (too many, no descriptors left) says why
+                # and closes, maybe before our first request left: read its reason.
+                refusal = self._refusal()
+                if refusal is not None:
+                    self.close()
+                    raise refusal from None
                 raise self._lost(f"lost the connection to the daemon: {e.strerror or e}") from None
             self.close()  # e.g. KeyboardInterrupt between a request and its reply
             raise
         return replies
+
+    def _refusal(self):
+        """The error of a reply already waiting on a failed connection, or None."""
+        try:
+            data, ancdata, _, _ = self.sock.recvmsg(
+                self.bufsize, _CMSG_SPACE, _MSG_CMSG_CLOEXEC | _socket.MSG_DONTWAIT
+            )
+            reply = pb.Reply.FromString(data)
+        except Exception:
+            return None
+        for level, kind, cdata in ancdata:
+            if level == _SOL_SOCKET and kind == _SCM_RIGHTS:
+                a = _array.array("i")
+                a.frombytes(cdata[: len(cdata) - len(cdata) % a.itemsize])
+                close_fds(list(a))
+        return error_for(reply.code, reply.message) if reply.code != Code.OK else None
 
     def _take_releases(self):
         """Empties the release queue into DetachRequest packets."""

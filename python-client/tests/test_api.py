@@ -273,9 +273,13 @@ def test_purge_rejects_bad_selectors(selectors, error):
         shmbroker.purge("pytest/none/*", dry_run=True, **selectors)
 
 
-def test_socket_path_resolution(monkeypatch):
+def test_socket_path_resolution(monkeypatch, tmp_path):
+    import socket
+
+    from shmbroker import _connection
     from shmbroker import resolve_socket_path as resolve
 
+    monkeypatch.setattr(_connection, "SYSTEM_SOCKET", str(tmp_path / "none.sock"))
     assert resolve("/x/y.sock") == "/x/y.sock"
     monkeypatch.setenv("SHMBROKER_SOCKET", "/env/s.sock")
     assert resolve() == "/env/s.sock"
@@ -283,13 +287,19 @@ def test_socket_path_resolution(monkeypatch):
     monkeypatch.setenv("SHMBROKER_SOCKET", "")
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1000")
-    assert resolve() == "/run/shmbroker/shmbroker.sock"
+    assert resolve() == str(tmp_path / "none.sock")  # root: the system service's path
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert resolve() == "/run/user/1000/shmbroker/shmbroker.sock"
     monkeypatch.delenv("XDG_RUNTIME_DIR")
     assert resolve() == "/tmp/shmbroker-1000/shmbroker.sock"
     monkeypatch.setenv("XDG_RUNTIME_DIR", "")
     assert resolve() == "/tmp/shmbroker-1000/shmbroker.sock"
+    # Other users look for the system service's socket first, when there is one.
+    system = tmp_path / "system.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+        s.bind(str(system))
+        monkeypatch.setattr(_connection, "SYSTEM_SOCKET", str(system))
+        assert resolve() == str(system)
 
 
 def test_default_client_is_lazy_and_per_process():

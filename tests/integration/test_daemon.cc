@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -41,10 +42,12 @@ TestDaemon::TestDaemon(DaemonOptions options) {
     int fd = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     ::dup2(fd, 1);
     ::dup2(fd, 2);
-    if (options.nofile_soft != 0) {
+    if (options.nofile_soft != 0 || options.nofile_hard != 0) {
       struct rlimit rl {};
       ::getrlimit(RLIMIT_NOFILE, &rl);
-      rl.rlim_cur = options.nofile_soft;
+      if (options.nofile_soft != 0) rl.rlim_cur = options.nofile_soft;
+      if (options.nofile_hard != 0) rl.rlim_max = options.nofile_hard;
+      rl.rlim_cur = std::min(rl.rlim_cur, rl.rlim_max);
       ::setrlimit(RLIMIT_NOFILE, &rl);
     }
     for (auto& e : options.env) ::putenv(e.data());
@@ -216,6 +219,14 @@ std::size_t MappingRss(const void* addr) {
   return 0;
 }
 
+std::size_t ProcessRss(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
+  }
+  return 0;
+}
+
 RawConnection::RawConnection(const std::string& socket) {
   fd_.reset(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
   sockaddr_un addr{};
@@ -260,7 +271,8 @@ bool RawConnection::Hello() {
 
 std::optional<wire::Reply> RawConnection::Call(const wire::Request& request,
                                                std::vector<UniqueFd>* fds) {
-  if (Send(request) != 0) return std::nullopt;
+  // Like a client: a daemon that refused the connection may have answered before we sent.
+  if (Send(request) != 0) return Receive(fds, std::chrono::milliseconds(0));
   return Receive(fds);
 }
 

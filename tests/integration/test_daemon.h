@@ -24,6 +24,7 @@ struct DaemonOptions {
   bool only_args = false;
   std::vector<std::string> env;    // "NAME=value", added to the daemon's environment.
   rlim_t nofile_soft = 0;          // The daemon's soft RLIMIT_NOFILE; 0: this process's.
+  rlim_t nofile_hard = 0;          // And its hard one (the daemon raises soft to hard); 0: same.
   bool wait_until_serving = true;  // Wait until it accepts on socket(); fail the test if not.
 };
 
@@ -106,6 +107,10 @@ std::size_t OpenFdCount();
 std::size_t SegmentMappingCount();
 // Bytes of the mapping containing `addr` that have page-table entries here (its smaps Rss).
 std::size_t MappingRss(const void* addr);
+// Resident memory of process `pid` (VmRSS), in bytes.
+std::size_t ProcessRss(pid_t pid);
+
+constexpr int kNobody = 65534;
 
 // The wire protocol by hand, for what the client library never sends.
 class RawConnection {

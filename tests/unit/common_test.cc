@@ -1,6 +1,7 @@
 // common/: socket path resolution and the POSIX helpers every part of shmbroker shares.
 #include <gtest/gtest.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -13,38 +14,55 @@
 namespace shmbroker {
 namespace {
 
-// The branches for root and for other users; as root, the second half runs in a child that has
-// dropped to another uid.
-void ExpectNonRootResolution() {
+// The branches for other users (as root, they run in a child dropped to nobody). `present` is a
+// socket standing in for the system service's, `absent` a path with nothing there.
+void ExpectNonRootResolution(const std::string& absent, const std::string& present) {
   ::setenv("XDG_RUNTIME_DIR", "/run/user/1000", 1);
-  EXPECT_EQ(ResolveSocketPath(""), "/run/user/1000/shmbroker/shmbroker.sock");
+  EXPECT_EQ(ResolveSocketPath("", absent), "/run/user/1000/shmbroker/shmbroker.sock");
+  // The system service's socket comes first when there is one...
+  EXPECT_EQ(ResolveSocketPath("", present), present);
+  // ...but a user's own daemon never takes that path.
+  EXPECT_EQ(ResolveDaemonSocketPath(""), "/run/user/1000/shmbroker/shmbroker.sock");
   ::unsetenv("XDG_RUNTIME_DIR");
-  EXPECT_EQ(ResolveSocketPath(""),
-            "/tmp/shmbroker-" + std::to_string(::geteuid()) + "/shmbroker.sock");
+  std::string tmp = "/tmp/shmbroker-" + std::to_string(::geteuid()) + "/shmbroker.sock";
+  EXPECT_EQ(ResolveSocketPath("", absent), tmp);
+  EXPECT_EQ(ResolveDaemonSocketPath(""), tmp);
 }
 
 TEST(SocketPath, ResolutionOrder) {
+  char tmpl[] = "/tmp/shmbroker-resolve-XXXXXX";
+  std::string dir = ::mkdtemp(tmpl);
+  ::chmod(dir.c_str(), 0755);
+  std::string present = dir + "/system.sock", absent = dir + "/none.sock";
+  UniqueFd listener(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  auto addr = MakeUnixAddress(present);
+  ASSERT_EQ(::bind(listener.get(), addr->get(), addr->length), 0);
+
   EXPECT_EQ(ResolveSocketPath("/x/y.sock"), "/x/y.sock");
   ::setenv("SHMBROKER_SOCKET", "/env/s.sock", 1);
   EXPECT_EQ(ResolveSocketPath(""), "/env/s.sock");
+  EXPECT_EQ(ResolveDaemonSocketPath(""), "/env/s.sock");
   EXPECT_EQ(ResolveSocketPath("/x/y.sock"), "/x/y.sock");
   ::unsetenv("SHMBROKER_SOCKET");
   if (::geteuid() != 0) {
-    ExpectNonRootResolution();
-    return;
+    ExpectNonRootResolution(absent, present);
+  } else {
+    ::setenv("XDG_RUNTIME_DIR", "/run/user/1000", 1);
+    EXPECT_EQ(ResolveSocketPath(""), "/run/shmbroker/shmbroker.sock");
+    EXPECT_EQ(ResolveDaemonSocketPath(""), "/run/shmbroker/shmbroker.sock");
+    pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      if (::setgid(65534) != 0 || ::setuid(65534) != 0) ::_exit(2);
+      ExpectNonRootResolution(absent, present);
+      ::_exit(::testing::Test::HasFailure() ? 1 : 0);
+    }
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "child status " << status;
   }
-  ::setenv("XDG_RUNTIME_DIR", "/run/user/1000", 1);
-  EXPECT_EQ(ResolveSocketPath(""), "/run/shmbroker/shmbroker.sock");
-  pid_t pid = ::fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    if (::setgid(65534) != 0 || ::setuid(65534) != 0) ::_exit(2);
-    ExpectNonRootResolution();
-    ::_exit(::testing::Test::HasFailure() ? 1 : 0);
-  }
-  int status = 0;
-  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "child status " << status;
+  ::unlink(present.c_str());
+  ::rmdir(dir.c_str());
 }
 
 TEST(Posix, ErrorsSayWhatFailedAndPickTheirCode) {

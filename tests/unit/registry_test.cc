@@ -57,8 +57,8 @@ TEST(Registry, CreateRecordsMetadataAndAccountsBytes) {
   EXPECT_GT(s.created_unix_ns(), 0);
   EXPECT_EQ(reg.size(), 1u);
   EXPECT_EQ(reg.bytes_held(), 48u);
-  EXPECT_NE(s.RegionId(Access::kReadOnly), s.RegionId(Access::kReadWrite));
-  EXPECT_NE(s.RegionId(Access::kReadOnly), 0u);
+  EXPECT_NE(s.region()->WireId(Access::kReadOnly), s.region()->WireId(Access::kReadWrite));
+  EXPECT_NE(s.region()->WireId(Access::kReadOnly), 0u);
 }
 
 TEST(Registry, DuplicateNameIsAlreadyExists) {
@@ -166,7 +166,7 @@ TEST(Registry, BackingMemfdIsSealedReservedAndPrivate) {
   Registry reg;
   auto seg = reg.Create(Spec("m", {1000}), kAlice, 1);
   ASSERT_TRUE(seg.ok());
-  int rw = *(*seg)->Fd(Access::kReadWrite);
+  int rw = *(*seg)->region()->Fd(Access::kReadWrite);
   struct stat st {};
   ASSERT_EQ(::fstat(rw, &st), 0);
   EXPECT_EQ(st.st_size, 8000);
@@ -177,10 +177,10 @@ TEST(Registry, BackingMemfdIsSealedReservedAndPrivate) {
             F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL);
   EXPECT_NE(::ftruncate(rw, 100), 0);
   EXPECT_EQ(::fcntl(rw, F_GETFD) & FD_CLOEXEC, FD_CLOEXEC);
-  int ro = *(*seg)->Fd(Access::kReadOnly);
+  int ro = *(*seg)->region()->Fd(Access::kReadOnly);
   EXPECT_EQ(::fcntl(ro, F_GETFL) & O_ACCMODE, O_RDONLY);
   EXPECT_EQ(::fcntl(ro, F_GETFD) & FD_CLOEXEC, FD_CLOEXEC);
-  EXPECT_EQ(*(*seg)->Fd(Access::kReadOnly), ro);  // Opened once.
+  EXPECT_EQ(*(*seg)->region()->Fd(Access::kReadOnly), ro);  // Opened once.
   EXPECT_EQ(::mmap(nullptr, 8000, PROT_READ | PROT_WRITE, MAP_SHARED, ro, 0), MAP_FAILED);
 }
 
@@ -229,7 +229,7 @@ TEST(Registry, UnlinkIsForOwnerOrRootAndFreesTheNameAtOnce) {
   EXPECT_EQ(reg.Find("u").status().code(), Code::kNotFound);
   EXPECT_EQ(reg.bytes_held(), 0u);
   // An unlinked segment's memory lives on for whoever still holds it.
-  EXPECT_TRUE((*seg)->Fd(Access::kReadWrite).ok());
+  EXPECT_TRUE((*seg)->region()->Fd(Access::kReadWrite).ok());
   auto again = reg.Create(Spec("u"), kAlice, 1);
   ASSERT_TRUE(again.ok());
   EXPECT_NE((*again)->id(), (*seg)->id());

@@ -25,9 +25,9 @@
 
 namespace shmbroker {
 
-// The socket path every shmbroker program uses: `explicit_path` if not empty, else
-// $SHMBROKER_SOCKET, else /run/shmbroker/shmbroker.sock when running as root, else
-// $XDG_RUNTIME_DIR/shmbroker/shmbroker.sock, else /tmp/shmbroker-$UID/shmbroker.sock.
+// The socket path every shmbroker client uses: `explicit_path` if not empty, else
+// $SHMBROKER_SOCKET, else the system service's /run/shmbroker/shmbroker.sock for root or when it
+// exists, else $XDG_RUNTIME_DIR/shmbroker/shmbroker.sock, else /tmp/shmbroker-$UID/shmbroker.sock.
 std::string ResolveSocketPath(std::string_view explicit_path = {});
 
 struct ClientOptions {

@@ -1,0 +1,38 @@
+// The daemon's file descriptors as a budget: a reserve at the top of RLIMIT_NOFILE that only root
+// and the work of clients already connected may use, so that a flood of connections or creates by
+// one user can never take the descriptors everyone else needs.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "shmbroker/status.h"
+
+namespace shmbroker::daemon {
+
+class FdBudget {
+ public:
+  // `limit`: RLIMIT_NOFILE (0: read it now); `base`: descriptors open besides connections and
+  // segment memory (0: count /proc/self/fd now).
+  explicit FdBudget(std::uint64_t limit = 0, std::uint64_t base = 0);
+
+  std::uint64_t limit() const { return limit_; }
+  // The top of the limit kept for root and for clients already connected.
+  std::uint64_t reserve() const { return reserve_; }
+  std::uint64_t in_use() const;
+
+  // Whether a new connection of `uid` may be taken: everyone below the reserve, root into it (but
+  // not the last few, kept to refuse politely).
+  bool MayAccept(std::uint32_t uid) const;
+  // OK when `uid` may open `n` more descriptors for segment memory; RESOURCE_EXHAUSTED otherwise.
+  Status MayOpen(std::uint32_t uid, std::uint64_t n) const;
+
+  void ConnectionOpened() { ++connections_; }
+  void ConnectionClosed() { --connections_; }
+
+ private:
+  std::uint64_t limit_, base_, reserve_;
+  std::uint64_t connections_ = 0;
+};
+
+}  // namespace shmbroker::daemon

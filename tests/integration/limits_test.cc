@@ -1,0 +1,297 @@
+// Limits a hostile local user can't exhaust: connections that never say hello, too many
+// connections, idle connections that cost memory, the daemon's file descriptors, attachments.
+// The hostile side runs as nobody; every wait is bounded.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "test_daemon.h"
+
+namespace shmbroker::testing {
+namespace {
+
+using namespace std::chrono_literals;
+
+// A hello on a raw connection; the reply (nullopt if none came).
+std::optional<wire::Reply> Hello(RawConnection& c) {
+  wire::Request req;
+  req.mutable_hello()->set_protocol_version(wire::PROTOCOL_VERSION_CURRENT);
+  req.mutable_hello()->set_client_name("hostile");
+  return c.Call(req);
+}
+
+std::string Describe(const std::optional<wire::Reply>& r) {
+  if (!r) return "no reply";
+  return wire::Code_Name(r->code()) + ": " + r->message();
+}
+
+TEST(Limits, ASilentConnectionIsClosedAfterTheHandshakeTimeout) {
+  TestDaemon d({"--handshake-timeout", "300ms"});
+  auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(RunInChild(
+                [&] {
+                  RawConnection silent(d.socket());
+                  RawConnection polite(d.socket());
+                  if (!silent.ok() || !polite.Hello()) return 2;
+                  if (!silent.ClosedByPeer(5s)) return 3;
+                  // A connection that said hello stays, however quiet it is afterwards.
+                  std::this_thread::sleep_for(1500ms);
+                  wire::Request stats;
+                  stats.mutable_stats();
+                  auto r = polite.Call(stats);
+                  return r && r->code() == wire::OK ? 0 : 4;
+                },
+                kNobody),
+            0);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 6s);
+}
+
+TEST(Limits, ConnectionsPerUserAreCappedWithAClearError) {
+  TestDaemon d({"--max-connections-per-user", "5"});
+  HoldingChild hostile(
+      [&](auto ready) {
+        std::vector<std::unique_ptr<RawConnection>> held;
+        for (int i = 0; i < 5; ++i) {
+          held.push_back(std::make_unique<RawConnection>(d.socket()));
+          if (!held.back()->Hello()) return 2;
+        }
+        RawConnection sixth(d.socket());
+        auto r = Hello(sixth);
+        if (!r || r->code() != wire::RESOURCE_EXHAUSTED ||
+            r->message().find("--max-connections-per-user 5") == std::string::npos) {
+          ADD_FAILURE() << Describe(r);
+          return 3;
+        }
+        if (!sixth.ClosedByPeer(2s)) return 4;
+        ready();
+        return 0;
+      },
+      kNobody);
+  ASSERT_TRUE(hostile.ready());
+  // Another user, root here, is not affected.
+  for (int i = 0; i < 8; ++i) ASSERT_TRUE(d.Connect().ok());
+  ASSERT_TRUE(hostile.Kill());
+  // Once its connections are gone, the user gets in again.
+  EXPECT_TRUE(Eventually(
+      [&] { return RunInChild([&] { return d.Connect().ok() ? 0 : 1; }, kNobody) == 0; }));
+}
+
+TEST(Limits, TheClientLibrarySaysWhyItWasRefused) {
+  TestDaemon d({"--max-connections-per-user", "2"});
+  EXPECT_EQ(
+      RunInChild(
+          [&] {
+            auto a = d.Connect(), b = d.Connect();
+            if (!a.ok() || !b.ok()) return 2;
+            for (int i = 0; i < 20; ++i) {  // Whichever side of the race the refusal is.
+              auto c = d.Connect();
+              if (c.status().code() != Code::kResourceExhausted ||
+                  c.status().message().find("--max-connections-per-user 2") == std::string::npos) {
+                ADD_FAILURE() << c.status().ToString();
+                return 3;
+              }
+            }
+            return 0;
+          },
+          kNobody),
+      0);
+}
+
+TEST(Limits, TotalConnectionsAreCappedAndRootStillGetsIn) {
+  TestDaemon d({"--max-connections", "6", "--max-connections-per-user", "100"});
+  HoldingChild hostile(
+      [&](auto ready) {
+        std::vector<std::unique_ptr<RawConnection>> held;
+        for (int i = 0; i < 6; ++i) {
+          held.push_back(std::make_unique<RawConnection>(d.socket()));
+          if (!held.back()->Hello()) return 2;
+        }
+        RawConnection seventh(d.socket());
+        auto r = Hello(seventh);
+        if (!r || r->code() != wire::RESOURCE_EXHAUSTED ||
+            r->message().find("--max-connections 6") == std::string::npos) {
+          ADD_FAILURE() << Describe(r);
+          return 3;
+        }
+        ready();
+        return 0;
+      },
+      kNobody);
+  ASSERT_TRUE(hostile.ready());
+  auto root = d.Connect();
+  ASSERT_TRUE(root.ok()) << root.status().ToString();
+  EXPECT_TRUE(root->Create({.name = "root/works", .shape = {64}}).ok());
+}
+
+TEST(Limits, AnIdleConnectionCostsLittleMemory) {
+  constexpr int kIdle = 1500;
+  TestDaemon d({"--max-connections", "5000", "--max-connections-per-user", "5000"});
+  {  // Warm up what the first connections allocate once.
+    std::vector<Client> warm;
+    for (int i = 0; i < 20; ++i) warm.push_back(d.MustConnect());
+  }
+  std::size_t before = ProcessRss(d.pid());
+  HoldingChild idle(
+      [&](auto ready) {
+        std::vector<std::unique_ptr<RawConnection>> held;
+        for (int i = 0; i < kIdle; ++i) {
+          held.push_back(std::make_unique<RawConnection>(d.socket()));
+          if (!held.back()->Hello()) return 2;
+        }
+        ready();
+        return 0;
+      },
+      kNobody);
+  ASSERT_TRUE(idle.ready());
+  std::size_t during = ProcessRss(d.pid());
+  std::size_t per_connection = during > before ? (during - before) / kIdle : 0;
+  // A read buffer per connection was 65 KiB; what is left is the socket object and the session.
+  EXPECT_LT(per_connection, 8u * 1024) << before << " -> " << during;
+  ASSERT_TRUE(idle.Kill());
+  EXPECT_TRUE(d.Connect().ok());
+}
+
+TEST(Limits, NearTheFileLimitOthersAreRefusedPromptlyAndRootStillWorks) {
+  // 128 descriptors, 32 of them kept back: non-root connections and creates stop first.
+  TestDaemon d(
+      DaemonOptions{.args = {"--max-connections", "1000", "--max-connections-per-user", "1000"},
+                    .nofile_soft = 128,
+                    .nofile_hard = 128});
+  auto root = d.Connect();
+  ASSERT_TRUE(root.ok());
+  ASSERT_TRUE(root->Create({.name = "before", .shape = {4096}, .mode = 0644}).ok());
+  HoldingChild hostile(
+      [&](auto ready) {
+        std::vector<std::unique_ptr<RawConnection>> held;
+        for (int i = 0; i < 200; ++i) {
+          auto c = std::make_unique<RawConnection>(d.socket());
+          auto t0 = std::chrono::steady_clock::now();
+          auto r = Hello(*c);
+          if (std::chrono::steady_clock::now() - t0 > 2s) {
+            ADD_FAILURE() << "the daemon stalled instead of answering";
+            return 2;
+          }
+          if (r && r->code() == wire::OK) {
+            held.push_back(std::move(c));
+            continue;
+          }
+          if (!r || r->code() != wire::RESOURCE_EXHAUSTED ||
+              r->message().find("open files") == std::string::npos) {
+            ADD_FAILURE() << Describe(r);
+            return 3;
+          }
+          if (held.size() < 40) return 4;  // Refused far too early.
+          // The connections it holds cannot create into the reserve either.
+          wire::Request create;
+          create.mutable_create()->set_name("hostile/x");
+          create.mutable_create()->set_dtype("|u1");
+          create.mutable_create()->add_shape(64);
+          auto cr = held.front()->Call(create);
+          if (!cr || cr->code() != wire::RESOURCE_EXHAUSTED) {
+            ADD_FAILURE() << "create near the limit: " << Describe(cr);
+            return 5;
+          }
+          ready();
+          return 0;
+        }
+        return 6;  // Never refused.
+      },
+      kNobody);
+  ASSERT_TRUE(hostile.ready());
+  // Root connects, creates and attaches within the reserve; existing clients keep working.
+  auto root2 = d.Connect();
+  ASSERT_TRUE(root2.ok()) << root2.status().ToString();
+  for (int i = 0; i < 4; ++i) {
+    auto s = root2->Create({.name = "root/" + std::to_string(i), .shape = {4096}});
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+  }
+  EXPECT_TRUE(root->Attach("before").ok());
+  ASSERT_TRUE(hostile.Kill());
+  EXPECT_TRUE(Eventually(
+      [&] { return RunInChild([&] { return d.Connect().ok() ? 0 : 1; }, kNobody) == 0; }));
+}
+
+TEST(Limits, AttachmentsPerConnectionAreCapped) {
+  TestDaemon d({"--max-attachments-per-connection", "50"});
+  Client root = d.MustConnect();
+  {
+    auto s = root.Create({.name = "shared", .shape = {4096}, .mode = 0644});
+    ASSERT_TRUE(s.ok());
+  }
+  EXPECT_EQ(RunInChild(
+                [&] {
+                  auto c = d.Connect("hostile");
+                  if (!c.ok()) return 2;
+                  std::vector<Segment> held;
+                  for (int i = 0; i < 50; ++i) {
+                    auto a = c->Attach("shared");
+                    if (!a.ok()) return 3;
+                    held.push_back(std::move(a).value());
+                  }
+                  auto over = c->Attach("shared");
+                  if (over.status().code() != Code::kResourceExhausted ||
+                      over.status().message().find("--max-attachments-per-connection 50") ==
+                          std::string::npos) {
+                    ADD_FAILURE() << over.status().ToString();
+                    return 4;
+                  }
+                  held.pop_back();  // Detaches: there is room again.
+                  return c->Attach("shared").ok() ? 0 : 5;
+                },
+                kNobody),
+            0);
+  // Everything was released with the connection: the segment is unattached.
+  EXPECT_TRUE(Eventually([&] { return root.Stat("shared")->attachments == 0; }));
+  auto purged = root.Purge({.patterns = {"shared"}, .unattached = true});
+  ASSERT_TRUE(purged.ok());
+  EXPECT_EQ(purged->removed_count, 1u);
+}
+
+TEST(Limits, PerUserQuotasOnMemoryAndSegments) {
+  TestDaemon d({"--max-memory-per-user", "1M", "--max-segments-per-user", "3"});
+  EXPECT_EQ(
+      RunInChild(
+          [&] {
+            auto c = d.Connect();
+            if (!c.ok()) return 2;
+            for (int i = 0; i < 3; ++i) {
+              if (!c->Create({.name = "q/" + std::to_string(i), .shape = {1024}}).ok()) {
+                return 3;
+              }
+            }
+            auto fourth = c->Create({.name = "q/3", .shape = {1024}});
+            if (fourth.status().code() != Code::kResourceExhausted ||
+                fourth.status().message().find("--max-segments-per-user 3") == std::string::npos) {
+              ADD_FAILURE() << fourth.status().ToString();
+              return 4;
+            }
+            if (!c->Unlink("q/0").ok()) return 5;
+            auto big = c->Create({.name = "q/big", .shape = {1 << 20}});
+            if (big.status().code() != Code::kResourceExhausted ||
+                big.status().message().find("--max-memory-per-user 1.0 MiB") == std::string::npos) {
+              ADD_FAILURE() << big.status().ToString();
+              return 6;
+            }
+            return c->Create({.name = "q/again", .shape = {1024}}).ok() ? 0 : 7;
+          },
+          kNobody),
+      0);
+  // Another user has a quota of its own; root has none.
+  EXPECT_EQ(
+      RunInChild(
+          [&] { return d.Connect()->Create({.name = "other/1", .shape = {64}}).ok() ? 0 : 1; },
+          1000),
+      0);
+  Client root = d.MustConnect();
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_TRUE(root.Create({.name = "root/" + std::to_string(i), .shape = {1 << 20}}).ok());
+  }
+}
+
+}  // namespace
+}  // namespace shmbroker::testing
