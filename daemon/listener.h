@@ -14,8 +14,11 @@ namespace shmbroker::daemon {
 
 class Listener {
  public:
-  // Binds a SOCK_SEQPACKET socket at `path` (mode 0666) and listens. Refuses (FAILED_PRECONDITION)
-  // when a live daemon answers there or the path is not a socket; removes a stale socket file.
+  // Binds a SOCK_SEQPACKET socket at `path` (mode 0666) and listens. The directory is created if
+  // missing (0755 for a root daemon or under /run, else 0700) and must be a real directory that
+  // only this user or root can write to. Refuses (FAILED_PRECONDITION) when a live daemon answers
+  // there, the path is not a socket, or the directory is not safe; removes a stale socket file
+  // only if this uid owns it.
   static Result<Listener> Bind(const std::string& path);
   // Adopts an inherited listening socket (socket activation) and learns its path from it.
   static Result<Listener> Adopt(UniqueFd fd);
@@ -36,7 +39,9 @@ class Listener {
   void RemoveFile();
 
   UniqueFd fd_;
+  UniqueFd dir_;  // The socket's directory, checked once; every later step goes through it.
   std::string path_;
+  std::string name_;    // The socket's name in dir_.
   bool bound_ = false;  // We created the file (not inherited).
   ino_t inode_ = 0;
 };

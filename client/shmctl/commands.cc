@@ -10,30 +10,12 @@
 #include <optional>
 #include <string_view>
 
+#include "common/trust.h"
 #include "format.h"
 #include "render.h"
 
 namespace shmbroker::shmctl {
 namespace {
-
-std::string UserName(std::uint32_t uid) {
-  struct passwd pw, *res = nullptr;
-  char buf[4096];
-  if (::getpwuid_r(uid, &pw, buf, sizeof(buf), &res) == 0 && res != nullptr) return pw.pw_name;
-  return std::to_string(uid);
-}
-
-std::optional<std::uint32_t> ParseUser(const std::string& user) {
-  struct passwd pw, *res = nullptr;
-  char buf[4096];
-  if (::getpwnam_r(user.c_str(), &pw, buf, sizeof(buf), &res) == 0 && res != nullptr) {
-    return pw.pw_uid;
-  }
-  std::uint32_t uid = 0;
-  auto [p, ec] = std::from_chars(user.data(), user.data() + user.size(), uid);
-  if (ec == std::errc() && p == user.data() + user.size()) return uid;
-  return std::nullopt;
-}
 
 int Fail(const Status& s, const std::string& what) {
   std::fprintf(stderr, "shmctl: %s: %s\n", what.c_str(), s.ToString().c_str());

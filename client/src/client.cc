@@ -11,6 +11,7 @@
 #include "client_core.h"
 #include "common/posix.h"
 #include "common/socket_path.h"
+#include "common/trust.h"
 
 #ifndef MADV_POPULATE_READ
 #define MADV_POPULATE_READ 22
@@ -65,8 +66,8 @@ Result<wire::Reply> ClientCore::CallLocked(const wire::Request& request,
     wire::RecvResult early = wire::RecvPacket(sock_.get(), buffer_, /*nonblocking=*/true);
     wire::Reply why;
     if (early.status == wire::RecvStatus::kOk &&
-        why.ParseFromArray(buffer_.data(), static_cast<int>(early.size)) && why.code() != wire::OK &&
-        why.code() <= kMaxCode) {
+        why.ParseFromArray(buffer_.data(), static_cast<int>(early.size)) &&
+        why.code() != wire::OK && why.code() <= kMaxCode) {
       broken_ = true;
       return Status(static_cast<Code>(why.code()), why.message());
     }
@@ -299,6 +300,11 @@ Result<Client> Client::Connect(const ClientOptions& options) {
                                "': " + std::strerror(error.error) +
                                " (is the daemon running? see --socket / $SHMBROKER_SOCKET)");
   }
+  // Before a byte goes out: a daemon run by someone else would learn the client's name and
+  // receive its data.
+  Result<std::optional<uid_t>> trusted = TrustedUid(options.trusted_uid);
+  if (!trusted.ok()) return trusted.status();
+  if (Status s = CheckDaemonTrusted(fd->get(), path, *trusted); !s.ok()) return s;
   auto core = std::make_shared<internal::ClientCore>(std::move(*fd), path, options.prefault);
   std::string name = options.client_name.empty()
                          ? std::string("cpp:") + program_invocation_short_name

@@ -16,8 +16,10 @@ import array as _array
 import collections
 import errno
 import os
+import pwd
 import socket as _socket
 import stat
+import struct
 import weakref
 
 import numpy as np
@@ -82,6 +84,49 @@ def _is_socket(path):
         return False
 
 
+def resolve_trusted_uid(explicit=None):
+    """The uid trusted besides root and this process's own: ``explicit`` (a uid or user name)
+    if given, else $SHMBROKER_TRUST_UID, else None."""
+    value = explicit if explicit is not None else os.environ.get("SHMBROKER_TRUST_UID") or None
+    if value is None or isinstance(value, int):
+        return value
+    try:
+        return pwd.getpwnam(value).pw_uid
+    except KeyError:
+        pass
+    if value.isdigit() and int(value) < 2**32 - 1:
+        return int(value)
+    source = "trusted_uid" if explicit is not None else "SHMBROKER_TRUST_UID"
+    raise InvalidArgumentError(f"{source}={value!r} is neither a uid nor a user name")
+
+
+def _describe_uid(uid):
+    try:
+        return f"{uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return str(uid)
+
+
+def check_daemon_trusted(sock, path, trusted):
+    """Raises UnavailableError unless the daemon at the other end of ``sock`` runs as root, as
+    this process's euid or as ``trusted``, or its socket's directory is root's and writable by
+    no one else (only root can have put the socket there). The same rule as the C++ client."""
+    _pid, uid, _gid = struct.unpack("iII", sock.getsockopt(_SOL_SOCKET, _socket.SO_PEERCRED, 12))
+    if uid in (0, os.geteuid()) or uid == trusted:
+        return
+    try:
+        st = os.stat(os.path.dirname(path) or ".")
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == 0 and not st.st_mode & 0o022:
+            return
+    except OSError:
+        pass
+    raise UnavailableError(
+        f"refusing the daemon at '{path}': it runs as uid {_describe_uid(uid)} (not root, not "
+        "you) and its socket directory is not root's alone, so anyone could have started it. "
+        f"If you trust that user, set SHMBROKER_TRUST_UID={uid}"
+    )
+
+
 # Every open connection of this process, closed in a forked child (see client.py).
 connections = weakref.WeakSet()
 
@@ -90,7 +135,7 @@ class Connection:
     """One socket to the daemon, its region cache and its queue of releases. Not thread-safe:
     the Client serializes calls."""
 
-    def __init__(self, path, client_name):
+    def __init__(self, path, client_name, trusted=None):
         self.path = path
         self.pid = os.getpid()
         self.broken = False
@@ -116,6 +161,13 @@ class Connection:
                 f"no shmbrokerd answers at '{path}': {e.strerror or e} (is the daemon running? "
                 "see --socket / $SHMBROKER_SOCKET)"
             ) from None
+        try:
+            # Before a byte goes out: a daemon run by someone else would learn our name and
+            # receive our data.
+            check_daemon_trusted(sock, path, trusted)
+        except BaseException:
+            sock.close()
+            raise
         self.sock = sock
         connections.add(self)
         try:

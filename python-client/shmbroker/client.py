@@ -15,7 +15,7 @@ import weakref
 
 import numpy as np
 
-from ._connection import Connection, connections, resolve_socket_path
+from ._connection import Connection, connections, resolve_socket_path, resolve_trusted_uid
 from ._types import (
     DaemonStats,
     Holder,
@@ -110,10 +110,16 @@ class Client:
     ``socket``: the daemon's socket path (default: :func:`resolve_socket_path`).
     ``prefault``: fill page tables when mapping (much faster first touch of large arrays);
     the default of ``create`` and ``attach``, which can also choose per call.
+    ``trusted_uid``: a daemon is trusted when it runs as root or as this user, or when only root
+    can have put its socket where it is; this (a uid or user name) also trusts a daemon run by
+    that user, for deliberate cross-user setups. Default: $SHMBROKER_TRUST_UID if set.
     """
 
-    def __init__(self, socket=None, *, client_name=None, prefault=True, _lazy=False):
+    def __init__(
+        self, socket=None, *, client_name=None, prefault=True, trusted_uid=None, _lazy=False
+    ):
         self._socket = os.fspath(socket) if socket else None
+        self._trusted_uid = trusted_uid
         self._client_name = client_name
         self._prefault = prefault
         self._lock = threading.Lock()
@@ -136,7 +142,11 @@ class Client:
         if conn is not None:
             conn.close()
             self._conn = None
-        conn = Connection(resolve_socket_path(self._socket), self._client_name or _program_name())
+        conn = Connection(
+            resolve_socket_path(self._socket),
+            self._client_name or _program_name(),
+            resolve_trusted_uid(self._trusted_uid),
+        )
         self._conn = conn
         return conn
 
@@ -409,10 +419,11 @@ _by_socket = {}
 _default_lock = threading.Lock()
 
 
-def connect(socket=None, *, client_name=None, prefault=True):
+def connect(socket=None, *, client_name=None, prefault=True, trusted_uid=None):
     """Connects to the daemon now and returns a new :class:`Client`. UnavailableError, naming
-    the path tried, when no daemon answers."""
-    return Client(socket, client_name=client_name, prefault=prefault)
+    the path tried, when no daemon answers or the one that does is not trusted (see
+    :class:`Client`)."""
+    return Client(socket, client_name=client_name, prefault=prefault, trusted_uid=trusted_uid)
 
 
 def default_client():

@@ -463,5 +463,18 @@ TEST_F(ShmctlTest, ExitCodesForUsageHelpAndUnreachableDaemon) {
   EXPECT_NE(u.err.find(nowhere), std::string::npos) << u.err;
 }
 
+TEST(ShmctlTrust, RefusesADaemonRunByAnotherUserWithExitCode3) {
+  testing::TestDaemon other(testing::DaemonOptions{.uid = testing::kNobody});
+  Ran r = Exec({SHMCTL_PATH, "--socket", other.socket(), "list"});
+  EXPECT_EQ(r.code, 3) << r.err;
+  EXPECT_NE(r.err.find(other.socket()), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("65534 (nobody)"), std::string::npos) << r.err;
+  EXPECT_TRUE(r.out.empty()) << r.out;
+  ::setenv("SHMBROKER_TRUST_UID", "65534", 1);
+  Ran trusted = Exec({SHMCTL_PATH, "--socket", other.socket(), "list"});
+  ::unsetenv("SHMBROKER_TRUST_UID");
+  EXPECT_EQ(trusted.code, 0) << trusted.err;
+}
+
 }  // namespace
 }  // namespace shmbroker

@@ -31,6 +31,8 @@ TestDaemon::TestDaemon(DaemonOptions options) {
   char tmpl[] = "/tmp/shmbroker-it-XXXXXX";
   dir_ = ::mkdtemp(tmpl);
   ::chmod(dir_.c_str(), 0755);  // Reachable by children that drop to another uid.
+  uid_ = options.uid;
+  if (uid_ >= 0 && ::chown(dir_.c_str(), uid_, uid_) != 0) ADD_FAILURE() << "chown " << dir_;
   socket_ = dir_ + "/s.sock";
   log_path_ = dir_ + "/daemon.log";
   std::vector<std::string> args = {SHMBROKERD_PATH};
@@ -51,6 +53,17 @@ TestDaemon::TestDaemon(DaemonOptions options) {
       ::setrlimit(RLIMIT_NOFILE, &rl);
     }
     for (auto& e : options.env) ::putenv(e.data());
+    if (options.listen_fd >= 0) {
+      // dup2 clears close-on-exec, except when the fd is 3 already.
+      if (options.listen_fd == 3) {
+        ::fcntl(3, F_SETFD, 0);
+      } else {
+        ::dup2(options.listen_fd, 3);
+      }
+      ::setenv("LISTEN_FDS", "1", 1);
+      ::setenv("LISTEN_PID", std::to_string(::getpid()).c_str(), 1);
+    }
+    if (uid_ >= 0 && !DropTo(uid_, uid_)) ::_exit(126);
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -58,8 +71,7 @@ TestDaemon::TestDaemon(DaemonOptions options) {
     ::_exit(127);
   }
   if (!options.wait_until_serving) return;
-  bool up =
-      Eventually([&] { return !alive() || Client::Connect({.socket_path = socket_}).ok(); }, 10s);
+  bool up = Eventually([&] { return !alive() || Connect().ok(); }, 10s);
   EXPECT_TRUE(up && alive()) << "shmbrokerd did not start:\n" << log();
 }
 
@@ -117,7 +129,10 @@ Result<Client> TestDaemon::ConnectWithin(const std::string& path, std::chrono::m
 }
 
 Result<Client> TestDaemon::Connect(std::string name) const {
-  return Client::Connect({.socket_path = socket_, .client_name = std::move(name)});
+  std::optional<uid_t> trusted;
+  if (uid_ >= 0) trusted = uid_;
+  return Client::Connect(
+      {.socket_path = socket_, .client_name = std::move(name), .trusted_uid = trusted});
 }
 
 Client TestDaemon::MustConnect(std::string name) const {

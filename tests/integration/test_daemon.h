@@ -26,6 +26,10 @@ struct DaemonOptions {
   rlim_t nofile_soft = 0;          // The daemon's soft RLIMIT_NOFILE; 0: this process's.
   rlim_t nofile_hard = 0;          // And its hard one (the daemon raises soft to hard); 0: same.
   bool wait_until_serving = true;  // Wait until it accepts on socket(); fail the test if not.
+  // Run it as this uid (and gid); its directory is then that user's. -1: as this process.
+  int uid = -1;
+  // A listening socket it inherits as socket activation passes one ($LISTEN_FDS), or -1.
+  int listen_fd = -1;
 };
 
 // The real shmbrokerd in a temporary directory. Its stdout and stderr go to log().
@@ -62,6 +66,7 @@ class TestDaemon {
 
  private:
   std::string dir_, socket_, log_path_;
+  int uid_ = -1;
   pid_t pid_ = -1;
   std::optional<int> exit_status_;  // Once reaped.
 };

@@ -9,6 +9,8 @@
 // wire protocol's. Nothing throws except std::bad_alloc.
 #pragma once
 
+#include <sys/types.h>
+
 #include <chrono>
 #include <cstdint>
 #include <map>
@@ -37,6 +39,10 @@ struct ClientOptions {
   // kernels before 5.14): far cheaper than a page fault per 4 KiB when the data is read whole.
   // The default for Create and Attach, which can choose per call.
   bool prefault = true;
+  // A daemon is trusted when it runs as root or as this user, or when only root can have put its
+  // socket where it is. Set this to also trust a daemon run by this uid (a deliberate cross-user
+  // setup); unset, $SHMBROKER_TRUST_UID (a uid or user name) is used when set.
+  std::optional<uid_t> trusted_uid;
 };
 
 struct CreateOptions {
