@@ -73,7 +73,8 @@ std::string Printable(std::string_view text) {
         AppendHexByte(out, c);
         ++i;
       } else if (cp < 0xa0) {  // C1 controls
-        for (std::size_t k = 0; k < n; ++k) AppendHexByte(out, static_cast<unsigned char>(text[i + k]));
+        for (std::size_t k = 0; k < n; ++k)
+          AppendHexByte(out, static_cast<unsigned char>(text[i + k]));
         i += n;
       } else if (IsFormatControl(cp)) {
         char buf[16];
@@ -87,6 +88,14 @@ std::string Printable(std::string_view text) {
     }
   }
   return out;
+}
+
+std::string_view TruncateUtf8(std::string_view text, std::size_t max_bytes) {
+  if (text.size() <= max_bytes) return text;
+  std::size_t n = max_bytes;
+  // Back off over continuation bytes (10xxxxxx) to the start of the character that was cut.
+  while (n > 0 && (static_cast<unsigned char>(text[n]) & 0xc0) == 0x80) --n;
+  return text.substr(0, n);
 }
 
 }  // namespace shmbroker

@@ -14,4 +14,8 @@ namespace shmbroker {
 // and printable UTF-8 pass unchanged.
 std::string Printable(std::string_view text);
 
+// The longest prefix of `text` of at most `max_bytes` that does not end inside a UTF-8 sequence,
+// so that cutting valid UTF-8 keeps it valid (protobuf rejects a string field that is not).
+std::string_view TruncateUtf8(std::string_view text, std::size_t max_bytes);
+
 }  // namespace shmbroker

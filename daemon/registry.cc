@@ -133,6 +133,13 @@ Result<std::shared_ptr<SegmentEntry>> Registry::Create(SegmentSpec spec, const C
 Status Registry::Restore(std::uint64_t id, SegmentSpec spec, const Credentials& owner,
                          std::int64_t created_unix_ns, UniqueFd fd) {
   if (id == 0) return Status::InvalidArgument("segment id 0");
+  // Between the epoch and a day ahead (clocks do step): anything else is corrupt metadata, and
+  // every age computed from it would be nonsense or overflow.
+  constexpr std::int64_t kDayNs = 86'400'000'000'000;
+  if (created_unix_ns < 0 || created_unix_ns > NowUnixNs() + kDayNs) {
+    return Status::InvalidArgument("creation time " + std::to_string(created_unix_ns) +
+                                   " ns is out of range");
+  }
   auto nbytes = CheckNew(spec);
   if (!nbytes.ok()) return nbytes.status();
   struct stat st {};
@@ -264,8 +271,10 @@ Result<PurgeReport> Registry::Purge(const PurgeSelector& sel, const Credentials&
     if (sel.older_than_seconds) {
       // Saturate: a huge duration selects nothing rather than overflowing.
       std::uint64_t limit_s = std::min<std::uint64_t>(*sel.older_than_seconds, 1ull << 32);
-      std::int64_t age = now - s.created_unix_ns();
-      if (age < static_cast<std::int64_t>(limit_s) * 1'000'000'000) return false;
+      // Compared without subtracting the creation time, which could overflow.
+      if (s.created_unix_ns() > now - static_cast<std::int64_t>(limit_s) * 1'000'000'000) {
+        return false;
+      }
     }
     return true;
   };

@@ -4,6 +4,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "common/text.h"
 #include "common/units.h"
 #include "log.h"
 #include "validate.h"
@@ -124,7 +125,7 @@ Outcome RequestHandler::Hello(Session& session, const wire::Hello& hello) {
     return out;
   }
   session.greeted = true;
-  session.client_name = hello.client_name().substr(0, kMaxClientNameBytes);
+  session.client_name = TruncateUtf8(hello.client_name(), kMaxClientNameBytes);
   spdlog::info("client {} connected: '{}' (pid {}, uid {}, gid {})", session.id,
                Escaped(session.client_name), session.creds.pid, session.creds.uid,
                session.creds.gid);

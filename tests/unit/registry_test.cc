@@ -1,10 +1,13 @@
 #include "registry.h"
 
+#include "memfd.h"
+
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -351,6 +354,29 @@ TEST_F(PurgeTest, NonRootRemovesOnlyItsOwnAndCountsTheRest) {
   EXPECT_EQ(all->removed.size(), 2u);
   EXPECT_EQ(reg_.size(), 0u);
   EXPECT_EQ(reg_.bytes_held(), 0u);
+}
+
+// Found by the fd-store fuzzer: a creation time from corrupt metadata made `purge --older-than`
+// overflow. Times outside [epoch, now + a day] are refused at restore; purge cannot overflow.
+TEST(Registry, RestoreRefusesCreationTimesOutOfRangeAndPurgeNeverOverflows) {
+  Registry reg;
+  auto memory = [] {
+    auto fd = CreateSegmentMemfd("t", 128);
+    EXPECT_TRUE(fd.ok());
+    return std::move(*fd);
+  };
+  for (std::int64_t bad : {std::numeric_limits<std::int64_t>::min(), std::int64_t{-1},
+                           std::numeric_limits<std::int64_t>::max()}) {
+    Status s = reg.Restore(7, Spec("old", {16}), kAlice, bad, memory());
+    EXPECT_EQ(s.code(), Code::kInvalidArgument) << bad;
+  }
+  ASSERT_TRUE(reg.Restore(7, Spec("epoch", {16}), kAlice, 0, memory()).ok());
+  for (std::uint64_t older :
+       {std::uint64_t{0}, std::uint64_t{1} << 40, std::numeric_limits<std::uint64_t>::max()}) {
+    auto r = reg.Purge({.older_than_seconds = older}, kRoot, /*dry_run=*/true);
+    ASSERT_TRUE(r.ok());
+    EXPECT_EQ(r->removed.size(), older == 0 ? 1u : 0u) << older;
+  }
 }
 
 }  // namespace

@@ -258,5 +258,25 @@ TEST_F(RequestHandlerTest, StatsCountRequestsAndErrors) {
   EXPECT_EQ(err["INTERNAL"], 0u);
 }
 
+// Found by the request fuzzer's author: a client name cut at 64 bytes in the middle of a UTF-8
+// character made every stat reply listing that holder unparsable, for every client.
+TEST_F(RequestHandlerTest, ALongClientNameIsCutAtACharacterBoundary) {
+  Session s = NewSession();
+  wire::Request hello;
+  hello.mutable_hello()->set_protocol_version(wire::PROTOCOL_VERSION_CURRENT);
+  hello.mutable_hello()->set_client_name(std::string(63, 'a') + "\xc3\xa9");  // 63 + "é"
+  ASSERT_EQ(Send(s, hello).reply.code(), wire::OK);
+  ASSERT_EQ(Create(s, "held").reply.code(), wire::OK);
+  Session other = Greeted(2000);
+  wire::Request stat;
+  stat.mutable_stat()->set_name("held");
+  Outcome o = Send(other, stat);
+  ASSERT_EQ(o.reply.code(), wire::OK);
+  wire::Reply parsed;
+  ASSERT_TRUE(parsed.ParseFromString(o.reply.SerializeAsString()));
+  ASSERT_EQ(parsed.stat().holders_size(), 1);
+  EXPECT_EQ(parsed.stat().holders(0).client_name(), std::string(63, 'a'));
+}
+
 }  // namespace
 }  // namespace shmbroker::daemon
