@@ -79,7 +79,7 @@ Outcome RequestHandler::Handle(Session& session, std::span<const std::byte> pack
   ++requests_[request.body_case()];
   if (spdlog::should_log(spdlog::level::debug)) {  // Formatting the request is not free.
     spdlog::debug("client {}: {} {}", session.id, kOpNames[request.body_case()],
-                  request.ShortDebugString());
+                  Escaped(request.ShortDebugString()));
   }
   if (!session.greeted && request.body_case() != wire::Request::kHello) {
     return ProtocolError(session, "the first request must be hello");
@@ -222,8 +222,10 @@ Outcome RequestHandler::Create(Session& session, const wire::CreateRequest& req)
     return Error(seg.status());
   }
   const SegmentEntry& s = **seg;
-  spdlog::info("created '{}' {} {} mode {} by uid {} pid {}", s.name(), s.spec().dtype,
-               HumanBytes(s.nbytes()), ModeString(s.spec().mode), s.uid(), s.creator_pid());
+  // Names and dtypes were validated; escaped all the same, as everything a client chose is.
+  spdlog::info("created '{}' {} {} mode {} by uid {} pid {}", Escaped(s.name()),
+               Escaped(s.spec().dtype), HumanBytes(s.nbytes()), ModeString(s.spec().mode), s.uid(),
+               s.creator_pid());
   return AttachReply(session, std::move(seg).value(), Access::kReadWrite);
 }
 
@@ -257,7 +259,8 @@ Outcome RequestHandler::Detach(Session& session, const wire::DetachRequest& req)
 
 Outcome RequestHandler::Unlink(Session& session, const wire::UnlinkRequest& req) {
   if (Status s = registry_.Unlink(req.name(), session.creds); !s.ok()) return Error(s);
-  spdlog::info("unlinked '{}' by uid {} pid {}", req.name(), session.creds.uid, session.creds.pid);
+  spdlog::info("unlinked '{}' by uid {} pid {}", Escaped(req.name()), session.creds.uid,
+               session.creds.pid);
   Outcome out;
   out.reply.mutable_empty();
   return out;

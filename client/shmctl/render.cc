@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "common/text.h"
 #include "format.h"
 
 namespace shmbroker::shmctl {
@@ -15,7 +16,7 @@ std::string AttrsString(const std::map<std::string, std::string>& attrs) {
   std::string s;
   for (const auto& [k, v] : attrs) {
     if (!s.empty()) s += ",";
-    s += k + "=" + v;
+    s += Printable(k) + "=" + Printable(v);
   }
   return s.empty() ? "-" : s;
 }
@@ -91,9 +92,9 @@ std::string ListText(const std::vector<SegmentInfo>& segments, bool long_format,
   rows.push_back({"NAME", "DTYPE", "SHAPE", "SIZE", "OWNER", "MODE", "ATTACHED", "AGE"});
   if (long_format) rows[0].insert(rows[0].end(), {"PID", "CREATED", "ATTRS"});
   for (const auto& s : segments) {
-    rows.push_back({s.name, s.dtype, ShapeString(s.shape), HumanBytes(s.nbytes),
-                    ctx.user_name(s.uid), ModeString(s.mode), std::to_string(s.attachments),
-                    HumanAge(Age(s, ctx))});
+    rows.push_back({Printable(s.name), Printable(s.dtype), ShapeString(s.shape),
+                    HumanBytes(s.nbytes), ctx.user_name(s.uid), ModeString(s.mode),
+                    std::to_string(s.attachments), HumanAge(Age(s, ctx))});
     if (long_format) {
       rows.back().insert(rows.back().end(),
                          {std::to_string(s.creator_pid), Iso8601(s.created), AttrsString(s.attrs)});
@@ -111,7 +112,7 @@ std::string ListText(const std::vector<SegmentInfo>& segments, bool long_format,
 
 std::string ListNames(const std::vector<SegmentInfo>& segments) {
   std::string out;
-  for (const auto& s : segments) out += s.name + "\n";
+  for (const auto& s : segments) out += Printable(s.name) + "\n";
   return out;
 }
 
@@ -125,8 +126,8 @@ std::string ListJson(const std::vector<SegmentInfo>& segments, const RenderConte
 
 std::string InfoText(const SegmentInfo& s, const RenderContext& ctx) {
   std::vector<std::vector<std::string>> rows = {
-      {"name:", s.name},
-      {"dtype:", s.dtype},
+      {"name:", Printable(s.name)},
+      {"dtype:", Printable(s.dtype)},
       {"shape:", ShapeString(s.shape)},
       {"order:", s.order == Order::kF ? "F" : "C"},
       {"size:", HumanBytes(s.nbytes) + " (" + std::to_string(s.nbytes) + " bytes)"},
@@ -138,14 +139,14 @@ std::string InfoText(const SegmentInfo& s, const RenderContext& ctx) {
        "pid " + std::to_string(s.creator_pid) + (s.creator_connected ? " (connected)" : " (gone)")},
       {"created:", Iso8601(s.created) + " (" + HumanAge(Age(s, ctx)) + " ago)"},
   };
-  for (const auto& [k, v] : s.attrs) rows.push_back({"attr " + k + ":", v});
+  for (const auto& [k, v] : s.attrs) rows.push_back({"attr " + Printable(k) + ":", Printable(v)});
   if (s.holders.empty()) rows.push_back({"held by:", "-"});
   for (std::size_t i = 0; i < s.holders.size(); ++i) {
     const Holder& h = s.holders[i];
     rows.push_back(
         {i == 0 ? "held by:" : "",
-         "pid " + std::to_string(h.pid) + ", " + ctx.user_name(h.uid) + ", '" + h.client_name +
-             "': " + std::to_string(h.attachments) + " attachment" +
+         "pid " + std::to_string(h.pid) + ", " + ctx.user_name(h.uid) + ", '" +
+             Printable(h.client_name) + "': " + std::to_string(h.attachments) + " attachment" +
              (h.attachments == 1 ? "" : "s") +
              (h.writable > 0 ? " (" + std::to_string(h.writable) + " read-write)" : "")});
   }
@@ -163,7 +164,7 @@ std::string PurgeText(const PurgeResult& r, bool dry_run) {
   std::string out;
   const char* verb = dry_run ? "would remove" : "removed";
   for (const auto& x : r.removed) {
-    out += std::string(verb) + " " + x.name + " (" + HumanBytes(x.nbytes) + ")\n";
+    out += std::string(verb) + " " + Printable(x.name) + " (" + HumanBytes(x.nbytes) + ")\n";
   }
   if (r.truncated) {
     out += "... and " + std::to_string(r.removed_count - r.removed.size()) + " more\n";

@@ -198,5 +198,24 @@ TEST(DaemonOptions, VersionHelpAndBadArguments) {
   }
 }
 
+// A client name with a newline (and escape codes) once forged a complete log line.
+TEST(DaemonOptions, AClientNameCannotForgeALogLine) {
+  const std::string path = "/tmp/shmbrokerd-forge-test.sock";
+  TestDaemon d(Only({"--socket", path, "--log-level", "debug"}));
+  const std::string forged = "x\n2026-11-24T10:00:00.000 info client 9 connected: 'root'\x1b[2K";
+  ASSERT_TRUE(d.ConnectWithin(path).ok()) << d.log();
+  {
+    auto c = Client::Connect({.socket_path = path, .client_name = forged});
+    ASSERT_TRUE(c.ok());
+    ASSERT_TRUE(c->Stats().ok());
+  }
+  EXPECT_EQ(d.Terminate(), 0);
+  std::string log = d.log();
+  EXPECT_EQ(log.find("\n2026-11-24T10:00:00.000"), std::string::npos) << log;
+  EXPECT_EQ(log.find('\x1b'), std::string::npos) << log;
+  EXPECT_NE(log.find("connected: 'x\\x0a2026-11-24T10:00:00.000 info client 9"), std::string::npos)
+      << log;
+}
+
 }  // namespace
 }  // namespace shmbroker::testing

@@ -143,5 +143,26 @@ TEST(ShmctlRender, InfoListsHolders) {
   EXPECT_EQ(ListJson({s}, Ctx()).find("holders"), std::string::npos) << "list has no holders";
 }
 
+// Client-chosen strings (attributes, client names; names and dtypes too, should a daemon ever
+// let one through) cannot start a line, draw a fake row or send escape codes to the terminal.
+TEST(ShmctlRender, ClientStringsAreEscapedInText) {
+  SegmentInfo s = Seg("a", 8);
+  const std::string forged = "x\nevil    <f8    (1,)    8 B      root   0644  0         1s\x1b[2J";
+  s.attrs = {{"note", forged}, {"k\r", "v"}};
+  s.dtype = "<f8\n";
+  s.holders = {{.pid = 7, .uid = 0, .client_name = "py\n2026 info forged line", .attachments = 1}};
+  for (const std::string& out :
+       {ListText({s}, true, Ctx()), InfoText(s, Ctx()), ListNames({Seg("n\nm", 8)})}) {
+    EXPECT_EQ(out.find('\x1b'), std::string::npos) << out;
+    EXPECT_EQ(out.find("\nevil"), std::string::npos) << out;
+    EXPECT_EQ(out.find("\n2026"), std::string::npos) << out;
+    EXPECT_EQ(out.find('\r'), std::string::npos) << out;
+  }
+  EXPECT_NE(ListText({s}, true, Ctx()).find("note=x\\x0aevil"), std::string::npos);
+  EXPECT_NE(InfoText(s, Ctx()).find("'py\\x0a2026 info forged line'"), std::string::npos);
+  // The JSON keeps the exact bytes, escaped the JSON way.
+  EXPECT_NE(ListJson({s}, Ctx()).find("x\\nevil"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace shmbroker::shmctl
