@@ -2,6 +2,9 @@
 
 #include <sys/socket.h>
 
+#include <cerrno>
+#include <vector>
+
 namespace shmbroker::daemon {
 
 Credentials PeerCredentials(int fd) {
@@ -17,10 +20,18 @@ Credentials PeerCredentials(int fd) {
     creds.uid = creds.gid = 65534;
   }
 #ifdef SO_PEERGROUPS
-  gid_t groups[64];
-  len = sizeof(groups);
-  if (::getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) == 0) {
-    creds.groups.assign(groups, groups + len / sizeof(gid_t));
+  // Most peers have a few groups; one from a directory service may have hundreds. ERANGE says how
+  // many bytes the kernel needs: retry with that (up to NGROUPS_MAX, 65536 groups).
+  std::vector<gid_t> groups(64);
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    len = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
+    if (::getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups.data(), &len) == 0) {
+      groups.resize(len / sizeof(gid_t));
+      creds.groups.assign(groups.begin(), groups.end());
+      break;
+    }
+    if (errno != ERANGE || len <= groups.size() * sizeof(gid_t)) break;
+    groups.resize(len / sizeof(gid_t));
   }
 #endif
   return creds;

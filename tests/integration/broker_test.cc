@@ -270,10 +270,13 @@ TEST(Broker, SupplementaryGroupsGrantGroupAccess) {
   auto seg = root.Create({.name = "g/shared", .shape = {64}, .mode = 0640});  // gid 0, group r.
   ASSERT_TRUE(seg.ok());
   ASSERT_EQ(seg->info().gid, ::getegid());
-  auto attach_as_nobody = [&](bool with_group) {
+  // `before`: how many other groups come first (directory services give users hundreds).
+  auto attach_as_nobody = [&](bool with_group, int before = 0) {
     return RunInChild([&] {
-      gid_t group = ::getegid();
-      if (::setgroups(with_group ? 1 : 0, &group) != 0 || ::setgid(65534) != 0 ||
+      std::vector<gid_t> groups;
+      for (int i = 0; i < before; ++i) groups.push_back(static_cast<gid_t>(5000 + i));
+      if (with_group) groups.push_back(::getegid());
+      if (::setgroups(groups.size(), groups.data()) != 0 || ::setgid(65534) != 0 ||
           ::setuid(65534) != 0) {
         return 10;
       }
@@ -288,6 +291,9 @@ TEST(Broker, SupplementaryGroupsGrantGroupAccess) {
   };
   EXPECT_EQ(attach_as_nobody(true), 0) << "a supplementary group should grant group read";
   EXPECT_EQ(attach_as_nobody(false), 1) << "without the group, 'other' has no access";
+  // SO_PEERGROUPS with more than 64 groups needs a second, larger read.
+  EXPECT_EQ(attach_as_nobody(true, 300), 0) << "the 301st group should count too";
+  EXPECT_EQ(attach_as_nobody(false, 300), 1);
 }
 
 // --- Attachments and lifetime -------------------------------------------------------------------
