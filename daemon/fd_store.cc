@@ -12,6 +12,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "memfd.h"
 #include "store.pb.h"
 #include "wire_convert.h"
 
@@ -46,8 +47,7 @@ UniqueFd MakeMetaMemfd(const SegmentEntry& s) {
   DescribeSegment(s, stored.mutable_info());
   std::string bytes = stored.SerializeAsString();
 
-  UniqueFd fd(
-      ::memfd_create(("shmbroker-meta:" + s.name()).c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  UniqueFd fd(MemfdCreate("shmbroker-meta:" + s.name()));
   if (!fd) return fd;
   if (::write(fd.get(), bytes.data(), bytes.size()) != static_cast<ssize_t>(bytes.size()) ||
       ::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) !=

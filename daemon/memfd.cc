@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "common/posix.h"
+#include "common/text.h"
 
 #ifndef MFD_NOEXEC_SEAL
 #define MFD_NOEXEC_SEAL 0x0008U
@@ -19,16 +20,26 @@
 namespace shmbroker::daemon {
 namespace {
 
-int MemfdCreate(const std::string& label) {
+// memfd_create refuses (EINVAL) names longer than NAME_MAX minus its "memfd:" prefix.
+constexpr std::size_t kMaxMemfdLabel = 249;
+
+}  // namespace
+
+int MemfdCreate(std::string_view label) {
+  // The label only shows in /proc/PID/fd and maps: a cut one is fine. Cut, it can never be the
+  // EINVAL that would be taken below for a kernel without MFD_NOEXEC_SEAL.
+  std::string name(TruncateUtf8(label, kMaxMemfdLabel));
   // MFD_NOEXEC_SEAL is Linux 6.3+; older kernels reject unknown flags with EINVAL.
   static bool noexec_supported = true;
   if (noexec_supported) {
-    int fd = ::memfd_create(label.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_NOEXEC_SEAL);
+    int fd = ::memfd_create(name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_NOEXEC_SEAL);
     if (fd >= 0 || errno != EINVAL) return fd;
     noexec_supported = false;
   }
-  return ::memfd_create(label.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  return ::memfd_create(name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING);
 }
+
+namespace {
 
 std::uint64_t ReadMeminfoKiB(const std::string& text, const char* key) {
   auto pos = text.find(key);

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 #include "shmbroker/status.h"
 #include "wire.h"
@@ -15,6 +16,10 @@ namespace shmbroker::daemon {
 // through /proc. `label` names it in /proc/PID/fd and /proc/PID/maps.
 // Errors: RESOURCE_EXHAUSTED when the memory cannot be reserved, INTERNAL otherwise.
 Result<UniqueFd> CreateSegmentMemfd(const std::string& label, std::uint64_t size);
+
+// memfd_create with sealing allowed, close-on-exec and (where the kernel has it) no exec; `label`
+// cut to the 249 bytes the kernel takes. An fd, or -1 with errno.
+int MemfdCreate(std::string_view label);
 
 // A read-only descriptor for the same memory (reopened O_RDONLY through /proc/self/fd), so that a
 // reader can neither map it writable nor mprotect a mapping to writable.

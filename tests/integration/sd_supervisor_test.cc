@@ -281,6 +281,44 @@ TEST(SystemdSupervisor, SegmentsSurviveSigkillThroughTheFdStore) {
   EXPECT_TRUE(sd.PumpUntil([&] { return sd.store_.size() == 198; }));
 }
 
+// memfd_create takes labels of at most 249 bytes: names of 240-255 bytes once failed to create
+// and names of 235-239 lost their metadata (and so their segment) at a restart.
+TEST(SystemdSupervisor, EveryNameLengthWorksAcrossARestart) {
+  FakeSystemd sd;
+  sd.Start();
+  ASSERT_TRUE(sd.PumpUntil([&] { return sd.ready_; })) << "no READY=1";
+  auto name_of = [](std::size_t length) {
+    std::string n = "long/" + std::to_string(length) + "/";
+    return n + std::string(length - n.size(), 'x');
+  };
+  constexpr std::size_t kFirst = 200, kLast = 255;
+  {
+    auto client = sd.Connect();
+    ASSERT_TRUE(client.ok()) << client.status().ToString();
+    for (std::size_t len = kFirst; len <= kLast; ++len) {
+      auto seg = client->Create({.name = name_of(len), .shape = {16}});
+      ASSERT_TRUE(seg.ok()) << len << ": " << seg.status().ToString();
+      seg->mutable_bytes().value()[0] = std::byte(len & 0xff);
+    }
+  }
+  std::size_t count = kLast - kFirst + 1;
+  ASSERT_TRUE(sd.PumpUntil([&] { return sd.store_.size() == 2 * count; }))
+      << "fd store has " << sd.store_.size() << " entries";
+  sd.Kill(SIGKILL);
+  sd.Start();
+  ASSERT_TRUE(sd.PumpUntil([&] { return sd.ready_; })) << "no READY=1 after restart";
+  auto client = sd.Connect();
+  ASSERT_TRUE(client.ok());
+  for (std::size_t len = kFirst; len <= kLast; ++len) {
+    auto seg = client->Attach(name_of(len));
+    ASSERT_TRUE(seg.ok()) << len << ": " << seg.status().ToString();
+    EXPECT_EQ(seg->bytes()[0], std::byte(len & 0xff)) << len;
+  }
+  // One byte more is refused up front, as the protocol says.
+  EXPECT_EQ(client->Create({.name = std::string(256, 'y'), .shape = {1}}).status().code(),
+            Code::kInvalidArgument);
+}
+
 TEST(SystemdSupervisor, CorruptOrIncompleteStoreEntriesAreSkipped) {
   FakeSystemd sd;
   sd.Start();
