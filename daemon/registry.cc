@@ -87,10 +87,34 @@ void Registry::Uncharge(const SegmentEntry& s) {
   if (--it->second.segments == 0) usage_.erase(it);
 }
 
+Status Registry::CheckNamespace(const std::string& name, const Credentials& creds) const {
+  if (name.empty() || name[0] != '~') return Status::Ok();
+  std::size_t slash = name.find('/');
+  if (slash == std::string::npos || slash == 1) {
+    return Status::InvalidArgument(
+        "a name starting with '~' is ~USER/..., the namespace of user "
+        "USER: " +
+        Quoted(name));
+  }
+  std::string user = name.substr(1, slash - 1);
+  std::optional<std::uint32_t> uid = options_.user_uid(user);
+  if (!uid) {
+    return Status::InvalidArgument("names under ~" + user + "/ belong to user '" + user +
+                                   "', and there is no such user");
+  }
+  if (creds.uid != 0 && creds.uid != *uid) {
+    return Status::PermissionDenied("names under ~" + user + "/ can be created only by user '" +
+                                    user + "' (uid " + std::to_string(*uid) +
+                                    ") or root; caller is uid " + std::to_string(creds.uid));
+  }
+  return Status::Ok();
+}
+
 Result<std::shared_ptr<SegmentEntry>> Registry::Create(SegmentSpec spec, const Credentials& creds,
                                                        std::uint64_t connection) {
   auto nbytes = CheckNew(spec);
   if (!nbytes.ok()) return nbytes.status();
+  if (Status s = CheckNamespace(spec.name, creds); !s.ok()) return s;
   std::uint64_t size = *nbytes;
   if (Status s = CheckQuota(creds.uid, spec.name, size); !s.ok()) return s;
   if (options_.max_memory != 0 &&

@@ -53,6 +53,8 @@ struct RegistryOptions {
   std::function<std::uint64_t()> available_memory = AvailableMemory;
   std::function<Result<UniqueFd>(const std::string&, std::uint64_t)> make_memfd =
       CreateSegmentMemfd;
+  // The uid of a user name (for names under ~USER/), nullopt when there is no such user.
+  std::function<std::optional<std::uint32_t>(const std::string&)> user_uid = UidOfUser;
   // Told of every segment added by Create and removed by Unlink or Purge (not of restored ones),
   // e.g. to keep systemd's fd store in step.
   std::function<void(const SegmentEntry&)> on_created;
@@ -64,7 +66,8 @@ class Registry {
   explicit Registry(RegistryOptions options = {});
 
   // Validates `spec`, reserves its memory and registers it. ALREADY_EXISTS if the name is taken,
-  // RESOURCE_EXHAUSTED over the cap or out of memory, INVALID_ARGUMENT for a bad spec.
+  // RESOURCE_EXHAUSTED over the cap or out of memory, INVALID_ARGUMENT for a bad spec,
+  // PERMISSION_DENIED for a name under another user's ~USER/.
   Result<std::shared_ptr<SegmentEntry>> Create(SegmentSpec spec, const Credentials& creds,
                                                std::uint64_t connection);
 
@@ -120,6 +123,8 @@ class Registry {
   // Validates a spec for a new segment (and that its name is free); returns its size in bytes.
   Result<std::uint64_t> CheckNew(const SegmentSpec& spec) const;
   // RESOURCE_EXHAUSTED when `size` more bytes in one more segment would take `uid` over a quota.
+  // Names under ~USER/ are USER's: PERMISSION_DENIED for anyone else but root.
+  Status CheckNamespace(const std::string& name, const Credentials& creds) const;
   Status CheckQuota(std::uint32_t uid, const std::string& name, std::uint64_t size) const;
   void Charge(const SegmentEntry& s);
   void Uncharge(const SegmentEntry& s);

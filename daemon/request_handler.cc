@@ -235,6 +235,11 @@ Outcome RequestHandler::Attach(Session& session, const wire::AttachRequest& req)
   if (Status s = MayAttach(session); !s.ok()) return Error(s);
   auto seg = registry_.Open(req.name(), *access, session.creds);
   if (!seg.ok()) return Error(seg.status());
+  if (req.has_owner_uid() && (*seg)->uid() != req.owner_uid()) {
+    return Error(Status::PermissionDenied(
+        "'" + req.name() + "' is owned by uid " + std::to_string((*seg)->uid()) + ", not uid " +
+        std::to_string(req.owner_uid()) + " as the caller requires"));
+  }
   return AttachReply(session, std::move(seg).value(), *access);
 }
 

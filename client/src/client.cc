@@ -334,6 +334,7 @@ Result<Segment> Client::Attach(std::string_view name, const AttachOptions& o) {
   req.mutable_attach()->set_name(std::string(name));
   req.mutable_attach()->set_access(o.access == Access::kReadWrite ? wire::READ_WRITE
                                                                   : wire::READ_ONLY);
+  if (o.owner_uid) req.mutable_attach()->set_owner_uid(*o.owner_uid);
   return core_->Map(req, o.prefault);
 }
 

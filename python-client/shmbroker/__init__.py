@@ -47,10 +47,10 @@ def create(name, shape, dtype="float64", *, order="C", mode=0o600, attrs=None, p
     )
 
 
-def attach(name, *, writable=False, prefault=None):
-    """Maps segment ``name``: read-only by default; to write, ``attach(name, writable=True)``.
-    See :meth:`Client.attach`."""
-    return default_client().attach(name, writable=writable, prefault=prefault)
+def attach(name, *, writable=False, prefault=None, owner=None):
+    """Maps segment ``name``: read-only by default; to write, ``attach(name, writable=True)``;
+    ``owner=`` (user name or uid) refuses a segment of anyone else. See :meth:`Client.attach`."""
+    return default_client().attach(name, writable=writable, prefault=prefault, owner=owner)
 
 
 def share(arr, name, *, mode=0o600, attrs=None):

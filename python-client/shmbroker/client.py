@@ -243,7 +243,7 @@ class Client:
         mapped = self._map(req, (0, None), prefault)
         return self._array(mapped, shape, dt, order)
 
-    def attach(self, name, *, writable=False, prefault=None):
+    def attach(self, name, *, writable=False, prefault=None, owner=None):
         """Maps segment ``name`` and returns it as an array with its stored shape, dtype and
         order. NotFoundError (also a KeyError and FileNotFoundError) if there is no such
         segment.
@@ -253,10 +253,16 @@ class Client:
         is read-only". To write, attach with ``attach(name, writable=True)`` (the segment's
         mode must grant you write access).
 
-        ``prefault``: as for :meth:`create` (pays when the whole array is read next)."""
+        ``prefault``: as for :meth:`create` (pays when the whole array is read next).
+
+        ``owner`` (a user name or uid): fail with PermissionDeniedError unless the segment
+        belongs to that user. Any user may create a name outside ``~USER/`` first; a consumer
+        that knows who its producer is says so (or uses names under ``~producer/``)."""
         req = pb.Request()
         req.attach.name = _check_name(name)
         req.attach.access = pb.READ_WRITE if writable else pb.READ_ONLY
+        if owner is not None:
+            req.attach.owner_uid = _uid_of(owner)
         mapped = self._map(req, (0, None), prefault)
         info = mapped[2]
         return self._array(mapped, info.shape, info.dtype, info.order)

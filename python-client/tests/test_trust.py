@@ -11,6 +11,7 @@ import pytest
 
 import shmbroker
 from conftest import DAEMON, _wait_for_socket
+from sbtest import run_python
 
 NOBODY = 65534
 
@@ -73,3 +74,34 @@ def test_a_root_owned_directory_vouches_for_the_socket(nobodys_daemon):
             shmbroker.connect(nobodys_daemon)
     finally:
         os.chmod(directory, 0o755)
+
+
+def test_tilde_user_names_and_attach_owner(names):
+    # nobody squats a plain name and is refused root's namespace.
+    squat = names("squat")
+    code = f"""
+import shmbroker
+try:
+    shmbroker.create("~root/{squat}", (4,))
+except shmbroker.PermissionDeniedError as e:
+    assert "root" in str(e)
+else:
+    raise SystemExit("~root/ was open to nobody")
+shmbroker.create("{squat}", (4,), mode=0o644)
+"""
+    run_python(code, user=NOBODY, group=NOBODY, extra_groups=[])
+    try:
+        with pytest.raises(shmbroker.PermissionDeniedError, match="owned by uid 65534"):
+            shmbroker.attach(squat, owner="root")
+        assert shmbroker.attach(squat, owner="nobody").shape == (4,)
+        assert shmbroker.attach(squat, owner=NOBODY).shape == (4,)
+        with pytest.raises(shmbroker.InvalidArgumentError, match="no such user"):
+            shmbroker.attach(squat, owner="no-such-user-here")
+        mine = "~root/" + squat
+        shmbroker.create(mine, (2,))
+        try:
+            assert shmbroker.attach(mine, owner=0).shape == (2,)
+        finally:
+            shmbroker.unlink(mine)
+    finally:
+        shmbroker.unlink(squat)

@@ -217,5 +217,33 @@ TEST(ClientTrust, AnotherUsersSocketIsTrustedOnlyInADirectoryNoOneElseCanWrite) 
   ASSERT_EQ(::chmod(other.dir().c_str(), 0755), 0);
 }
 
+// Any user may take a plain name first; ~USER/ names are USER's, and a consumer can insist on
+// the owner it expects.
+TEST(Namespace, OnlyTheUserOrRootCreatesUnderTildeUser) {
+  TestDaemon d;
+  EXPECT_EQ(RunInChild(
+                [&] {
+                  auto c = d.Connect("squatter");
+                  if (!c.ok()) return 10;
+                  Code squat = c->Create({.name = "~root/weights", .shape = {8}}).status().code();
+                  if (squat != Code::kPermissionDenied) return 11;
+                  if (!c->Create({.name = "~nobody/mine", .shape = {8}}).ok()) return 12;
+                  // A plain name anyone may take: the squat the owner check below catches.
+                  return c->Create({.name = "prod/weights", .shape = {8}, .mode = 0644}).ok() ? 0
+                                                                                              : 13;
+                },
+                kNobody),
+            0);
+  Client root = d.MustConnect();
+  EXPECT_TRUE(root.Create({.name = "~root/weights", .shape = {8}}).ok());
+  EXPECT_TRUE(root.Create({.name = "~nobody/for-nobody", .shape = {8}}).ok());
+  auto taken = root.Attach("prod/weights", AttachOptions{.owner_uid = 0});
+  EXPECT_EQ(taken.status().code(), Code::kPermissionDenied);
+  EXPECT_NE(taken.status().message().find("owned by uid 65534"), std::string::npos)
+      << taken.status().message();
+  EXPECT_TRUE(root.Attach("prod/weights", AttachOptions{.owner_uid = kNobody}).ok());
+  EXPECT_TRUE(root.Attach("~root/weights", AttachOptions{.owner_uid = 0}).ok());
+}
+
 }  // namespace
 }  // namespace shmbroker::testing

@@ -379,5 +379,24 @@ TEST(Registry, RestoreRefusesCreationTimesOutOfRangeAndPurgeNeverOverflows) {
   }
 }
 
+TEST(Registry, NamesUnderTildeUserBelongToThatUser) {
+  Registry reg({.user_uid = [](const std::string& user) -> std::optional<std::uint32_t> {
+    if (user == "alice") return 1000;
+    return std::nullopt;
+  }});
+  EXPECT_TRUE(reg.Create(Spec("~alice/weights"), kAlice, 1).ok());
+  EXPECT_TRUE(reg.Create(Spec("~alice/by-root"), kRoot, 1).ok());
+  auto other = reg.Create(Spec("~alice/squat"), User(2000), 1);
+  EXPECT_EQ(other.status().code(), Code::kPermissionDenied);
+  EXPECT_NE(other.status().message().find("only by user 'alice' (uid 1000) or root"),
+            std::string::npos)
+      << other.status().message();
+  EXPECT_EQ(reg.Create(Spec("~nobody-here/x"), kRoot, 1).status().code(), Code::kInvalidArgument);
+  EXPECT_EQ(reg.Create(Spec("~/x"), kRoot, 1).status().code(), Code::kInvalidArgument);
+  EXPECT_EQ(reg.Create(Spec("~alice"), kAlice, 1).status().code(), Code::kInvalidArgument);
+  // Only a leading ~ names a user: elsewhere it is an ordinary character.
+  EXPECT_TRUE(reg.Create(Spec("a~alice/x"), User(2000), 1).ok());
+}
+
 }  // namespace
 }  // namespace shmbroker::daemon

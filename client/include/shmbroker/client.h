@@ -59,6 +59,9 @@ struct CreateOptions {
 
 struct AttachOptions {
   Access access = Access::kReadOnly;
+  // Fail (PERMISSION_DENIED) unless the segment belongs to this uid: any user may create a name
+  // outside ~USER/ first, so a consumer that knows who the producer is says so.
+  std::optional<uid_t> owner_uid;
   // As for CreateOptions: pays when the whole segment is read next. Unset: the client's default.
   std::optional<bool> prefault;
 };
