@@ -1,8 +1,15 @@
 #include "log.h"
 
+#include <spdlog/async.h>
+
 #include <algorithm>
 
 namespace shmbroker::daemon {
+
+std::uint64_t LogLinesDropped() {
+  auto pool = spdlog::thread_pool();  // None until the daemon starts its async logger.
+  return pool ? pool->overrun_counter() : 0;
+}
 
 bool Throttle::Allow(std::uint64_t& suppressed) {
   auto now = std::chrono::steady_clock::now();

@@ -15,6 +15,9 @@
 
 namespace shmbroker::daemon {
 
+// Log lines the asynchronous logger dropped because its queue was full (stderr not keeping up).
+std::uint64_t LogLinesDropped();
+
 // A client-supplied string for a log line: quoted by the caller, escaped here.
 inline std::string Escaped(std::string_view text) { return Printable(text); }
 

@@ -6,11 +6,44 @@ namespace shmbroker::daemon {
 
 std::size_t Region::open_fds_ = 0;
 
-Region::Region(std::uint64_t id, UniqueFd memfd, std::uint64_t size) : id_(id), size_(size) {
+Region::Region(std::uint64_t id, UniqueFd memfd, std::uint64_t size, std::shared_ptr<Ledger> ledger,
+               std::uint32_t owner)
+    : id_(id), size_(size), ledger_(std::move(ledger)), owner_(owner) {
   Set(rw_, std::move(memfd));
+  if (ledger_) ledger_->Charge(owner_, size_);
 }
 
-Region::~Region() { DropFds(); }
+Region::~Region() {
+  DropFds();
+  if (ledger_) ledger_->Release(owner_, size_, retired_);
+}
+
+void Region::Retire() {
+  if (retired_) return;
+  retired_ = true;
+  if (ledger_) ledger_->Unlinked(size_);
+  if (pins_ == 0) DropFds();
+}
+
+Region::Pin::Pin(std::shared_ptr<Region> region) : region_(std::move(region)) {
+  if (region_) ++region_->pins_;
+}
+
+Region::Pin& Region::Pin::operator=(Pin&& o) noexcept {
+  if (this != &o) {
+    Release();
+    region_ = std::move(o.region_);
+  }
+  return *this;
+}
+
+Region::Pin::~Pin() { Release(); }
+
+void Region::Pin::Release() {
+  if (!region_) return;
+  if (--region_->pins_ == 0 && region_->retired_) region_->DropFds();
+  region_.reset();
+}
 
 void Region::Set(UniqueFd& slot, UniqueFd fd) {
   if (slot) --open_fds_;

@@ -1,5 +1,6 @@
 // A region: a memfd the daemon hands to clients, who map it whole and find segments in it at an
-// (offset, length). Today each segment has a region of its own.
+// (offset, length). Today each segment has a region of its own. The region's memory is charged
+// to the segment's owner in the Ledger until the region is destroyed.
 //
 // Descriptors: the read-write one, and a read-only one reopened on first use (a reader gets only
 // that one, so the kernel refuses it writable mappings). On the wire a region id names a (region,
@@ -8,8 +9,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 
 #include "common/unique_fd.h"
+#include "ledger.h"
 #include "shmbroker/status.h"
 #include "shmbroker/types.h"
 
@@ -17,7 +20,9 @@ namespace shmbroker::daemon {
 
 class Region {
  public:
-  Region(std::uint64_t id, UniqueFd memfd, std::uint64_t size);
+  // Charges `size` bytes to `owner` in `ledger` (if any) for as long as the region lives.
+  Region(std::uint64_t id, UniqueFd memfd, std::uint64_t size,
+         std::shared_ptr<Ledger> ledger = nullptr, std::uint32_t owner = 0);
   ~Region();
   Region(const Region&) = delete;
   Region& operator=(const Region&) = delete;
@@ -34,6 +39,24 @@ class Region {
   // mappings of the clients that have it.
   void DropFds();
 
+  // The region's segment was unlinked: nobody can attach it any more, so its descriptors close
+  // as soon as no reply in flight carries them (see Pin), and the ledger counts it as unlinked.
+  void Retire();
+  bool retired() const { return retired_; }
+
+  // Keeps the descriptors open while a reply that carries them waits to be sent.
+  class Pin {
+   public:
+    explicit Pin(std::shared_ptr<Region> region);
+    Pin(Pin&& o) noexcept = default;
+    Pin& operator=(Pin&& o) noexcept;
+    ~Pin();
+
+   private:
+    void Release();
+    std::shared_ptr<Region> region_;
+  };
+
   // Descriptors all regions hold now (for the daemon's fd budget).
   static std::size_t open_fds() { return open_fds_; }
 
@@ -43,6 +66,10 @@ class Region {
   const std::uint64_t id_;
   const std::uint64_t size_;
   UniqueFd rw_, ro_;
+  std::shared_ptr<Ledger> ledger_;
+  const std::uint32_t owner_;
+  bool retired_ = false;
+  int pins_ = 0;
   static std::size_t open_fds_;  // The event loop's thread only.
 };
 

@@ -69,22 +69,26 @@ Status Registry::CheckQuota(std::uint32_t uid, const std::string& name, std::uin
   return Status::Ok();
 }
 
-Registry::Usage Registry::UsageOf(std::uint32_t uid) const {
-  auto it = usage_.find(uid);
-  return it == usage_.end() ? Usage{} : it->second;
+void Registry::Unnamed(const std::shared_ptr<SegmentEntry>& s) {
+  if (options_.on_removed) options_.on_removed(*s);
+  // Its memory stays charged until the last holder lets go; its descriptors close now.
+  s->region()->Retire();
+  if (s.use_count() > 1) {  // Someone else holds it: it is unlinked but in use.
+    if (unlinked_.size() >= 2 * unlinked_live_hint_ + 64) SweepUnlinked();
+    unlinked_.emplace(s->id(), s);
+  }
 }
 
-void Registry::Charge(const SegmentEntry& s) {
-  Usage& u = usage_[s.uid()];
-  u.bytes += s.nbytes();
-  ++u.segments;
+void Registry::SweepUnlinked() const {
+  std::erase_if(unlinked_, [](const auto& kv) { return kv.second.expired(); });
+  unlinked_live_hint_ = unlinked_.size();
 }
 
-void Registry::Uncharge(const SegmentEntry& s) {
-  auto it = usage_.find(s.uid());
-  if (it == usage_.end()) return;
-  it->second.bytes -= std::min(it->second.bytes, s.nbytes());
-  if (--it->second.segments == 0) usage_.erase(it);
+void Registry::ForEachUnlinked(const std::function<void(const SegmentEntry&)>& visit) const {
+  SweepUnlinked();
+  for (const auto& [id, weak] : unlinked_) {
+    if (auto s = weak.lock()) visit(*s);
+  }
 }
 
 Status Registry::CheckNamespace(const std::string& name, const Credentials& creds) const {
@@ -118,10 +122,10 @@ Result<std::shared_ptr<SegmentEntry>> Registry::Create(SegmentSpec spec, const C
   std::uint64_t size = *nbytes;
   if (Status s = CheckQuota(creds.uid, spec.name, size); !s.ok()) return s;
   if (options_.max_memory != 0 &&
-      size > options_.max_memory - std::min(bytes_held_, options_.max_memory)) {
+      size > options_.max_memory - std::min(bytes_held(), options_.max_memory)) {
     return Status::ResourceExhausted("creating " + Quoted(spec.name) + " needs " +
                                      std::to_string(size) + " bytes; the daemon holds " +
-                                     std::to_string(bytes_held_) + " of its --max-memory " +
+                                     std::to_string(bytes_held()) + " of its --max-memory " +
                                      std::to_string(options_.max_memory));
   }
   if (size > kCheckAvailableEvery || unchecked_bytes_ + size > kCheckAvailableEvery) {
@@ -143,13 +147,11 @@ Result<std::shared_ptr<SegmentEntry>> Registry::Create(SegmentSpec spec, const C
   }
   std::string name = spec.name;
   std::uint64_t id = next_id_++;
-  auto seg =
-      std::make_shared<SegmentEntry>(id, std::move(spec), size, creds, connection,
-                                     std::make_shared<Region>(id, std::move(fd).value(), size));
+  auto region = std::make_shared<Region>(id, std::move(fd).value(), size, ledger_, creds.uid);
+  auto seg = std::make_shared<SegmentEntry>(id, std::move(spec), size, creds, connection,
+                                            std::move(region));
   segments_.emplace(std::move(name), seg);
-  bytes_held_ += size;
   unchecked_bytes_ += size;
-  Charge(*seg);
   if (options_.on_created) options_.on_created(*seg);
   return seg;
 }
@@ -177,12 +179,10 @@ Status Registry::Restore(std::uint64_t id, SegmentSpec spec, const Credentials& 
     return Status::FailedPrecondition("the memory of " + Quoted(spec.name) + " is not sealed");
   }
   std::string name = spec.name;
+  auto region = std::make_shared<Region>(id, std::move(fd), *nbytes, ledger_, owner.uid);
   auto seg = std::make_shared<SegmentEntry>(id, std::move(spec), *nbytes, owner, /*connection=*/0,
-                                            std::make_shared<Region>(id, std::move(fd), *nbytes),
-                                            created_unix_ns);
-  Charge(*seg);
+                                            std::move(region), created_unix_ns);
   segments_.emplace(std::move(name), std::move(seg));
-  bytes_held_ += *nbytes;
   next_id_ = std::max(next_id_, id + 1);
   return Status::Ok();
 }
@@ -223,9 +223,7 @@ Status Registry::Unlink(std::string_view name, const Credentials& creds) {
                                     ") or root may unlink " + Quoted(name) + "; caller is uid " +
                                     std::to_string(creds.uid));
   }
-  bytes_held_ -= s.nbytes();
-  Uncharge(s);
-  if (options_.on_removed) options_.on_removed(s);
+  Unnamed(it->second);
   segments_.erase(it);
   return Status::Ok();
 }
@@ -319,9 +317,7 @@ Result<PurgeReport> Registry::Purge(const PurgeSelector& sel, const Credentials&
     if (dry_run) {
       ++it;
     } else {
-      bytes_held_ -= s.nbytes();
-      Uncharge(s);
-      if (options_.on_removed) options_.on_removed(s);
+      Unnamed(it->second);
       it = segments_.erase(it);
     }
   }

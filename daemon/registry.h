@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "credentials.h"
+#include "ledger.h"
 #include "memfd.h"
 #include "segment_entry.h"
 #include "shmbroker/status.h"
@@ -108,15 +109,19 @@ class Registry {
 
   static bool Allowed(const SegmentEntry& s, Access access, const Credentials& creds);
 
-  // What a user's segments take (root's too, though no cap applies to root).
-  struct Usage {
-    std::uint64_t bytes = 0;
-    std::uint64_t segments = 0;
-  };
-  Usage UsageOf(std::uint32_t uid) const;
+  // What a user's segments take, unlinked ones still in use included (root's too, though no cap
+  // applies to root).
+  using Usage = Ledger::Usage;
+  Usage UsageOf(std::uint32_t uid) const { return ledger_->Of(uid); }
 
+  // Named segments.
   std::size_t size() const { return segments_.size(); }
-  std::uint64_t bytes_held() const { return bytes_held_; }
+  // Every byte still charged: named segments and unlinked ones still in use.
+  std::uint64_t bytes_held() const { return ledger_->total().bytes; }
+  // Unlinked segments whose memory is still in use (attached, mapped or in a reply in flight).
+  Usage unlinked_in_use() const { return ledger_->unlinked(); }
+  // Visits them (while their entries live: a connection may map a region after its last detach).
+  void ForEachUnlinked(const std::function<void(const SegmentEntry&)>& visit) const;
   std::uint64_t max_memory() const { return options_.max_memory; }
 
  private:
@@ -126,14 +131,17 @@ class Registry {
   // Names under ~USER/ are USER's: PERMISSION_DENIED for anyone else but root.
   Status CheckNamespace(const std::string& name, const Credentials& creds) const;
   Status CheckQuota(std::uint32_t uid, const std::string& name, std::uint64_t size) const;
-  void Charge(const SegmentEntry& s);
-  void Uncharge(const SegmentEntry& s);
+  // `s` lost its name (unlink, purge): retire its region and remember it while it is in use.
+  void Unnamed(const std::shared_ptr<SegmentEntry>& s);
+  void SweepUnlinked() const;
 
   RegistryOptions options_;
   std::map<std::string, std::shared_ptr<SegmentEntry>, std::less<>> segments_;
   std::set<std::uint64_t> open_connections_;
-  std::unordered_map<std::uint32_t, Usage> usage_;
-  std::uint64_t bytes_held_ = 0;
+  std::shared_ptr<Ledger> ledger_ = std::make_shared<Ledger>();
+  // Unlinked segments that were still held when unlinked, by id; expired ones are swept lazily.
+  mutable std::map<std::uint64_t, std::weak_ptr<SegmentEntry>> unlinked_;
+  mutable std::size_t unlinked_live_hint_ = 0;
   std::uint64_t unchecked_bytes_ = 0;  // Created since the machine's memory was last checked.
   std::uint64_t next_id_ = 1;
 };

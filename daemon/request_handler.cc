@@ -1,6 +1,9 @@
 #include "request_handler.h"
 
+#include <fnmatch.h>
 #include <unistd.h>
+
+#include <algorithm>
 
 #include <spdlog/spdlog.h>
 
@@ -167,6 +170,25 @@ void RequestHandler::FillHolders(const SegmentEntry& s, wire::SegmentInfo* info)
     w->set_attachments(h.attachments);
     w->set_writable(h.writable);
   }
+  if (!s.region()->retired()) return;
+  // An unlinked segment is also held by connections that may still map it without attachments.
+  const std::uint64_t ids[] = {s.region()->WireId(Access::kReadOnly),
+                               s.region()->WireId(Access::kReadWrite)};
+  for (const auto& [id, session] : sessions_) {
+    bool maps =
+        session->regions_sent.count(ids[0]) != 0 || session->regions_sent.count(ids[1]) != 0;
+    bool attached = std::any_of(s.holders().begin(), s.holders().end(),
+                                [&](const SegmentEntry::Holding& h) { return h.connection == id; });
+    if (!maps || attached) continue;
+    if (static_cast<std::size_t>(info->holders_size()) >= kMaxHolders) {
+      info->set_holders_truncated(true);
+      break;
+    }
+    auto* w = info->add_holders();
+    w->set_pid(session->creds.pid);
+    w->set_uid(session->creds.uid);
+    w->set_client_name(session->client_name);
+  }
 }
 
 Outcome RequestHandler::AttachReply(Session& session, std::shared_ptr<SegmentEntry> segment,
@@ -178,7 +200,8 @@ Outcome RequestHandler::AttachReply(Session& session, std::shared_ptr<SegmentEnt
     auto fd = segment->region()->Fd(access);
     if (!fd.ok()) return Error(fd.status());
     out.fds.push_back(*fd);
-    session.regions_sent.insert(region);
+    out.pins.emplace_back(segment->region());
+    session.regions_sent.emplace(region, segment);
   }
   std::uint64_t id = session.next_attachment_id++;
   session.attachments.emplace(id, Session::Attachment{segment, access});
@@ -194,7 +217,6 @@ Outcome RequestHandler::AttachReply(Session& session, std::shared_ptr<SegmentEnt
   m->set_region_size(segment->nbytes());
   m->set_access(AccessToWire(access));
   m->set_fd_attached(send_fd);
-  out.keep_alive = std::move(segment);
   return out;
 }
 
@@ -284,6 +306,28 @@ Outcome RequestHandler::List(Session&, const wire::ListRequest& req) {
   Outcome out;
   auto* list = out.reply.mutable_list();
   std::size_t bytes = 0;
+  if (req.unlinked()) {
+    if (req.pattern().size() > kMaxPatternBytes) {
+      return Error(Status::InvalidArgument("pattern is longer than " +
+                                           std::to_string(kMaxPatternBytes) + " bytes"));
+    }
+    registry_.ForEachUnlinked([&](const SegmentEntry& seg) {
+      if (list->truncated()) return;
+      if (!req.pattern().empty() && ::fnmatch(req.pattern().c_str(), seg.name().c_str(), 0) != 0) {
+        return;
+      }
+      if (bytes >= kListPageBytes) {
+        list->set_truncated(true);
+        return;
+      }
+      auto* info = list->add_segments();
+      FillInfo(seg, info);
+      FillHolders(seg, info);
+      info->set_unlinked(true);
+      bytes += info->ByteSizeLong() + 8;
+    });
+    return out;
+  }
   Status s = registry_.List(req.pattern(), req.start_after(), [&](const SegmentEntry& seg) {
     if (bytes >= kListPageBytes) {
       list->set_truncated(true);
@@ -309,6 +353,20 @@ Outcome RequestHandler::Stats(Session&) {
   r->set_bytes_held(registry_.bytes_held());
   r->set_max_memory(registry_.max_memory());
   r->set_clients(clients_);
+  r->set_unlinked_segments(registry_.unlinked_in_use().segments);
+  r->set_unlinked_bytes(registry_.unlinked_in_use().bytes);
+  r->set_log_lines_dropped(LogLinesDropped());
+  auto* l = r->mutable_limits();
+  l->set_max_memory_per_user(limits_.max_memory_per_user);
+  l->set_max_segments_per_user(limits_.max_segments_per_user);
+  l->set_max_connections(limits_.max_connections);
+  l->set_max_connections_per_user(limits_.max_connections_per_user);
+  l->set_max_attachments_per_connection(limits_.max_attachments_per_connection);
+  l->set_handshake_timeout_ms(static_cast<std::uint64_t>(limits_.handshake_timeout.count()));
+  if (fds_ != nullptr) {
+    l->set_fd_limit(fds_->limit());
+    l->set_fd_reserve(fds_->reserve());
+  }
   for (int op = wire::Request::kHello; op <= wire::Request::kPurge; ++op) {
     auto* c = r->add_requests();
     c->set_name(std::string(kOpNames[op]));

@@ -42,6 +42,7 @@ class RequestHandler {
 
   Registry& registry() { return registry_; }
   const Limits& limits() const { return limits_; }
+  void set_limits(const Limits& limits) { limits_ = limits; }
   void set_socket_path(std::string path) { info_.socket_path = std::move(path); }
   std::uint32_t clients() const { return clients_; }
 

@@ -47,6 +47,7 @@ Server::Server(asio::io_context& io, ServerOptions options)
       spare_(OpenSpare()) {
   if (options_.limits.max_connections == 0) {
     options_.limits.max_connections = DefaultMaxConnections(fds_);
+    handler_.set_limits(options_.limits);  // What stats report.
   }
 }
 

@@ -7,7 +7,6 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
-#include <unordered_set>
 #include <vector>
 
 #include "credentials.h"
@@ -43,14 +42,17 @@ struct Session {
   std::unordered_map<std::uint64_t, Attachment> attachments;
   std::uint64_t next_attachment_id = 1;
   // Regions whose fd this connection has been sent and not released.
-  std::unordered_set<std::uint64_t> regions_sent;
+  // The segment is held for as long as the client may map its region: its memory counts as in
+  // use (see Ledger) until the client says it unmapped it or the connection closes.
+  std::unordered_map<std::uint64_t, std::shared_ptr<SegmentEntry>> regions_sent;
 };
 
-// A reply ready to send. `fds` stay valid while `keep_alive` holds their segment.
+// A reply ready to send. `fds` stay open while `pins` hold their regions, even if the segment is
+// unlinked before the reply leaves.
 struct Outcome {
   wire::Reply reply;
   std::vector<int> fds;
-  std::shared_ptr<SegmentEntry> keep_alive;
+  std::vector<Region::Pin> pins;
   bool close_connection = false;  // After sending: protocol errors end the connection.
   // No reply yet: the handler completes it later through the session's sink.
   bool deferred = false;

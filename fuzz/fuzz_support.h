@@ -98,7 +98,7 @@ inline void CheckReply(const daemon::Outcome& out) {
   wire::Reply parsed;
   FUZZ_CHECK(parsed.ParseFromString(bytes), "a reply that a client cannot parse");
   FUZZ_CHECK(out.fds.size() <= wire::kMaxFdsPerPacket, "more fds than one packet carries");
-  FUZZ_CHECK(out.fds.empty() || out.keep_alive != nullptr, "fds without a segment holding them");
+  FUZZ_CHECK(out.fds.size() == out.pins.size(), "fds without a pin holding them open");
   for (int fd : out.fds) FUZZ_CHECK(::fcntl(fd, F_GETFD) >= 0, "a reply fd that is not open");
   if (out.reply.has_attach()) {
     const auto& a = out.reply.attach();

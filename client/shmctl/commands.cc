@@ -82,6 +82,26 @@ int ListCommand(const GlobalOptions& g, const std::vector<std::string>& patterns
   return kOk;
 }
 
+int UnlinkedCommand(const GlobalOptions& g, const std::vector<std::string>& patterns, bool json) {
+  auto client = Connect(g);
+  if (!client.ok()) return Fail(client.status(), "connect");
+  std::map<std::pair<std::string, std::int64_t>, SegmentInfo> found;  // Names can repeat.
+  std::vector<std::string> pats = patterns.empty() ? std::vector<std::string>{""} : patterns;
+  for (const auto& p : pats) {
+    auto list = client->ListUnlinked(p);
+    if (!list.ok()) return Fail(list.status(), "list");
+    for (auto& s : *list) {
+      auto key = std::make_pair(s.name, s.created.time_since_epoch().count());
+      found.emplace(std::move(key), std::move(s));
+    }
+  }
+  std::vector<SegmentInfo> segments;
+  for (auto& [key, s] : found) segments.push_back(std::move(s));
+  RenderContext ctx = Context();
+  Print(json ? UnlinkedJson(segments, ctx) : UnlinkedText(segments, ctx));
+  return kOk;
+}
+
 int InfoCommand(const GlobalOptions& g, const std::string& name, bool json) {
   auto client = Connect(g);
   if (!client.ok()) return Fail(client.status(), "connect");

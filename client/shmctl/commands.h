@@ -17,6 +17,8 @@ struct GlobalOptions {
   std::string socket;  // Empty: the usual resolution.
 };
 
+// `list --unlinked`: what keeps memory the daemon counts as unlinked but in use.
+int UnlinkedCommand(const GlobalOptions& g, const std::vector<std::string>& patterns, bool json);
 int ListCommand(const GlobalOptions& g, const std::vector<std::string>& patterns, bool json,
                 bool long_format, bool names_only);
 int InfoCommand(const GlobalOptions& g, const std::string& name, bool json);

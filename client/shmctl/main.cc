@@ -37,7 +37,7 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("shmctl ") + SHMBROKER_VERSION);
 
   std::vector<std::string> patterns, names;
-  bool json = false, long_format = false, names_only = false;
+  bool json = false, long_format = false, names_only = false, unlinked = false;
   std::string info_name, owner, older_than;
   shmbroker::PurgeOptions purge;
 
@@ -46,6 +46,8 @@ int main(int argc, char** argv) {
   list->add_flag("--json", json, "One JSON document (see README)");
   list->add_flag("--long,-l", long_format, "Add creator pid, creation time and attributes");
   list->add_flag("--quiet,-q", names_only, "Only the names, one per line");
+  list->add_flag("--unlinked", unlinked,
+                 "Unlinked segments still in use (attached or mapped) and who holds them");
 
   auto* info = app.add_subcommand(
       "info", "Everything the daemon knows about one segment, and which processes hold it");
@@ -98,6 +100,7 @@ int main(int argc, char** argv) {
   if (command == nullptr) {
     return UsageError("a command is required: list, info, unlink, purge or stats");
   }
+  if (list->parsed() && unlinked) return UnlinkedCommand(global, patterns, json);
   if (list->parsed()) return ListCommand(global, patterns, json, long_format, names_only);
   if (info->parsed()) return InfoCommand(global, info_name, json);
   if (unlink->parsed()) return UnlinkCommand(global, names);

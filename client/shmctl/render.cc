@@ -124,6 +124,38 @@ std::string ListJson(const std::vector<SegmentInfo>& segments, const RenderConte
   return j.str() + "\n";
 }
 
+std::string UnlinkedText(const std::vector<SegmentInfo>& segments, const RenderContext& ctx) {
+  std::vector<std::vector<std::string>> rows;
+  rows.push_back({"NAME", "SIZE", "OWNER", "AGE", "HELD BY"});
+  std::uint64_t bytes = 0;
+  for (const auto& s : segments) {
+    bytes += s.nbytes;
+    std::string held;
+    for (const Holder& h : s.holders) {
+      if (!held.empty()) held += ", ";
+      held += "pid " + std::to_string(h.pid) + " '" + Printable(h.client_name) + "' (" +
+              (h.attachments == 0 ? std::string("mapped") : std::to_string(h.attachments)) + ")";
+    }
+    if (s.holders_truncated) held += ", ...";
+    rows.push_back({Printable(s.name), HumanBytes(s.nbytes), ctx.user_name(s.uid),
+                    HumanAge(Age(s, ctx)), held.empty() ? "-" : held});
+  }
+  std::string out = Table(rows, ctx.bold_header);
+  if (ctx.terminal) {
+    out += std::to_string(segments.size()) + " unlinked segment" +
+           (segments.size() == 1 ? "" : "s") + " in use, " + HumanBytes(bytes) + "\n";
+  }
+  return out;
+}
+
+std::string UnlinkedJson(const std::vector<SegmentInfo>& segments, const RenderContext& ctx) {
+  JsonWriter j;
+  j.BeginObject().Key("unlinked").BeginArray();
+  for (const auto& s : segments) SegmentJson(j, s, ctx, /*with_holders=*/true);
+  j.EndArray().EndObject();
+  return j.str() + "\n";
+}
+
 std::string InfoText(const SegmentInfo& s, const RenderContext& ctx) {
   std::vector<std::vector<std::string>> rows = {
       {"name:", Printable(s.name)},
@@ -209,6 +241,10 @@ std::string StatsText(const DaemonStats& s, const RenderContext& ctx) {
     }
     return out.empty() ? std::string("none") : out;
   };
+  auto count = [](std::uint64_t n) { return std::to_string(n); };
+  auto none_or = [](std::uint64_t v, auto show) {
+    return v == 0 ? std::string("no cap") : show(v);
+  };
   std::vector<std::vector<std::string>> rows = {
       {"version:", s.version},
       {"pid:", std::to_string(s.pid)},
@@ -218,9 +254,22 @@ std::string StatsText(const DaemonStats& s, const RenderContext& ctx) {
       {"segments:", std::to_string(s.segments)},
       {"memory:", HumanBytes(s.bytes_held) + " held, cap " +
                       (s.max_memory == 0 ? std::string("none") : HumanBytes(s.max_memory))},
+      {"unlinked:", std::to_string(s.unlinked_segments) + " segment" +
+                        (s.unlinked_segments == 1 ? "" : "s") + " (" +
+                        HumanBytes(s.unlinked_bytes) + ") still in use"},
       {"clients:", std::to_string(s.clients)},
+      {"limits:", "per user " + none_or(s.limits.max_memory_per_user, HumanBytes) + " in " +
+                      none_or(s.limits.max_segments_per_user, count) + " segments, " +
+                      std::to_string(s.limits.max_connections_per_user) + " of " +
+                      std::to_string(s.limits.max_connections) + " connections; " +
+                      std::to_string(s.limits.max_attachments_per_connection) +
+                      " attachments per connection; handshake " +
+                      std::to_string(s.limits.handshake_timeout.count()) + " ms; fds " +
+                      std::to_string(s.limits.fd_limit) + " (" +
+                      std::to_string(s.limits.fd_reserve) + " kept for root)"},
       {"requests:", counters(s.requests)},
       {"errors:", counters(s.errors)},
+      {"log:", std::to_string(s.log_lines_dropped) + " lines dropped"},
   };
   return Table(rows, false);
 }
@@ -238,6 +287,21 @@ std::string StatsJson(const DaemonStats& s, const RenderContext& ctx) {
   j.Key("bytes_held").Number(s.bytes_held);
   j.Key("max_memory").Number(s.max_memory);
   j.Key("clients").Number(std::uint64_t{s.clients});
+  j.Key("unlinked_segments").Number(s.unlinked_segments);
+  j.Key("unlinked_bytes").Number(s.unlinked_bytes);
+  j.Key("log_lines_dropped").Number(s.log_lines_dropped);
+  const DaemonLimits& l = s.limits;
+  j.Key("limits").BeginObject();
+  j.Key("max_memory").Number(s.max_memory);
+  j.Key("max_memory_per_user").Number(l.max_memory_per_user);
+  j.Key("max_segments_per_user").Number(l.max_segments_per_user);
+  j.Key("max_connections").Number(std::uint64_t{l.max_connections});
+  j.Key("max_connections_per_user").Number(std::uint64_t{l.max_connections_per_user});
+  j.Key("max_attachments_per_connection").Number(std::uint64_t{l.max_attachments_per_connection});
+  j.Key("handshake_timeout_ms").Number(static_cast<std::uint64_t>(l.handshake_timeout.count()));
+  j.Key("fd_limit").Number(l.fd_limit);
+  j.Key("fd_reserve").Number(l.fd_reserve);
+  j.EndObject();
   j.Key("requests").BeginObject();
   for (const auto& [k, v] : s.requests) j.Key(k).Number(v);
   j.EndObject();

@@ -34,6 +34,10 @@ std::string ListText(const std::vector<SegmentInfo>& segments, bool long_format,
 std::string ListNames(const std::vector<SegmentInfo>& segments);
 std::string ListJson(const std::vector<SegmentInfo>& segments, const RenderContext& ctx);
 
+// `shmctl list --unlinked`: unlinked segments still in use and the processes holding each.
+std::string UnlinkedText(const std::vector<SegmentInfo>& segments, const RenderContext& ctx);
+std::string UnlinkedJson(const std::vector<SegmentInfo>& segments, const RenderContext& ctx);
+
 // `shmctl info NAME`.
 std::string InfoText(const SegmentInfo& s, const RenderContext& ctx);
 std::string InfoJson(const SegmentInfo& s, const RenderContext& ctx);

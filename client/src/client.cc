@@ -145,6 +145,7 @@ SegmentInfo FromWire(const wire::SegmentInfo& w) {
     info.holders.push_back({h.pid(), h.uid(), h.client_name(), h.attachments(), h.writable()});
   }
   info.holders_truncated = w.holders_truncated();
+  info.unlinked = w.unlinked();
   return info;
 }
 
@@ -366,6 +367,17 @@ Result<std::vector<SegmentInfo>> Client::List(std::string_view pattern) {
   return out;
 }
 
+Result<std::vector<SegmentInfo>> Client::ListUnlinked(std::string_view pattern) {
+  wire::Request req;
+  req.mutable_list()->set_pattern(std::string(pattern));
+  req.mutable_list()->set_unlinked(true);
+  auto reply = core_->Call(req, wire::Reply::kList);
+  if (!reply.ok()) return reply.status();
+  std::vector<SegmentInfo> out;
+  for (const auto& s : reply->list().segments()) out.push_back(internal::FromWire(s));
+  return out;
+}
+
 Result<DaemonStats> Client::Stats() {
   wire::Request req;
   req.mutable_stats();
@@ -385,6 +397,18 @@ Result<DaemonStats> Client::Stats() {
   d.clients = s.clients();
   for (const auto& c : s.requests()) d.requests[c.name()] = c.value();
   for (const auto& c : s.errors()) d.errors[c.name()] = c.value();
+  d.unlinked_segments = s.unlinked_segments();
+  d.unlinked_bytes = s.unlinked_bytes();
+  d.log_lines_dropped = s.log_lines_dropped();
+  const auto& l = s.limits();
+  d.limits = {.max_memory_per_user = l.max_memory_per_user(),
+              .max_segments_per_user = l.max_segments_per_user(),
+              .max_connections = l.max_connections(),
+              .max_connections_per_user = l.max_connections_per_user(),
+              .max_attachments_per_connection = l.max_attachments_per_connection(),
+              .handshake_timeout = std::chrono::milliseconds(l.handshake_timeout_ms()),
+              .fd_limit = l.fd_limit(),
+              .fd_reserve = l.fd_reserve()};
   return d;
 }
 

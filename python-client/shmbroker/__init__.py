@@ -13,6 +13,7 @@ use a per-process default client that connects on first use (see :func:`connect`
 from .array import SharedArray, UnavailableArray, segment_name
 from .client import (
     Client,
+    DaemonLimits,
     DaemonStats,
     Holder,
     PurgeResult,
@@ -70,9 +71,10 @@ def stat(name):
 
 # Named like the builtin on purpose (shmbroker.list() reads as shmctl list), so it is left out of
 # __all__: `from shmbroker import *` must not replace the builtin list.
-def list(pattern=None):  # noqa: A001
-    """Segments whose names match the glob ``pattern`` (all when None), sorted by name."""
-    return default_client().list(pattern)
+def list(pattern=None, *, unlinked=False):  # noqa: A001
+    """Segments whose names match the glob ``pattern`` (all when None), sorted by name;
+    ``unlinked=True``: the unlinked ones still in use, with their holders."""
+    return default_client().list(pattern, unlinked=unlinked)
 
 
 def stats():
@@ -102,6 +104,7 @@ __all__ = [
     "Client",
     "Code",
     "DaemonStats",
+    "DaemonLimits",
     "Error",
     "FailedPreconditionError",
     "Holder",

@@ -40,8 +40,10 @@ class SegmentInfo:
     attachments: int  # live attachments over all clients
     attrs: dict
     creator_connected: bool  # the creating connection is still open
-    # stat() only (empty from list()): the connections holding it, at most 100
+    # stat() and list(unlinked=True) only: the connections holding it, at most 100 (one that may
+    # still map an unlinked segment without an attachment shows 0 attachments)
     holders: tuple = ()
+    unlinked: bool = False  # from list(unlinked=True): lost its name, still in use
 
     @property
     def owner(self):
@@ -74,6 +76,20 @@ class ServerInfo:
 
 
 @dataclasses.dataclass(frozen=True)
+class DaemonLimits:
+    """The daemon's limits, each with its option in shmbrokerd(8); 0 means none where it says so."""
+
+    max_memory_per_user: int = 0
+    max_segments_per_user: int = 0
+    max_connections: int = 0
+    max_connections_per_user: int = 0
+    max_attachments_per_connection: int = 0
+    handshake_timeout: float = 0.0  # seconds
+    fd_limit: int = 0
+    fd_reserve: int = 0  # of fd_limit, kept for existing clients and root
+
+
+@dataclasses.dataclass(frozen=True)
 class DaemonStats:
     version: str
     pid: int
@@ -85,6 +101,12 @@ class DaemonStats:
     clients: int
     requests: dict  # by operation: "create", "attach", ...
     errors: dict  # by code name: "NOT_FOUND", ...
+    # Unlinked but still attached or mapped somewhere: counted in bytes_held (and against every
+    # cap) until released.
+    unlinked_segments: int = 0
+    unlinked_bytes: int = 0
+    limits: DaemonLimits = DaemonLimits()
+    log_lines_dropped: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +156,7 @@ def info_from_wire(w):
         holders=tuple(
             Holder(h.pid, h.uid, h.client_name, h.attachments, h.writable) for h in w.holders
         ),
+        unlinked=w.unlinked,
     )
 
 
@@ -166,6 +189,19 @@ def stats_from_wire(s):
         clients=s.clients,
         requests={c.name: c.value for c in s.requests},
         errors={c.name: c.value for c in s.errors},
+        unlinked_segments=s.unlinked_segments,
+        unlinked_bytes=s.unlinked_bytes,
+        limits=DaemonLimits(
+            max_memory_per_user=s.limits.max_memory_per_user,
+            max_segments_per_user=s.limits.max_segments_per_user,
+            max_connections=s.limits.max_connections,
+            max_connections_per_user=s.limits.max_connections_per_user,
+            max_attachments_per_connection=s.limits.max_attachments_per_connection,
+            handshake_timeout=s.limits.handshake_timeout_ms / 1000,
+            fd_limit=s.limits.fd_limit,
+            fd_reserve=s.limits.fd_reserve,
+        ),
+        log_lines_dropped=s.log_lines_dropped,
     )
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from ._connection import Connection, connections, resolve_socket_path, resolve_trusted_uid
 from ._types import (
+    DaemonLimits,
     DaemonStats,
     Holder,
     PurgeResult,
@@ -39,6 +40,7 @@ __all__ = [
     "Client",
     "SegmentInfo",
     "DaemonStats",
+    "DaemonLimits",
     "Holder",
     "PurgeResult",
     "ServerInfo",
@@ -307,12 +309,18 @@ class Client:
         req.stat.name = _check_name(name)
         return info_from_wire(self._call(req, "stat").stat)
 
-    def list(self, pattern=None):
+    def list(self, pattern=None, *, unlinked=False):
         """Segments whose names match the glob ``pattern`` (fnmatch; '*' also matches '/'),
-        sorted by name; all of them when ``pattern`` is None."""
+        sorted by name; all of them when ``pattern`` is None.
+
+        ``unlinked=True``: instead, the unlinked segments whose memory is still in use (attached
+        or mapped somewhere), with ``holders`` saying who holds each (one reply's worth)."""
         out = []
         req = pb.Request()
         req.list.pattern = pattern or ""
+        if unlinked:
+            req.list.unlinked = True
+            return [info_from_wire(s) for s in self._call(req, "list").list.segments]
         while True:
             r = self._call(req, "list").list
             out.extend(info_from_wire(s) for s in r.segments)

@@ -393,3 +393,21 @@ def test_prefault_is_a_per_call_choice(names, daemon):
     with shmbroker.connect(daemon.socket, prefault=False) as c:
         assert mapping_rss(c.create(names(), size, "u1")) < size // 4
         assert mapping_rss(c.create(names(), size, "u1", prefault=True)) >= size
+
+
+def test_unlinked_but_held_memory_counts_until_released(names):
+    n = names("held")
+    a = shmbroker.create(n, (1000,), "uint8")
+    shmbroker.unlink(n)
+    s = shmbroker.stats()
+    assert (s.unlinked_segments, s.unlinked_bytes) == (1, 1000)
+    held = shmbroker.list(n, unlinked=True)
+    assert [(i.name, i.unlinked) for i in held] == [(n, True)]
+    assert [h.pid for h in held[0].holders] == [os.getpid()]
+    assert s.limits.max_connections_per_user == 256
+    assert s.limits.handshake_timeout == 10.0
+    del a
+    shmbroker.flush()
+    s = shmbroker.stats()
+    assert (s.unlinked_segments, s.unlinked_bytes) == (0, 0)
+    assert shmbroker.list(n, unlinked=True) == []

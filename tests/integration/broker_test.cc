@@ -349,9 +349,17 @@ TEST(Broker, UnlinkWhileAttachedKeepsMappingsValidAndFreesTheName) {
   old_rw->mutable_bytes().value()[5] = std::byte{0};
   EXPECT_EQ(old_ro->bytes()[5], std::byte{0});
   EXPECT_TRUE(Matches(fresh->bytes(), 2));
+  // The old memory still counts, as unlinked but in use, until its holders let go.
   auto stats = c.Stats();
   EXPECT_EQ(stats->segments, 1u);
+  EXPECT_EQ(stats->bytes_held, 2u << 16);
+  EXPECT_EQ(stats->unlinked_segments, 1u);
+  EXPECT_EQ(stats->unlinked_bytes, 1u << 16);
+  old_ro = Status::NotFound("released");
+  old_rw = Status::NotFound("released");
+  stats = c.Stats();  // Carries the queued releases first.
   EXPECT_EQ(stats->bytes_held, 1u << 16);
+  EXPECT_EQ(stats->unlinked_segments, 0u);
 }
 
 // --- Concurrency --------------------------------------------------------------------------------
@@ -437,6 +445,10 @@ TEST(Broker, MaxMemoryIsAnErrorAndTheDaemonKeepsServing) {
   EXPECT_EQ(c.Stat("m/2").status().code(), Code::kNotFound);
   EXPECT_TRUE(c.Create({.name = "m/small", .shape = {1024}}).ok());
   ASSERT_TRUE(c.Unlink("m/1").ok());
+  // Unlinked, but this client still maps it: the memory is still taken.
+  EXPECT_EQ(c.Create({.name = "m/2", .shape = {40u << 20}}).status().code(),
+            Code::kResourceExhausted);
+  first = Status::NotFound("released");
   EXPECT_TRUE(c.Create({.name = "m/2", .shape = {40u << 20}}).ok());
   EXPECT_TRUE(d.alive());
 }

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <thread>
@@ -291,6 +292,73 @@ TEST(Limits, PerUserQuotasOnMemoryAndSegments) {
   for (int i = 0; i < 5; ++i) {
     EXPECT_TRUE(root.Create({.name = "root/" + std::to_string(i), .shape = {1 << 20}}).ok());
   }
+}
+
+std::size_t DescriptorsOf(pid_t pid) {
+  std::size_t n = 0;
+  for ([[maybe_unused]] const auto& e :
+       std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd")) {
+    ++n;
+  }
+  return n;
+}
+
+// Found: "create 32 MiB, unlink" without letting go held 320 MiB under a 64 MiB cap, and 20,000
+// such segments took every fd while stats and list showed nothing.
+TEST(Limits, UnlinkedButHeldMemoryCountsUntilReallyReleased) {
+  TestDaemon d({"--max-memory-per-user", "64M"});
+  std::size_t fds_before = DescriptorsOf(d.pid());
+  HoldingChild hostile(
+      [&](auto ready) {
+        auto c = d.Connect("hoarder");
+        if (!c.ok()) return 10;
+        std::vector<Segment> held;
+        for (int i = 0; i < 2; ++i) {
+          auto seg = c->Create({.name = "z/big" + std::to_string(i), .shape = {30u << 20}});
+          if (!seg.ok() || !c->Unlink("z/big" + std::to_string(i)).ok()) return 11;
+          held.push_back(std::move(*seg));
+        }
+        // Unlinked and still mapped: the memory is still this user's.
+        auto third = c->Create({.name = "z/big2", .shape = {30u << 20}});
+        if (third.status().code() != Code::kResourceExhausted ||
+            third.status().message().find("--max-memory-per-user") == std::string::npos) {
+          return 12;
+        }
+        for (int i = 0; i < 3000; ++i) {
+          auto seg = c->Create({.name = "z/small", .shape = {64}});
+          if (!seg.ok() || !c->Unlink("z/small").ok()) {
+            return 13;
+          }
+          held.push_back(std::move(*seg));
+        }
+        ready();
+        return 0;
+      },
+      kNobody);
+  ASSERT_TRUE(hostile.ready());
+  Client root = d.MustConnect();
+  auto stats = root.Stats();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->segments, 0u);
+  EXPECT_EQ(stats->unlinked_segments, 3002u);
+  EXPECT_EQ(stats->unlinked_bytes, (60u << 20) + 3000u * 64);
+  EXPECT_EQ(stats->bytes_held, stats->unlinked_bytes);
+  // Their descriptors closed at unlink: the daemon's fds are not the hoarder's to take.
+  EXPECT_LT(DescriptorsOf(d.pid()), fds_before + 50);
+  auto unlinked = root.ListUnlinked("z/big*");
+  ASSERT_TRUE(unlinked.ok());
+  ASSERT_EQ(unlinked->size(), 2u);
+  EXPECT_TRUE((*unlinked)[0].unlinked);
+  ASSERT_EQ((*unlinked)[0].holders.size(), 1u);
+  EXPECT_EQ((*unlinked)[0].holders[0].pid, static_cast<std::uint32_t>(hostile.pid()));
+  EXPECT_EQ((*unlinked)[0].holders[0].client_name, "hoarder");
+  // Others still work.
+  EXPECT_TRUE(root.Create({.name = "z/root", .shape = {1u << 20}}).ok());
+  ASSERT_TRUE(hostile.Kill());
+  EXPECT_TRUE(Eventually([&] {
+    auto s = root.Stats();
+    return s.ok() && s->unlinked_segments == 0 && s->bytes_held == (1u << 20);
+  }));
 }
 
 }  // namespace

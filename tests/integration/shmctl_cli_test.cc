@@ -353,10 +353,43 @@ TEST_F(ShmctlTest, StatsTextAndJson) {
   EXPECT_EQ(Py(j.out, "d['requests']['create']"), "1");
   EXPECT_EQ(Py(j.out, "sorted(d['errors'])[0]"), "ALREADY_EXISTS");
   EXPECT_EQ(Py(j.out, "d['uptime_seconds'] >= 0"), "True");
+  // Every limit with its value, as the Security model section lists them.
+  EXPECT_EQ(
+      Py(j.out, "d['limits']['max_segments_per_user'], d['limits']['max_connections_per_user']"),
+      "(100000, 256)");
+  EXPECT_EQ(Py(j.out, "d['limits']['handshake_timeout_ms'], d['limits']['fd_limit'] > 0"),
+            "(10000, True)");
+  EXPECT_EQ(Py(j.out, "d['unlinked_segments'], d['unlinked_bytes'], d['log_lines_dropped']"),
+            "(0, 0, 0)");
   Ran t = Ctl({"stats"});
   ASSERT_EQ(t.code, 0);
   EXPECT_NE(t.out.find("segments:"), std::string::npos);
   EXPECT_NE(t.out.find("1000 B held"), std::string::npos) << t.out;
+  EXPECT_NE(t.out.find("100000 segments, 256 of"), std::string::npos) << t.out;
+  EXPECT_NE(t.out.find("0 segments (0 B) still in use"), std::string::npos) << t.out;
+}
+
+TEST_F(ShmctlTest, ListUnlinkedShowsWhoStillHoldsMemory) {
+  Segment held = Make("gone", {1024}, "|u1");
+  Segment other = Make("kept", {8}, "|u1");
+  ASSERT_TRUE(client_->Unlink("gone").ok());
+  Ran t = Ctl({"list", "--unlinked"});
+  ASSERT_EQ(t.code, 0) << t.err;
+  EXPECT_NE(t.out.find("HELD BY"), std::string::npos) << t.out;
+  EXPECT_NE(t.out.find("gone"), std::string::npos) << t.out;
+  EXPECT_EQ(t.out.find("kept"), std::string::npos) << t.out;
+  EXPECT_NE(t.out.find("pid " + std::to_string(::getpid()) + " 'test' (1)"), std::string::npos)
+      << t.out;
+  Ran j = Ctl({"list", "--unlinked", "--json"});
+  ASSERT_EQ(j.code, 0) << j.err;
+  EXPECT_EQ(Py(j.out,
+               "[(s['name'], s['nbytes'], [h['pid'] for h in s['holders']]) "
+               "for s in d['unlinked']]"),
+            "[('gone', 1024, [" + std::to_string(::getpid()) + "])]");
+  held = Segment();
+  ASSERT_TRUE(client_->Stats().ok());  // Carries our queued release.
+  Ran after = Ctl({"list", "--unlinked", "--json"});
+  EXPECT_EQ(Py(after.out, "d['unlinked']"), "[]");
 }
 
 TEST_F(ShmctlTest, UnknownCommandsAndOptionsAreNamed) {

@@ -230,12 +230,26 @@ TEST(Registry, UnlinkIsForOwnerOrRootAndFreesTheNameAtOnce) {
   EXPECT_TRUE(reg.Unlink("u", kAlice).ok());
   EXPECT_EQ(reg.Unlink("u", kAlice).code(), Code::kNotFound);
   EXPECT_EQ(reg.Find("u").status().code(), Code::kNotFound);
+  // An unlinked segment's memory lives on for whoever still holds it, and counts until then; its
+  // descriptors close at once (nobody can be sent them again).
+  EXPECT_EQ(reg.bytes_held(), 128u);
+  EXPECT_EQ(reg.unlinked_in_use().segments, 1u);
+  EXPECT_EQ(reg.unlinked_in_use().bytes, 128u);
+  EXPECT_EQ(reg.UsageOf(kAlice.uid).bytes, 128u);
+  EXPECT_EQ((*seg)->memfd(), -1);
+  std::vector<std::string> in_use;
+  reg.ForEachUnlinked([&](const SegmentEntry& s) { in_use.push_back(s.name()); });
+  EXPECT_EQ(in_use, std::vector<std::string>{"u"});
+  seg = Status::NotFound("let go");
   EXPECT_EQ(reg.bytes_held(), 0u);
-  // An unlinked segment's memory lives on for whoever still holds it.
-  EXPECT_TRUE((*seg)->region()->Fd(Access::kReadWrite).ok());
+  EXPECT_EQ(reg.unlinked_in_use().segments, 0u);
+  EXPECT_EQ(reg.UsageOf(kAlice.uid).segments, 0u);
+  in_use.clear();
+  reg.ForEachUnlinked([&](const SegmentEntry& s) { in_use.push_back(s.name()); });
+  EXPECT_TRUE(in_use.empty());
   auto again = reg.Create(Spec("u"), kAlice, 1);
   ASSERT_TRUE(again.ok());
-  EXPECT_NE((*again)->id(), (*seg)->id());
+  EXPECT_NE((*again)->id(), 1u);
   auto other = reg.Create(Spec("r"), kAlice, 1);
   EXPECT_TRUE(reg.Unlink("r", kRoot).ok());
   EXPECT_EQ(reg.Unlink("bad name", kAlice).code(), Code::kInvalidArgument);
@@ -341,18 +355,28 @@ TEST_F(PurgeTest, EachSelectorAndTheirConjunction) {
 }
 
 TEST_F(PurgeTest, NonRootRemovesOnlyItsOwnAndCountsTheRest) {
-  auto r = reg_.Purge({.orphans = true}, kAlice, false);
-  ASSERT_TRUE(r.ok());
-  EXPECT_EQ(PurgedNames(r), std::vector<std::string>{"job7/b"});
-  EXPECT_EQ(r->skipped_not_owner, 1u);
-  EXPECT_EQ(r->bytes_freed, 100u);
+  {
+    auto r = reg_.Purge({.orphans = true}, kAlice, false);
+    ASSERT_TRUE(r.ok());
+    EXPECT_EQ(PurgedNames(r), std::vector<std::string>{"job7/b"});
+    EXPECT_EQ(r->skipped_not_owner, 1u);
+    EXPECT_EQ(r->bytes_freed, 100u);
+  }
   EXPECT_EQ(reg_.size(), 2u);
+  EXPECT_EQ(reg_.bytes_held(), 300u);  // The test still holds job7/b...
+  EXPECT_EQ(reg_.unlinked_in_use().bytes, 100u);
+  b_.reset();  // ...until now.
   EXPECT_EQ(reg_.bytes_held(), 200u);
+  EXPECT_EQ(reg_.unlinked_in_use().bytes, 0u);
   EXPECT_EQ(reg_.Find("job7/b").status().code(), Code::kNotFound);
-  auto all = reg_.Purge({.all = true}, kRoot, false);
-  ASSERT_TRUE(all.ok());
-  EXPECT_EQ(all->removed.size(), 2u);
-  EXPECT_EQ(reg_.size(), 0u);
+  {
+    auto all = reg_.Purge({.all = true}, kRoot, false);
+    ASSERT_TRUE(all.ok());
+    EXPECT_EQ(all->removed.size(), 2u);
+    EXPECT_EQ(reg_.size(), 0u);
+  }
+  a_.reset();
+  c_.reset();
   EXPECT_EQ(reg_.bytes_held(), 0u);
 }
 

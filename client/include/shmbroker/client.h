@@ -77,6 +77,18 @@ struct ServerInfo {
   std::uint32_t max_attrs = 0;
 };
 
+// The daemon's limits, each with its option in shmbrokerd(8); 0 means none where it says so.
+struct DaemonLimits {
+  std::uint64_t max_memory_per_user = 0;
+  std::uint64_t max_segments_per_user = 0;
+  std::uint32_t max_connections = 0;
+  std::uint32_t max_connections_per_user = 0;
+  std::uint32_t max_attachments_per_connection = 0;
+  std::chrono::milliseconds handshake_timeout{0};
+  std::uint64_t fd_limit = 0;    // RLIMIT_NOFILE.
+  std::uint64_t fd_reserve = 0;  // Of them, kept for existing clients and root.
+};
+
 struct DaemonStats {
   std::string version;
   std::uint32_t pid = 0;
@@ -88,6 +100,12 @@ struct DaemonStats {
   std::uint32_t clients = 0;
   std::map<std::string, std::uint64_t> requests;  // By operation: "create", "attach", ...
   std::map<std::string, std::uint64_t> errors;    // By code name: "NOT_FOUND", ...
+  // Unlinked, but still attached or mapped somewhere: counted in bytes_held (and against every
+  // cap) until released.
+  std::uint64_t unlinked_segments = 0;
+  std::uint64_t unlinked_bytes = 0;
+  DaemonLimits limits;
+  std::uint64_t log_lines_dropped = 0;  // Lost because the daemon's stderr did not keep up.
 };
 
 // Which segments Client::Purge removes: those matching every selector that is set.
@@ -156,6 +174,9 @@ class Client {
   // Segments whose names match the glob `pattern` (fnmatch(3); '*' also matches '/'), sorted by
   // name; all of them when `pattern` is empty.
   Result<std::vector<SegmentInfo>> List(std::string_view pattern = {});
+  // Unlinked segments whose memory is still in use (attached or mapped somewhere), with the
+  // connections holding each: what keeps memory the stats count as unlinked. One reply's worth.
+  Result<std::vector<SegmentInfo>> ListUnlinked(std::string_view pattern = {});
 
   Result<DaemonStats> Stats();
 

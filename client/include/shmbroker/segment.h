@@ -48,9 +48,11 @@ struct SegmentInfo {
   std::uint32_t mode = 0600;       // Permission bits, as for files.
   std::uint32_t attachments = 0;   // Live attachments over all clients.
   bool creator_connected = false;  // The creating connection is still open.
-  // Client::Stat only (empty from List): the connections holding it, at most 100.
+  // Client::Stat and ListUnlinked only (empty from List): the connections holding it, at most
+  // 100; one that may still map an unlinked segment without an attachment shows 0 attachments.
   std::vector<Holder> holders;
   bool holders_truncated = false;
+  bool unlinked = false;  // From ListUnlinked: it has lost its name but is still in use.
 };
 
 // The NumPy type string of C++ type T in this machine's byte order, e.g. DtypeOf<float>() is
