@@ -83,7 +83,9 @@ void Connection::OnReadable() {
       awaiting_ = true;  // Complete() goes on from here.
       return;
     }
+    bool yield = outcome.yield;
     if (!Reply(std::move(outcome))) return;
+    if (yield) break;
   }
   // Let other connections have a turn; the reactor reports us readable again at once if so.
   WaitReadable();

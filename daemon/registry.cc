@@ -1,12 +1,12 @@
 #include "registry.h"
 
 #include <fcntl.h>
-#include <fnmatch.h>
 #include <sys/stat.h>
 
 #include <algorithm>
 #include <chrono>
 
+#include "common/glob.h"
 #include "common/posix.h"
 #include "common/units.h"
 #include "validate.h"
@@ -250,26 +250,36 @@ void Registry::Detach(SegmentEntry& s, std::uint64_t connection, Access access) 
 }
 
 Status Registry::List(std::string_view pattern, std::string_view start_after,
-                      const std::function<bool(const SegmentEntry&)>& visit) const {
+                      const std::function<bool(const SegmentEntry&)>& visit, ScanBudget* budget,
+                      std::string* next_after) const {
   if (pattern.size() > kMaxPatternBytes) {
     return Status::InvalidArgument("pattern is longer than " + std::to_string(kMaxPatternBytes) +
                                    " bytes");
   }
-  std::string pat(pattern);
   auto it = start_after.empty() ? segments_.begin() : segments_.upper_bound(start_after);
   for (; it != segments_.end(); ++it) {
-    if (!pat.empty() && ::fnmatch(pat.c_str(), it->first.c_str(), 0) != 0) continue;
-    if (!visit(*it->second)) break;
+    if (pattern.empty() || GlobMatch(pattern, it->first)) {
+      if (!visit(*it->second)) break;
+    }
+    if (budget != nullptr && budget->Exhausted() && std::next(it) != segments_.end()) {
+      if (next_after != nullptr) *next_after = it->first;
+      break;
+    }
   }
   return Status::Ok();
 }
 
 Result<PurgeReport> Registry::Purge(const PurgeSelector& sel, const Credentials& creds,
-                                    bool dry_run) {
+                                    bool dry_run, std::string_view start_after,
+                                    ScanBudget* budget) {
   if (sel.empty()) {
     return Status::InvalidArgument(
         "purge needs at least one selector (patterns, orphans, older than, owner, unattached or "
         "all)");
+  }
+  if (sel.patterns.size() > kMaxPurgePatterns) {
+    return Status::InvalidArgument("a purge takes at most " + std::to_string(kMaxPurgePatterns) +
+                                   " patterns, not " + std::to_string(sel.patterns.size()));
   }
   for (const auto& p : sel.patterns) {
     if (p.empty() || p.size() > kMaxPatternBytes) {
@@ -278,13 +288,8 @@ Result<PurgeReport> Registry::Purge(const PurgeSelector& sel, const Credentials&
     }
   }
   std::int64_t now = NowUnixNs();
+  // The cheap selectors first; the patterns, the costly part, last.
   auto matches = [&](const SegmentEntry& s) {
-    if (!sel.patterns.empty() &&
-        std::none_of(sel.patterns.begin(), sel.patterns.end(), [&](const std::string& p) {
-          return ::fnmatch(p.c_str(), s.name().c_str(), 0) == 0;
-        })) {
-      return false;
-    }
     if (sel.orphans && (s.attachments() != 0 || IsConnectionOpen(s.creator_connection()))) {
       return false;
     }
@@ -298,28 +303,35 @@ Result<PurgeReport> Registry::Purge(const PurgeSelector& sel, const Credentials&
         return false;
       }
     }
-    return true;
+    return sel.patterns.empty() ||
+           std::any_of(sel.patterns.begin(), sel.patterns.end(),
+                       [&](const std::string& p) { return GlobMatch(p, s.name()); });
   };
   PurgeReport result;
-  for (auto it = segments_.begin(); it != segments_.end();) {
+  auto it = start_after.empty() ? segments_.begin() : segments_.upper_bound(start_after);
+  while (it != segments_.end()) {
+    // At least this one is examined: every call makes progress, however small its budget.
+    if (budget != nullptr && budget->Exhausted() && std::next(it) != segments_.end()) {
+      result.next_after = it->first;
+    }
     const SegmentEntry& s = *it->second;
+    bool mine = creds.uid == 0 || creds.uid == s.uid();
     if (!matches(s)) {
       ++it;
-      continue;
-    }
-    if (creds.uid != 0 && creds.uid != s.uid()) {
+    } else if (!mine) {
       ++result.skipped_not_owner;
       ++it;
-      continue;
-    }
-    result.bytes_freed += s.nbytes();
-    result.removed.push_back(it->second);
-    if (dry_run) {
-      ++it;
     } else {
-      Unnamed(it->second);
-      it = segments_.erase(it);
+      result.bytes_freed += s.nbytes();
+      result.removed.push_back(it->second);
+      if (dry_run) {
+        ++it;
+      } else {
+        Unnamed(it->second);
+        it = segments_.erase(it);
+      }
     }
+    if (!result.next_after.empty()) break;
   }
   return result;
 }

@@ -5,6 +5,7 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -43,6 +44,21 @@ struct PurgeReport {
   std::vector<std::shared_ptr<SegmentEntry>> removed;  // In name order.
   std::uint64_t bytes_freed = 0;
   std::uint64_t skipped_not_owner = 0;
+  // Set when the scan budget ran out: the last name examined, to continue after.
+  std::string next_after;
+};
+
+// How long one request may scan the registry on the event loop before it stops and lets the
+// client continue where it stopped (a cursor), so that no scan holds up other clients.
+class ScanBudget {
+ public:
+  static constexpr std::chrono::microseconds kPerRequest{2000};
+  explicit ScanBudget(std::chrono::microseconds limit = kPerRequest)
+      : deadline_(std::chrono::steady_clock::now() + limit) {}
+  bool Exhausted() const { return std::chrono::steady_clock::now() >= deadline_; }
+
+ private:
+  std::chrono::steady_clock::time_point deadline_;
 };
 
 struct RegistryOptions {
@@ -88,13 +104,19 @@ class Registry {
   Status Unlink(std::string_view name, const Credentials& creds);
 
   // Segments whose names match the glob `pattern` (all if empty) and sort after `start_after`, in
-  // name order, while `visit` returns true.
+  // name order, while `visit` returns true. With a `budget`, stops when it runs out and sets
+  // `*next_after` to the last name examined (left empty when the scan finished or visit stopped).
   Status List(std::string_view pattern, std::string_view start_after,
-              const std::function<bool(const SegmentEntry&)>& visit) const;
+              const std::function<bool(const SegmentEntry&)>& visit, ScanBudget* budget = nullptr,
+              std::string* next_after = nullptr) const;
 
   // Unlinks (or with `dry_run` only reports) every segment matching `selector` that `creds` may
   // unlink; INVALID_ARGUMENT for an empty selector or a bad pattern.
-  Result<PurgeReport> Purge(const PurgeSelector& selector, const Credentials& creds, bool dry_run);
+  // Examines names after `start_after` only; with a `budget`, stops when it runs out (see
+  // PurgeReport::next_after). Ownership is checked before any pattern: another user's segment is
+  // matched only to be counted in skipped_not_owner.
+  Result<PurgeReport> Purge(const PurgeSelector& selector, const Credentials& creds, bool dry_run,
+                            std::string_view start_after = {}, ScanBudget* budget = nullptr);
 
   // Counts an attachment of `s` by `connection` (and lets it go again).
   void Attach(SegmentEntry& s, std::uint64_t connection, Access access);

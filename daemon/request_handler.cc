@@ -1,12 +1,12 @@
 #include "request_handler.h"
 
-#include <fnmatch.h>
 #include <unistd.h>
 
 #include <algorithm>
 
 #include <spdlog/spdlog.h>
 
+#include "common/glob.h"
 #include "common/text.h"
 #include "common/units.h"
 #include "log.h"
@@ -313,7 +313,7 @@ Outcome RequestHandler::List(Session&, const wire::ListRequest& req) {
     }
     registry_.ForEachUnlinked([&](const SegmentEntry& seg) {
       if (list->truncated()) return;
-      if (!req.pattern().empty() && ::fnmatch(req.pattern().c_str(), seg.name().c_str(), 0) != 0) {
+      if (!req.pattern().empty() && !GlobMatch(req.pattern(), seg.name())) {
         return;
       }
       if (bytes >= kListPageBytes) {
@@ -328,17 +328,28 @@ Outcome RequestHandler::List(Session&, const wire::ListRequest& req) {
     });
     return out;
   }
-  Status s = registry_.List(req.pattern(), req.start_after(), [&](const SegmentEntry& seg) {
-    if (bytes >= kListPageBytes) {
-      list->set_truncated(true);
-      return false;
-    }
-    auto* info = list->add_segments();
-    FillInfo(seg, info);
-    bytes += info->ByteSizeLong() + 8;
-    return true;
-  });
+  ScanBudget budget;
+  std::string next_after;
+  Status s = registry_.List(
+      req.pattern(), req.start_after(),
+      [&](const SegmentEntry& seg) {
+        if (bytes >= kListPageBytes) {
+          list->set_truncated(true);
+          list->set_next_after(list->segments(list->segments_size() - 1).name());
+          return false;
+        }
+        auto* info = list->add_segments();
+        FillInfo(seg, info);
+        bytes += info->ByteSizeLong() + 8;
+        return true;
+      },
+      &budget, &next_after);
   if (!s.ok()) return Error(s);
+  if (!next_after.empty()) {
+    list->set_truncated(true);
+    list->set_next_after(next_after);
+    out.yield = true;
+  }
   return out;
 }
 
@@ -381,10 +392,16 @@ Outcome RequestHandler::Stats(Session&) {
 }
 
 Outcome RequestHandler::Purge(Session& session, const wire::PurgeRequest& req) {
-  auto result = registry_.Purge(SelectorFromWire(req), session.creds, req.dry_run());
+  ScanBudget budget;
+  auto result = registry_.Purge(SelectorFromWire(req), session.creds, req.dry_run(),
+                                req.start_after(), &budget);
   if (!result.ok()) return Error(result.status());
   Outcome out;
   auto* r = out.reply.mutable_purge();
+  if (!result->next_after.empty()) {
+    r->set_next_after(result->next_after);
+    out.yield = true;
+  }
   r->set_removed_count(result->removed.size());
   r->set_bytes_freed(result->bytes_freed);
   r->set_skipped_not_owner(result->skipped_not_owner);

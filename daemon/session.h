@@ -54,6 +54,8 @@ struct Outcome {
   std::vector<int> fds;
   std::vector<Region::Pin> pins;
   bool close_connection = false;  // After sending: protocol errors end the connection.
+  // The request used its scan budget: let other connections have a turn before the next one.
+  bool yield = false;
   // No reply yet: the handler completes it later through the session's sink.
   bool deferred = false;
 

@@ -17,7 +17,10 @@ inline constexpr std::size_t kMaxDims = 32;
 inline constexpr std::size_t kMaxAttrs = 32;
 inline constexpr std::size_t kMaxAttrKeyBytes = 64;
 inline constexpr std::size_t kMaxAttrValueBytes = 1024;
-inline constexpr std::size_t kMaxPatternBytes = 1024;
+// Globs (list, purge): a name is at most 255 bytes, so longer patterns only cost; matching is
+// O(pattern x name) (GlobMatch), and a purge takes at most kMaxPurgePatterns of them.
+inline constexpr std::size_t kMaxPatternBytes = 512;
+inline constexpr std::size_t kMaxPurgePatterns = 16;
 inline constexpr std::size_t kMaxClientNameBytes = 64;
 // Holders listed by stat (each up to ~90 bytes on the wire).
 inline constexpr std::size_t kMaxHolders = 100;

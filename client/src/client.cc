@@ -360,9 +360,15 @@ Result<std::vector<SegmentInfo>> Client::List(std::string_view pattern) {
   for (;;) {
     auto reply = core_->Call(req, wire::Reply::kList);
     if (!reply.ok()) return reply.status();
-    for (const auto& s : reply->list().segments()) out.push_back(internal::FromWire(s));
-    if (!reply->list().truncated() || reply->list().segments().empty()) break;
-    req.mutable_list()->set_start_after(out.back().name);
+    const auto& list = reply->list();
+    for (const auto& s : list.segments()) out.push_back(internal::FromWire(s));
+    if (!list.truncated()) break;
+    // The daemon stops a page when it is full or its scan budget is spent; it always moves on.
+    std::string next = !list.next_after().empty() ? list.next_after()
+                       : !out.empty()             ? out.back().name
+                                                  : std::string();
+    if (next.empty() || next <= req.list().start_after()) break;
+    req.mutable_list()->set_start_after(next);
   }
   return out;
 }
@@ -422,15 +428,20 @@ Result<PurgeResult> Client::Purge(const PurgeOptions& o) {
   p->set_unattached(o.unattached);
   p->set_all(o.all);
   p->set_dry_run(o.dry_run);
-  auto reply = core_->Call(req, wire::Reply::kPurge);
-  if (!reply.ok()) return reply.status();
-  const auto& r = reply->purge();
+  // Long purges come in slices, each atomic; the daemon says where to go on.
   PurgeResult result;
-  for (const auto& x : r.removed()) result.removed.push_back({x.name(), x.nbytes(), x.uid()});
-  result.truncated = r.truncated();
-  result.removed_count = r.removed_count();
-  result.bytes_freed = r.bytes_freed();
-  result.skipped_not_owner = r.skipped_not_owner();
+  for (;;) {
+    auto reply = core_->Call(req, wire::Reply::kPurge);
+    if (!reply.ok()) return reply.status();
+    const auto& r = reply->purge();
+    for (const auto& x : r.removed()) result.removed.push_back({x.name(), x.nbytes(), x.uid()});
+    result.truncated |= r.truncated();
+    result.removed_count += r.removed_count();
+    result.bytes_freed += r.bytes_freed();
+    result.skipped_not_owner += r.skipped_not_owner();
+    if (r.next_after().empty() || r.next_after() <= p->start_after()) break;
+    p->set_start_after(r.next_after());
+  }
   return result;
 }
 

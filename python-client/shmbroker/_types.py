@@ -205,12 +205,12 @@ def stats_from_wire(s):
     )
 
 
-def purge_from_wire(r):
-    """PurgeResult of a PurgeReply."""
+def purge_from_wire(replies):
+    """PurgeResult of the PurgeReplies of one purge's slices."""
     return PurgeResult(
-        removed=[(x.name, x.nbytes, x.uid) for x in r.removed],
-        truncated=r.truncated,
-        removed_count=r.removed_count,
-        bytes_freed=r.bytes_freed,
-        skipped_not_owner=r.skipped_not_owner,
+        removed=[(x.name, x.nbytes, x.uid) for r in replies for x in r.removed],
+        truncated=any(r.truncated for r in replies),
+        removed_count=sum(r.removed_count for r in replies),
+        bytes_freed=sum(r.bytes_freed for r in replies),
+        skipped_not_owner=sum(r.skipped_not_owner for r in replies),
     )

@@ -324,9 +324,13 @@ class Client:
         while True:
             r = self._call(req, "list").list
             out.extend(info_from_wire(s) for s in r.segments)
-            if not r.truncated or not r.segments:
+            if not r.truncated:
                 return out
-            req.list.start_after = out[-1].name
+            # A page stops when full or when the daemon's scan budget is spent; it moves on.
+            after = r.next_after or (out[-1].name if out else "")
+            if not after or after <= req.list.start_after:
+                return out
+            req.list.start_after = after
 
     def stats(self):
         """The daemon's counters (:class:`DaemonStats`)."""
@@ -336,7 +340,8 @@ class Client:
 
     def purge(self, patterns=(), *, orphans=False, older_than=None, owner=None,
               unattached=False, all=False, dry_run=False, owner_uid=None):
-        """Unlinks, in one request, every segment matching ALL the selectors given, as
+        """Unlinks every segment matching ALL the selectors given (in slices the daemon keeps to a
+        few milliseconds, each atomic), as
         ``shmctl purge`` does. At least one selector is required (InvalidArgumentError).
 
         - ``patterns``: a glob or a list of globs; a name matching any counts ('*' also
@@ -367,7 +372,14 @@ class Client:
         p.unattached = unattached
         p.all = all
         p.dry_run = dry_run
-        return purge_from_wire(self._call(req, "purge").purge)
+        # Long purges come in slices, each atomic; the daemon says where to go on.
+        replies = []
+        while True:
+            r = self._call(req, "purge").purge
+            replies.append(r)
+            if not r.next_after or r.next_after <= p.start_after:
+                return purge_from_wire(replies)
+            p.start_after = r.next_after
 
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <memory>
@@ -15,6 +16,9 @@
 
 namespace shmbroker::testing {
 namespace {
+
+// The daemon's cap on a pattern's length (daemon/validate.h).
+constexpr std::size_t kMaxPatternBytesForTest = 512;
 
 using namespace std::chrono_literals;
 
@@ -359,6 +363,59 @@ TEST(Limits, UnlinkedButHeldMemoryCountsUntilReallyReleased) {
     auto s = root.Stats();
     return s.ok() && s->unlinked_segments == 0 && s->bytes_held == (1u << 20);
   }));
+}
+
+// Found: dry-run purges with 60 long glob patterns against 10,000 segments stalled every other
+// client for 11-14 s. Now patterns are capped, matched in linear time, and every scan stops at
+// its budget; another client's round trips stay fast meanwhile.
+TEST(Limits, CostlyPatternsDoNotStallOtherClients) {
+  TestDaemon d;
+  Client root = d.MustConnect();
+  const std::string stem = "victim/" + std::string(190, 'a') + "/";
+  for (int i = 0; i < 10000; ++i) {
+    ASSERT_TRUE(root.Create({.name = stem + std::to_string(i), .shape = {1}}).ok());
+  }
+  std::string costly;
+  while (costly.size() + 2 < kMaxPatternBytesForTest) costly += "*a";
+  costly += "b";  // Never matches: every star backtracks.
+  HoldingChild hostile(
+      [&](auto ready) {
+        auto c = d.Connect("globber");
+        if (!c.ok()) return 10;
+        // Over the caps: refused outright.
+        PurgeOptions too_many{.dry_run = true};
+        too_many.patterns.assign(17, "x*");
+        if (c->Purge(too_many).status().code() != Code::kInvalidArgument) return 11;
+        PurgeOptions costly_purge{.dry_run = true};
+        costly_purge.patterns.assign(16, costly);
+        // ready() never returns: the flood runs beside it until the child is killed.
+        std::thread flood([&] {
+          for (;;) {
+            if (!c->Purge(costly_purge).ok() || !c->List(costly).ok()) ::_exit(12);
+          }
+        });
+        flood.detach();
+        ready();
+        return 0;
+      },
+      kNobody);
+  ASSERT_TRUE(hostile.ready());
+  std::vector<double> ms;
+  auto end = std::chrono::steady_clock::now() + 3s;
+  while (std::chrono::steady_clock::now() < end) {
+    auto t0 = std::chrono::steady_clock::now();
+    ASSERT_TRUE(root.Stats().ok());
+    ms.push_back(
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    std::this_thread::sleep_for(1ms);
+  }
+  std::sort(ms.begin(), ms.end());
+  double p99 = ms[ms.size() * 99 / 100];
+  EXPECT_LT(p99, 10.0) << ms.size() << " round trips, max " << ms.back() << " ms";
+  // And the hostile side really was scanning all along (its purges come back).
+  auto s = root.Stats();
+  ASSERT_TRUE(s.ok());
+  EXPECT_GT(s->requests.at("purge"), 2u);
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 #include "registry.h"
 
 #include "memfd.h"
+#include "validate.h"
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
@@ -420,6 +421,60 @@ TEST(Registry, NamesUnderTildeUserBelongToThatUser) {
   EXPECT_EQ(reg.Create(Spec("~alice"), kAlice, 1).status().code(), Code::kInvalidArgument);
   // Only a leading ~ names a user: elsewhere it is an ordinary character.
   EXPECT_TRUE(reg.Create(Spec("a~alice/x"), User(2000), 1).ok());
+}
+
+// A scan that runs out of budget stops with a cursor; continuing from it covers every segment
+// exactly once, and every call makes progress however small its budget.
+TEST(Registry, ScansStopAtTheirBudgetAndContinueFromTheCursor) {
+  Registry reg;
+  for (int i = 0; i < 50; ++i) {
+    ASSERT_TRUE(reg.Create(Spec("s/" + std::to_string(100 + i), {1}, "|u1"), kAlice, 1).ok());
+  }
+  std::vector<std::string> seen;
+  std::string after;
+  int calls = 0;
+  do {
+    ScanBudget none(std::chrono::microseconds(0));
+    std::string next;
+    ASSERT_TRUE(reg.List(
+                       "s/1*", after,
+                       [&](const SegmentEntry& s) {
+                         seen.push_back(s.name());
+                         return true;
+                       },
+                       &none, &next)
+                    .ok());
+    after = next;
+    ++calls;
+  } while (!after.empty() && calls < 100);
+  EXPECT_EQ(seen.size(), 50u);
+  EXPECT_EQ(calls, 50);
+  std::uint64_t removed = 0;
+  after.clear();
+  calls = 0;
+  do {
+    ScanBudget none(std::chrono::microseconds(0));
+    auto r = reg.Purge({.patterns = {"s/*"}}, kAlice, false, after, &none);
+    ASSERT_TRUE(r.ok());
+    removed += r->removed.size();
+    after = r->next_after;
+    ++calls;
+  } while (!after.empty() && calls < 100);
+  EXPECT_EQ(removed, 50u);
+  EXPECT_EQ(reg.size(), 0u);
+}
+
+TEST(Registry, PurgePatternsAreCappedInNumberAndSize) {
+  Registry reg;
+  PurgeSelector many;
+  many.patterns.assign(kMaxPurgePatterns + 1, "x*");
+  EXPECT_EQ(reg.Purge(many, kRoot, true).status().code(), Code::kInvalidArgument);
+  EXPECT_EQ(reg.Purge({.patterns = {std::string(kMaxPatternBytes + 1, '*')}}, kRoot, true)
+                .status()
+                .code(),
+            Code::kInvalidArgument);
+  many.patterns.resize(kMaxPurgePatterns);
+  EXPECT_TRUE(reg.Purge(many, kRoot, true).ok());
 }
 
 }  // namespace

@@ -180,9 +180,9 @@ class Client {
 
   Result<DaemonStats> Stats();
 
-  // Unlinks every segment matching all the selectors in one request (no race between choosing
-  // and unlinking). INVALID_ARGUMENT when no selector is set. Non-root callers remove only their
-  // own segments.
+  // Unlinks every segment matching all the selectors, in slices the daemon bounds to a few
+  // milliseconds each (no race between choosing and unlinking within a slice). INVALID_ARGUMENT
+  // when no selector is set or past the pattern caps. Non-root callers remove only their own.
   Result<PurgeResult> Purge(const PurgeOptions& options);
 
   const ServerInfo& server() const;
