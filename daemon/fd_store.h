@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 #include <vector>
 
 #include "registry.h"
@@ -18,6 +19,10 @@ class FdStore {
 
   void Added(const SegmentEntry& s);
   void Removed(const SegmentEntry& s);
+  // Calls `done` once everything Added or Removed so far is with the service manager; false
+  // (without calling it) when it already is. A reply that waits on this keeps its promise across
+  // a crash: what was acknowledged is in the store.
+  bool WhenStored(std::function<void()> done) { return notifier_.WhenSent(std::move(done)); }
 
   // Rebuilds `registry` from the stored fds in `fds` (other entries are left alone). Anything
   // inconsistent (a missing half, unreadable metadata, a size mismatch, a duplicate name) is

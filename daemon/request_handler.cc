@@ -248,7 +248,9 @@ Outcome RequestHandler::Create(Session& session, const wire::CreateRequest& req)
   spdlog::info("created '{}' {} {} mode {} by uid {} pid {}", Escaped(s.name()),
                Escaped(s.spec().dtype), HumanBytes(s.nbytes()), ModeString(s.spec().mode), s.uid(),
                s.creator_pid());
-  return AttachReply(session, std::move(seg).value(), Access::kReadWrite);
+  Outcome out = AttachReply(session, std::move(seg).value(), Access::kReadWrite);
+  if (out.reply.code() != wire::OK) return out;
+  return AfterStored(session, std::move(out));
 }
 
 Outcome RequestHandler::Attach(Session& session, const wire::AttachRequest& req) {
@@ -290,7 +292,17 @@ Outcome RequestHandler::Unlink(Session& session, const wire::UnlinkRequest& req)
                session.creds.pid);
   Outcome out;
   out.reply.mutable_empty();
-  return out;
+  return AfterStored(session, std::move(out));
+}
+
+Outcome RequestHandler::AfterStored(Session& session, Outcome out) {
+  if (!when_stored_) return out;
+  // Copyable for std::function: the outcome rides in a shared_ptr.
+  auto held = std::make_shared<Outcome>(std::move(out));
+  bool waits = when_stored_([sink = session.sink, held] {
+    if (auto s = sink.lock()) s->Complete(std::move(*held));  // Gone: the client hung up.
+  });
+  return waits ? Outcome::Deferred() : std::move(*held);
 }
 
 Outcome RequestHandler::Stat(Session&, const wire::StatRequest& req) {
@@ -423,7 +435,8 @@ Outcome RequestHandler::Purge(Session& session, const wire::PurgeRequest& req) {
     p->set_uid(seg->uid());
     bytes += p->ByteSizeLong() + 4;
   }
-  return out;
+  if (req.dry_run() || result->removed.empty()) return out;
+  return AfterStored(session, std::move(out));
 }
 
 }  // namespace shmbroker::daemon

@@ -4,6 +4,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -43,6 +44,11 @@ class RequestHandler {
   Registry& registry() { return registry_; }
   const Limits& limits() const { return limits_; }
   void set_limits(const Limits& limits) { limits_ = limits; }
+  // With systemd's fd store in use: `when_stored(done)` calls `done` once every change handed to
+  // the store so far is with the service manager, or returns false when it already is. Replies
+  // that acknowledge a change (create, unlink, purge) then wait for it.
+  using WhenStored = std::function<bool(std::function<void()>)>;
+  void set_when_stored(WhenStored when_stored) { when_stored_ = std::move(when_stored); }
   void set_socket_path(std::string path) { info_.socket_path = std::move(path); }
   std::uint32_t clients() const { return clients_; }
 
@@ -61,6 +67,8 @@ class RequestHandler {
   // An attachment of `segment` for `session`, with the region fd when the connection needs it.
   Outcome AttachReply(Session& session, std::shared_ptr<SegmentEntry> segment, Access access);
   Outcome Error(const Status& status);
+  // `out`, or Deferred until the fd store has what `out` acknowledges (see set_when_stored).
+  Outcome AfterStored(Session& session, Outcome out);
   // RESOURCE_EXHAUSTED when the connection holds all the attachments it may.
   Status MayAttach(const Session& session) const;
   void FillInfo(const SegmentEntry& s, wire::SegmentInfo* info) const;
@@ -72,6 +80,7 @@ class RequestHandler {
   DaemonInfo info_;
   Limits limits_;
   FdBudget* fds_;
+  WhenStored when_stored_;
   // A flood of bad packets (one per connection) costs a bounded number of log lines.
   Throttle protocol_errors_{20, std::chrono::seconds(1)};
   std::uint32_t clients_ = 0;

@@ -49,6 +49,10 @@ Server::Server(asio::io_context& io, ServerOptions options)
     options_.limits.max_connections = DefaultMaxConnections(fds_);
     handler_.set_limits(options_.limits);  // What stats report.
   }
+  handler_.set_when_stored([this](std::function<void()> done) {
+    FdStore* store = service_.fd_store();
+    return store != nullptr && store->WhenStored(std::move(done));
+  });
 }
 
 Server::~Server() { Stop(); }

@@ -53,7 +53,7 @@ std::unique_ptr<Notifier> Notifier::FromEnvironment() {
 }
 
 void Notifier::Send(std::string state, UniqueFd fd) {
-  queue_.push_back({std::move(state), std::move(fd)});
+  queue_.push_back({std::move(state), std::move(fd), {}});
   if (!Flush() && on_backlog) on_backlog();
 }
 
@@ -65,8 +65,16 @@ bool Notifier::Flush() {
     if (err != 0) {
       spdlog::warn("sd_notify '{}': {}", m.state.substr(0, m.state.find('\n')), std::strerror(err));
     }
+    std::vector<std::function<void()>> sent = std::move(m.sent);
     queue_.pop_front();
+    for (auto& done : sent) done();  // After the pop: a callback may queue more.
   }
+  return true;
+}
+
+bool Notifier::WhenSent(std::function<void()> done) {
+  if (queue_.empty()) return false;
+  queue_.back().sent.push_back(std::move(done));
   return true;
 }
 

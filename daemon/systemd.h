@@ -32,6 +32,10 @@ class Notifier {
   std::size_t backlog() const { return queue_.size(); }
   std::function<void()> on_backlog;
 
+  // Calls `done` once every message queued so far has been handed to the manager (or failed
+  // for good), from a later Flush(); returns false, without calling it, when none is queued.
+  bool WhenSent(std::function<void()> done);
+
   // Half of $WATCHDOG_USEC (when $WATCHDOG_PID is unset or ours): how often to send WATCHDOG=1.
   static std::optional<std::chrono::microseconds> WatchdogInterval();
 
@@ -43,6 +47,7 @@ class Notifier {
   struct Message {
     std::string state;
     UniqueFd fd;
+    std::vector<std::function<void()>> sent;  // WhenSent() callbacks waiting on this one.
   };
   std::deque<Message> queue_;
   UniqueFd sock_;

@@ -134,6 +134,10 @@ class FakeSystemd {
 
   void ReadLoop() {
     while (!quit_) {
+      if (paused_) {  // A manager that stops reading for a while (its queue fills up).
+        std::this_thread::sleep_for(5ms);
+        continue;
+      }
       pollfd p{notify_.get(), POLLIN, 0};
       if (::poll(&p, 1, 20) <= 0) {
         cv_.notify_all();  // Time-based predicates get re-checked.
@@ -190,6 +194,7 @@ class FakeSystemd {
   std::string status_;
   std::vector<Clock::time_point> watchdog_;
   std::map<std::string, UniqueFd> store_;
+  std::atomic<bool> paused_{false};
 
  private:
   std::mutex mu_;
@@ -317,6 +322,48 @@ TEST(SystemdSupervisor, EveryNameLengthWorksAcrossARestart) {
   // One byte more is refused up front, as the protocol says.
   EXPECT_EQ(client->Create({.name = std::string(256, 'y'), .shape = {1}}).status().code(),
             Code::kInvalidArgument);
+}
+
+// Found: with a manager that stopped reading notifications, 94 of 100 acknowledged creates were
+// lost at a SIGKILL, their fds still queued inside the daemon. Now a create (and an unlink) is
+// answered only once its fds are with the manager, without stalling the event loop.
+TEST(SystemdSupervisor, AnAcknowledgedCreateSurvivesACrashWhileTheManagerStalls) {
+  FakeSystemd sd;
+  sd.Start();
+  ASSERT_TRUE(sd.PumpUntil([&] { return sd.ready_; })) << "no READY=1";
+  auto other = sd.Connect();
+  ASSERT_TRUE(other.ok());
+  sd.paused_ = true;
+  std::atomic<int> acknowledged{0};
+  std::thread creator([&] {
+    auto c = sd.Connect();
+    if (!c.ok()) return;
+    for (int i = 0; i < 100; ++i) {
+      if (!c->Create({.name = "durable/" + std::to_string(i), .shape = {64}}).ok()) return;
+      acknowledged = i + 1;
+    }
+  });
+  std::this_thread::sleep_for(500ms);
+  int before_kill = acknowledged;
+  EXPECT_LT(before_kill, 100) << "creates were acknowledged although their fds could not be stored";
+  // The event loop still serves others meanwhile.
+  EXPECT_TRUE(other->Stats().ok());
+  sd.Kill(SIGKILL);
+  creator.join();
+  int acked = acknowledged;
+  sd.paused_ = false;
+  // The manager catches up on what was sent before the kill: two entries per stored create.
+  EXPECT_TRUE(sd.PumpUntil([&] { return sd.store_.size() >= 2u * acked; }))
+      << sd.store_.size() << " entries for " << acked << " acknowledged creates";
+  std::this_thread::sleep_for(100ms);  // Anything sent but not acknowledged, too.
+  sd.Start();
+  ASSERT_TRUE(sd.PumpUntil([&] { return sd.ready_; })) << "no READY=1 after restart";
+  auto client = sd.Connect();
+  ASSERT_TRUE(client.ok());
+  for (int i = 0; i < acked; ++i) {
+    EXPECT_TRUE(client->Stat("durable/" + std::to_string(i)).ok())
+        << "acknowledged create " << i << " of " << acked << " lost";
+  }
 }
 
 TEST(SystemdSupervisor, CorruptOrIncompleteStoreEntriesAreSkipped) {
