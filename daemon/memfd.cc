@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -30,7 +31,7 @@ int MemfdCreate(std::string_view label) {
   // EINVAL that would be taken below for a kernel without MFD_NOEXEC_SEAL.
   std::string name(TruncateUtf8(label, kMaxMemfdLabel));
   // MFD_NOEXEC_SEAL is Linux 6.3+; older kernels reject unknown flags with EINVAL.
-  static bool noexec_supported = true;
+  static std::atomic<bool> noexec_supported{true};  // Large creates run on a worker thread.
   if (noexec_supported) {
     int fd = ::memfd_create(name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_NOEXEC_SEAL);
     if (fd >= 0 || errno != EINVAL) return fd;

@@ -47,6 +47,9 @@ Result<std::uint64_t> Registry::CheckNew(const SegmentSpec& spec) const {
   if (segments_.find(spec.name) != segments_.end()) {
     return Status::AlreadyExists("a segment named " + Quoted(spec.name) + " exists already");
   }
+  if (reserved_.count(spec.name) != 0) {
+    return Status::AlreadyExists("a segment named " + Quoted(spec.name) + " is being created");
+  }
   return nbytes;
 }
 
@@ -114,8 +117,8 @@ Status Registry::CheckNamespace(const std::string& name, const Credentials& cred
   return Status::Ok();
 }
 
-Result<std::shared_ptr<SegmentEntry>> Registry::Create(SegmentSpec spec, const Credentials& creds,
-                                                       std::uint64_t connection) {
+Result<Registry::Reservation> Registry::Reserve(SegmentSpec spec, const Credentials& creds,
+                                                std::uint64_t connection) {
   auto nbytes = CheckNew(spec);
   if (!nbytes.ok()) return nbytes.status();
   if (Status s = CheckNamespace(spec.name, creds); !s.ok()) return s;
@@ -139,21 +142,47 @@ Result<std::shared_ptr<SegmentEntry>> Registry::Create(SegmentSpec spec, const C
                                        std::to_string(kCheckAvailableEvery) + " are kept free)");
     }
   }
-  auto fd = options_.make_memfd("shmbroker:" + spec.name, size);
+  unchecked_bytes_ += size;
+  // Until committed or cancelled, the name is taken and the memory counted.
+  reserved_.insert(spec.name);
+  ledger_->Charge(creds.uid, size);
+  Reservation r;
+  r.spec = std::move(spec);
+  r.creds = creds;
+  r.connection = connection;
+  r.size = size;
+  r.label = "shmbroker:" + r.spec.name;
+  return r;
+}
+
+void Registry::Cancel(const Reservation& r) {
+  reserved_.erase(r.spec.name);
+  ledger_->Release(r.creds.uid, r.size, false);
+}
+
+Result<std::shared_ptr<SegmentEntry>> Registry::Commit(Reservation r, Result<UniqueFd> fd) {
+  Cancel(r);  // The region takes over the charge.
   if (!fd.ok()) {
     Status s = fd.status();
-    return Status(s.code(), "creating " + Quoted(spec.name) + " (" + std::to_string(size) +
+    return Status(s.code(), "creating " + Quoted(r.spec.name) + " (" + std::to_string(r.size) +
                                 " bytes): " + s.message());
   }
-  std::string name = spec.name;
+  std::string name = r.spec.name;
   std::uint64_t id = next_id_++;
-  auto region = std::make_shared<Region>(id, std::move(fd).value(), size, ledger_, creds.uid);
-  auto seg = std::make_shared<SegmentEntry>(id, std::move(spec), size, creds, connection,
+  auto region = std::make_shared<Region>(id, std::move(fd).value(), r.size, ledger_, r.creds.uid);
+  auto seg = std::make_shared<SegmentEntry>(id, std::move(r.spec), r.size, r.creds, r.connection,
                                             std::move(region));
   segments_.emplace(std::move(name), seg);
-  unchecked_bytes_ += size;
   if (options_.on_created) options_.on_created(*seg);
   return seg;
+}
+
+Result<std::shared_ptr<SegmentEntry>> Registry::Create(SegmentSpec spec, const Credentials& creds,
+                                                       std::uint64_t connection) {
+  auto r = Reserve(std::move(spec), creds, connection);
+  if (!r.ok()) return r.status();
+  auto fd = options_.make_memfd(r->label, r->size);
+  return Commit(std::move(r).value(), std::move(fd));
 }
 
 Status Registry::Restore(std::uint64_t id, SegmentSpec spec, const Credentials& owner,

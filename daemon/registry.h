@@ -88,6 +88,22 @@ class Registry {
   Result<std::shared_ptr<SegmentEntry>> Create(SegmentSpec spec, const Credentials& creds,
                                                std::uint64_t connection);
 
+  // Create in two steps, so that the slow part (make_memfd: reserving every page) can run off
+  // the event loop: Reserve checks everything, takes the name and counts the memory; Commit
+  // registers the segment with its memory (or, given an error, gives the name back); Cancel
+  // gives everything back. Exactly one of Commit and Cancel per reservation.
+  struct Reservation {
+    SegmentSpec spec;
+    Credentials creds;
+    std::uint64_t connection = 0;
+    std::uint64_t size = 0;
+    std::string label;  // For make_memfd.
+  };
+  Result<Reservation> Reserve(SegmentSpec spec, const Credentials& creds, std::uint64_t connection);
+  Result<std::shared_ptr<SegmentEntry>> Commit(Reservation r, Result<UniqueFd> fd);
+  void Cancel(const Reservation& r);
+  const RegistryOptions& options() const { return options_; }
+
   // Re-registers a segment that survived a daemon restart (its memory and metadata came back
   // through systemd's fd store). Checks the spec and that `fd` is a memfd of the right size.
   Status Restore(std::uint64_t id, SegmentSpec spec, const Credentials& owner,
@@ -159,6 +175,7 @@ class Registry {
 
   RegistryOptions options_;
   std::map<std::string, std::shared_ptr<SegmentEntry>, std::less<>> segments_;
+  std::set<std::string, std::less<>> reserved_;  // Names being created (Reserve..Commit).
   std::set<std::uint64_t> open_connections_;
   std::shared_ptr<Ledger> ledger_ = std::make_shared<Ledger>();
   // Unlinked segments that were still held when unlinked, by id; expired ones are swept lazily.

@@ -236,7 +236,38 @@ Outcome RequestHandler::Create(Session& session, const wire::CreateRequest& req)
   if (fds_ != nullptr) {
     if (Status s = fds_->MayOpen(session.creds.uid, 2); !s.ok()) return Error(s);
   }
-  auto seg = registry_.Create(std::move(spec).value(), session.creds, session.id);
+  auto reserved = registry_.Reserve(std::move(spec).value(), session.creds, session.id);
+  if (!reserved.ok()) return Created(session, reserved.status());
+  if (!offload_ || reserved->size < kOffLoopBytes) {
+    auto fd = registry_.options().make_memfd(reserved->label, reserved->size);
+    return Created(session, registry_.Commit(std::move(reserved).value(), std::move(fd)));
+  }
+  // Large: the event loop (and the watchdog) go on while a worker reserves the memory. The
+  // connection reads nothing more until the reply, so its requests keep their order.
+  struct Pending {
+    Registry::Reservation reservation;
+    Result<UniqueFd> fd = Status::Internal("not run");
+  };
+  auto pending = std::make_shared<Pending>(Pending{std::move(reserved).value()});
+  auto make = registry_.options().make_memfd;
+  offload_([pending,
+            make] { pending->fd = make(pending->reservation.label, pending->reservation.size); },
+           [this, pending, id = session.id] {
+             auto it = sessions_.find(id);
+             if (it == sessions_.end()) {  // The client hung up: nobody to give it to.
+               registry_.Cancel(pending->reservation);
+               return;
+             }
+             Session& s = *it->second;
+             Outcome out = Created(
+                 s, registry_.Commit(std::move(pending->reservation), std::move(pending->fd)));
+             if (out.deferred) return;  // AfterStored completes it.
+             if (auto sink = s.sink.lock()) sink->Complete(std::move(out));
+           });
+  return Outcome::Deferred();
+}
+
+Outcome RequestHandler::Created(Session& session, Result<std::shared_ptr<SegmentEntry>> seg) {
   if (!seg.ok()) {
     if (seg.status().code() == Code::kResourceExhausted || seg.status().code() == Code::kInternal) {
       spdlog::warn("client {}: {}", session.id, seg.status().ToString());

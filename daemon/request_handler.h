@@ -49,6 +49,12 @@ class RequestHandler {
   // that acknowledge a change (create, unlink, purge) then wait for it.
   using WhenStored = std::function<bool(std::function<void()>)>;
   void set_when_stored(WhenStored when_stored) { when_stored_ = std::move(when_stored); }
+  // Where slow work goes: `offload(job, then)` runs `job` off the event loop, then `then` on it.
+  // Unset (tests), creates of any size reserve their memory inline.
+  using Offload = std::function<void(std::function<void()> job, std::function<void()> then)>;
+  void set_offload(Offload offload) { offload_ = std::move(offload); }
+  // Creates from this size up reserve their memory off the event loop (~0.5 ms per MiB inline).
+  static constexpr std::uint64_t kOffLoopBytes = 16 << 20;
   void set_socket_path(std::string path) { info_.socket_path = std::move(path); }
   std::uint32_t clients() const { return clients_; }
 
@@ -67,6 +73,8 @@ class RequestHandler {
   // An attachment of `segment` for `session`, with the region fd when the connection needs it.
   Outcome AttachReply(Session& session, std::shared_ptr<SegmentEntry> segment, Access access);
   Outcome Error(const Status& status);
+  // The reply to a create whose memory is ready (or failed): `seg` registered by Commit.
+  Outcome Created(Session& session, Result<std::shared_ptr<SegmentEntry>> seg);
   // `out`, or Deferred until the fd store has what `out` acknowledges (see set_when_stored).
   Outcome AfterStored(Session& session, Outcome out);
   // RESOURCE_EXHAUSTED when the connection holds all the attachments it may.
@@ -81,10 +89,11 @@ class RequestHandler {
   Limits limits_;
   FdBudget* fds_;
   WhenStored when_stored_;
+  Offload offload_;
   // A flood of bad packets (one per connection) costs a bounded number of log lines.
   Throttle protocol_errors_{20, std::chrono::seconds(1)};
   std::uint32_t clients_ = 0;
-  std::unordered_map<std::uint64_t, const Session*> sessions_;  // Open ones, by id.
+  std::unordered_map<std::uint64_t, Session*> sessions_;  // Open ones, by id.
   std::array<std::uint64_t, wire::Request::kPurge + 1> requests_{};
   std::array<std::uint64_t, kMaxCode + 1> errors_{};
 };

@@ -44,11 +44,15 @@ Server::Server(asio::io_context& io, ServerOptions options)
       retry_timer_(io),
       sweep_timer_(io),
       signals_(io, SIGINT, SIGTERM),
-      spare_(OpenSpare()) {
+      spare_(OpenSpare()),
+      worker_(io) {
   if (options_.limits.max_connections == 0) {
     options_.limits.max_connections = DefaultMaxConnections(fds_);
     handler_.set_limits(options_.limits);  // What stats report.
   }
+  handler_.set_offload([this](std::function<void()> job, std::function<void()> then) {
+    worker_.Run(std::move(job), std::move(then));
+  });
   handler_.set_when_stored([this](std::function<void()> done) {
     FdStore* store = service_.fd_store();
     return store != nullptr && store->WhenStored(std::move(done));

@@ -20,6 +20,7 @@
 #include "resource_limits.h"
 #include "service_manager.h"
 #include "systemd.h"
+#include "worker.h"
 
 namespace shmbroker::daemon {
 
@@ -76,6 +77,8 @@ class Server {
   Throttle refusals_{10, std::chrono::seconds(1)};
   bool stopped_ = false;
   std::uint64_t next_session_id_ = 1;
+  // Last, so that it is joined first: its completions call into the handler and registry.
+  Worker worker_;
 };
 
 }  // namespace shmbroker::daemon

@@ -477,5 +477,34 @@ TEST(Registry, PurgePatternsAreCappedInNumberAndSize) {
   EXPECT_TRUE(reg.Purge(many, kRoot, true).ok());
 }
 
+// A create in two steps (its memory reserved off the event loop meanwhile): the name is taken
+// and the memory counted from Reserve on; Cancel gives both back.
+TEST(Registry, AReservationHoldsTheNameAndTheMemoryUntilCommittedOrCancelled) {
+  Registry reg({.max_memory = 1000});
+  auto r = reg.Reserve(Spec("big", {100}), kAlice, 1);  // 800 bytes
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(reg.Create(Spec("big", {1}), kAlice, 1).status().code(), Code::kAlreadyExists);
+  EXPECT_EQ(reg.Create(Spec("other", {50}), kAlice, 1).status().code(), Code::kResourceExhausted);
+  EXPECT_EQ(reg.Find("big").status().code(), Code::kNotFound);  // Not there until committed.
+  reg.Cancel(*r);
+  EXPECT_EQ(reg.bytes_held(), 0u);
+  auto again = reg.Reserve(Spec("big", {100}), kAlice, 1);
+  ASSERT_TRUE(again.ok());
+  auto fd = CreateSegmentMemfd(again->label, again->size);
+  auto seg = reg.Commit(std::move(again).value(), std::move(fd));
+  ASSERT_TRUE(seg.ok());
+  EXPECT_EQ(reg.bytes_held(), 800u);
+  EXPECT_TRUE(reg.Find("big").ok());
+  // A failed reservation of memory gives the name back.
+  auto failing = reg.Reserve(Spec("fails", {10}), kAlice, 1);
+  ASSERT_TRUE(failing.ok());
+  EXPECT_EQ(reg.Commit(std::move(failing).value(), Status::ResourceExhausted("no memory"))
+                .status()
+                .code(),
+            Code::kResourceExhausted);
+  EXPECT_EQ(reg.bytes_held(), 800u);
+  EXPECT_TRUE(reg.Reserve(Spec("fails", {10}), kAlice, 1).ok());
+}
+
 }  // namespace
 }  // namespace shmbroker::daemon
