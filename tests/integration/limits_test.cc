@@ -1,6 +1,7 @@
 // Limits a hostile local user can't exhaust: connections that never say hello, too many
 // connections, idle connections that cost memory, the daemon's file descriptors, attachments.
 // The hostile side runs as nobody; every wait is bounded.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -416,6 +417,43 @@ TEST(Limits, CostlyPatternsDoNotStallOtherClients) {
   auto s = root.Stats();
   ASSERT_TRUE(s.ok());
   EXPECT_GT(s->requests.at("purge"), 2u);
+}
+
+// Found: with stderr a pipe nobody drains (a stalled journald), 416 bad packets blocked the whole
+// daemon. The logger is asynchronous with a bounded queue that drops, and counts, what overflows.
+TEST(Limits, AStalledStderrNeverBlocksTheDaemon) {
+  int pipefd[2];
+  ASSERT_EQ(::pipe2(pipefd, O_CLOEXEC), 0);
+  UniqueFd out(pipefd[0]), in(pipefd[1]);
+  ::fcntl(in.get(), F_SETPIPE_SZ, 4096);
+  const std::string socket = "/tmp/shmbrokerd-stalled-stderr.sock";
+  TestDaemon d(DaemonOptions{.args = {"--socket", socket, "--log-level", "debug"},
+                             .only_args = true,
+                             .wait_until_serving = false,
+                             .output_fd = in.get()});
+  in.reset();  // Only the daemon writes to it, and nobody reads.
+  auto connected = d.ConnectWithin(socket);
+  ASSERT_TRUE(connected.ok()) << connected.status().ToString();
+  Client c = std::move(connected).value();
+  auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < 20000; ++i) ASSERT_TRUE(c.Stats().ok()) << i;  // A debug line each.
+  for (int i = 0; i < 416; ++i) {
+    RawConnection bad(socket);
+    ASSERT_TRUE(bad.ok());
+    bad.SendBytes("not a protobuf at all");
+  }
+  auto s = c.Stats();
+  ASSERT_TRUE(s.ok());
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 20s);
+  EXPECT_GT(s->log_lines_dropped, 0u);
+  // Drain it now, so that the daemon can flush its last lines and exit.
+  std::thread drain([&] {
+    char buf[65536];
+    while (::read(out.get(), buf, sizeof(buf)) > 0) {
+    }
+  });
+  EXPECT_EQ(d.Terminate(), 0);
+  drain.join();
 }
 
 }  // namespace

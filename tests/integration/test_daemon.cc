@@ -41,7 +41,9 @@ TestDaemon::TestDaemon(DaemonOptions options) {
   pid_ = ::fork();
   if (pid_ == 0) {
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // No daemon outlives a crashed test.
-    int fd = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int fd = options.output_fd >= 0
+                 ? options.output_fd
+                 : ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     ::dup2(fd, 1);
     ::dup2(fd, 2);
     if (options.nofile_soft != 0 || options.nofile_hard != 0) {

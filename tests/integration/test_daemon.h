@@ -30,6 +30,8 @@ struct DaemonOptions {
   int uid = -1;
   // A listening socket it inherits as socket activation passes one ($LISTEN_FDS), or -1.
   int listen_fd = -1;
+  // Its stdout and stderr instead of log() (e.g. a pipe nobody drains), or -1.
+  int output_fd = -1;
 };
 
 // The real shmbrokerd in a temporary directory. Its stdout and stderr go to log().
