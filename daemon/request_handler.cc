@@ -448,11 +448,18 @@ Outcome RequestHandler::Purge(Session& session, const wire::PurgeRequest& req) {
   r->set_removed_count(result->removed.size());
   r->set_bytes_freed(result->bytes_freed);
   r->set_skipped_not_owner(result->skipped_not_owner);
-  // One line per purge: thousands of segments must not mean thousands of lines.
-  if (!req.dry_run() && !result->removed.empty()) {
-    spdlog::info("purged {} segment{} ({}) by uid {} pid {}", result->removed.size(),
-                 result->removed.size() == 1 ? "" : "s", HumanBytes(result->bytes_freed),
+  // One line per purge, however many segments and slices: summed over the slices, logged when
+  // the last one is done.
+  if (req.start_after().empty()) session.purged = {};
+  if (!req.dry_run()) {
+    session.purged.segments += result->removed.size();
+    session.purged.bytes += result->bytes_freed;
+  }
+  if (result->next_after.empty() && session.purged.segments > 0) {
+    spdlog::info("purged {} segment{} ({}) by uid {} pid {}", session.purged.segments,
+                 session.purged.segments == 1 ? "" : "s", HumanBytes(session.purged.bytes),
                  session.creds.uid, session.creds.pid);
+    session.purged = {};
   }
   std::size_t bytes = 0;
   for (const auto& seg : result->removed) {

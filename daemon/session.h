@@ -45,6 +45,11 @@ struct Session {
   // The segment is held for as long as the client may map its region: its memory counts as in
   // use (see Ledger) until the client says it unmapped it or the connection closes.
   std::unordered_map<std::uint64_t, std::shared_ptr<SegmentEntry>> regions_sent;
+  // What the purge in progress removed in its earlier slices: logged once, when it ends.
+  struct {
+    std::uint64_t segments = 0;
+    std::uint64_t bytes = 0;
+  } purged;
 };
 
 // A reply ready to send. `fds` stay open while `pins` hold their regions, even if the segment is
