@@ -174,7 +174,10 @@ void RequestHandler::FillHolders(const SegmentEntry& s, wire::SegmentInfo* info)
   // An unlinked segment is also held by connections that may still map it without attachments.
   const std::uint64_t ids[] = {s.region()->WireId(Access::kReadOnly),
                                s.region()->WireId(Access::kReadWrite)};
-  for (const auto& [id, session] : sessions_) {
+  for (const auto& entry : sessions_) {
+    // Not a structured binding: clang 14 cannot capture one in the lambda below.
+    const std::uint64_t id = entry.first;
+    const Session* session = entry.second;
     bool maps =
         session->regions_sent.count(ids[0]) != 0 || session->regions_sent.count(ids[1]) != 0;
     bool attached = std::any_of(s.holders().begin(), s.holders().end(),
