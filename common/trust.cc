@@ -26,13 +26,18 @@ std::string DescribeUid(uid_t uid) {
   return name == number ? number : number + " (" + name + ")";
 }
 
-std::optional<uid_t> ParseUser(const std::string& user) {
-  if (user.empty()) return std::nullopt;
+std::optional<uid_t> LookupUser(const std::string& name) {
   struct passwd pw, *res = nullptr;
   char buf[4096];
-  if (::getpwnam_r(user.c_str(), &pw, buf, sizeof(buf), &res) == 0 && res != nullptr) {
+  if (::getpwnam_r(name.c_str(), &pw, buf, sizeof(buf), &res) == 0 && res != nullptr) {
     return pw.pw_uid;
   }
+  return std::nullopt;
+}
+
+std::optional<uid_t> ParseUser(const std::string& user) {
+  if (user.empty()) return std::nullopt;
+  if (std::optional<uid_t> uid = LookupUser(user)) return uid;
   std::optional<std::uint64_t> n = ParseUint(user);
   // (uid_t)-1 means "no change" to chown and is nobody's uid.
   if (!n || *n >= static_cast<uid_t>(-1)) return std::nullopt;

@@ -18,6 +18,8 @@ namespace shmbroker {
 std::string DescribeUid(uid_t uid);
 // The user's name, or the uid as text when the user database has none.
 std::string UserName(uid_t uid);
+// The uid of the user named `name` in the user database (names only); nullopt when none.
+std::optional<uid_t> LookupUser(const std::string& name);
 // A user name or a decimal uid; nullopt when neither.
 std::optional<uid_t> ParseUser(const std::string& user);
 

@@ -1,6 +1,5 @@
 #include "credentials.h"
 
-#include <pwd.h>
 #include <sys/socket.h>
 
 #include <cerrno>
@@ -36,15 +35,6 @@ Credentials PeerCredentials(int fd) {
   }
 #endif
   return creds;
-}
-
-std::optional<std::uint32_t> UidOfUser(const std::string& name) {
-  struct passwd pw, *res = nullptr;
-  char buf[4096];
-  if (::getpwnam_r(name.c_str(), &pw, buf, sizeof(buf), &res) == 0 && res != nullptr) {
-    return pw.pw_uid;
-  }
-  return std::nullopt;
 }
 
 }  // namespace shmbroker::daemon

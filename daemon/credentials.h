@@ -3,8 +3,6 @@
 #pragma once
 
 #include <cstdint>
-#include <optional>
-#include <string>
 #include <vector>
 
 namespace shmbroker::daemon {
@@ -19,8 +17,5 @@ struct Credentials {
 
 // Reads SO_PEERCRED (and SO_PEERGROUPS when the kernel has it) of a connected socket.
 Credentials PeerCredentials(int fd);
-
-// The uid of the user named `name` in the user database; nullopt when there is none.
-std::optional<std::uint32_t> UidOfUser(const std::string& name);
 
 }  // namespace shmbroker::daemon

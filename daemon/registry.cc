@@ -87,11 +87,16 @@ void Registry::SweepUnlinked() const {
   unlinked_live_hint_ = unlinked_.size();
 }
 
-void Registry::ForEachUnlinked(const std::function<void(const SegmentEntry&)>& visit) const {
+Status Registry::ForEachUnlinked(std::string_view pattern,
+                                 const std::function<bool(const SegmentEntry&)>& visit) const {
+  if (Status s = ValidatePattern(pattern); !s.ok()) return s;
   SweepUnlinked();
   for (const auto& [id, weak] : unlinked_) {
-    if (auto s = weak.lock()) visit(*s);
+    auto s = weak.lock();
+    if (!s || (!pattern.empty() && !GlobMatch(pattern, s->name()))) continue;
+    if (!visit(*s)) break;
   }
+  return Status::Ok();
 }
 
 Status Registry::CheckNamespace(const std::string& name, const Credentials& creds) const {
@@ -281,10 +286,7 @@ void Registry::Detach(SegmentEntry& s, std::uint64_t connection, Access access) 
 Status Registry::List(std::string_view pattern, std::string_view start_after,
                       const std::function<bool(const SegmentEntry&)>& visit, ScanBudget* budget,
                       std::string* next_after) const {
-  if (pattern.size() > kMaxPatternBytes) {
-    return Status::InvalidArgument("pattern is longer than " + std::to_string(kMaxPatternBytes) +
-                                   " bytes");
-  }
+  if (Status s = ValidatePattern(pattern); !s.ok()) return s;
   auto it = start_after.empty() ? segments_.begin() : segments_.upper_bound(start_after);
   for (; it != segments_.end(); ++it) {
     if (pattern.empty() || GlobMatch(pattern, it->first)) {

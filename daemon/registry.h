@@ -17,6 +17,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "common/trust.h"
 #include "credentials.h"
 #include "ledger.h"
 #include "memfd.h"
@@ -71,7 +72,7 @@ struct RegistryOptions {
   std::function<Result<UniqueFd>(const std::string&, std::uint64_t)> make_memfd =
       CreateSegmentMemfd;
   // The uid of a user name (for names under ~USER/), nullopt when there is no such user.
-  std::function<std::optional<std::uint32_t>(const std::string&)> user_uid = UidOfUser;
+  std::function<std::optional<uid_t>(const std::string&)> user_uid = LookupUser;
   // Told of every segment added by Create and removed by Unlink or Purge (not of restored ones),
   // e.g. to keep systemd's fd store in step.
   std::function<void(const SegmentEntry&)> on_created;
@@ -129,8 +130,8 @@ class Registry {
   // Unlinks (or with `dry_run` only reports) every segment matching `selector` that `creds` may
   // unlink; INVALID_ARGUMENT for an empty selector or a bad pattern.
   // Examines names after `start_after` only; with a `budget`, stops when it runs out (see
-  // PurgeReport::next_after). Ownership is checked before any pattern: another user's segment is
-  // matched only to be counted in skipped_not_owner.
+  // PurgeReport::next_after). Cheap selectors are checked before patterns; another user's segment
+  // that matches is only counted in skipped_not_owner.
   Result<PurgeReport> Purge(const PurgeSelector& selector, const Credentials& creds, bool dry_run,
                             std::string_view start_after = {}, ScanBudget* budget = nullptr);
 
@@ -158,8 +159,9 @@ class Registry {
   std::uint64_t bytes_held() const { return ledger_->total().bytes; }
   // Unlinked segments whose memory is still in use (attached, mapped or in a reply in flight).
   Usage unlinked_in_use() const { return ledger_->unlinked(); }
-  // Visits them (while their entries live: a connection may map a region after its last detach).
-  void ForEachUnlinked(const std::function<void(const SegmentEntry&)>& visit) const;
+  // Visits those whose names match `pattern` (all if empty), while `visit` returns true.
+  Status ForEachUnlinked(std::string_view pattern,
+                         const std::function<bool(const SegmentEntry&)>& visit) const;
   std::uint64_t max_memory() const { return options_.max_memory; }
 
  private:

@@ -6,7 +6,6 @@
 
 #include <spdlog/spdlog.h>
 
-#include "common/glob.h"
 #include "common/text.h"
 #include "common/units.h"
 #include "log.h"
@@ -353,25 +352,19 @@ Outcome RequestHandler::List(Session&, const wire::ListRequest& req) {
   auto* list = out.reply.mutable_list();
   std::size_t bytes = 0;
   if (req.unlinked()) {
-    if (req.pattern().size() > kMaxPatternBytes) {
-      return Error(Status::InvalidArgument("pattern is longer than " +
-                                           std::to_string(kMaxPatternBytes) + " bytes"));
-    }
-    registry_.ForEachUnlinked([&](const SegmentEntry& seg) {
-      if (list->truncated()) return;
-      if (!req.pattern().empty() && !GlobMatch(req.pattern(), seg.name())) {
-        return;
-      }
+    Status s = registry_.ForEachUnlinked(req.pattern(), [&](const SegmentEntry& seg) {
       if (bytes >= kListPageBytes) {
         list->set_truncated(true);
-        return;
+        return false;
       }
       auto* info = list->add_segments();
       FillInfo(seg, info);
       FillHolders(seg, info);
       info->set_unlinked(true);
       bytes += info->ByteSizeLong() + 8;
+      return true;
     });
+    if (!s.ok()) return Error(s);
     return out;
   }
   ScanBudget budget;

@@ -156,6 +156,12 @@ Result<std::uint64_t> ComputeNbytes(std::uint64_t itemsize, std::span<const std:
   return total;
 }
 
+Status ValidatePattern(std::string_view pattern) {
+  if (pattern.size() <= kMaxPatternBytes) return Status::Ok();
+  return Status::InvalidArgument("pattern is longer than " + std::to_string(kMaxPatternBytes) +
+                                 " bytes");
+}
+
 Status ValidateMode(std::uint32_t mode) {
   if (mode & ~std::uint32_t{0777}) {
     char buf[64];

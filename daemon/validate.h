@@ -39,6 +39,9 @@ Result<std::uint64_t> ParseDtype(std::string_view dtype);
 // kMaxSegmentBytes.
 Result<std::uint64_t> ComputeNbytes(std::uint64_t itemsize, std::span<const std::uint64_t> shape);
 
+// A list pattern: at most kMaxPatternBytes (empty means all).
+Status ValidatePattern(std::string_view pattern);
+
 // Permission bits only (0..0777).
 Status ValidateMode(std::uint32_t mode);
 

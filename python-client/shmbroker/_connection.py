@@ -84,20 +84,36 @@ def _is_socket(path):
         return False
 
 
+def uid_of(user):
+    """The uid of a user name or a uid (an int or a string of digits)."""
+    if isinstance(user, str):
+        try:
+            return pwd.getpwnam(user).pw_uid
+        except KeyError:
+            if not user.isdigit():
+                raise InvalidArgumentError(f"no such user {user!r}") from None
+            user = int(user)
+    if isinstance(user, bool) or not isinstance(user, int):
+        raise TypeError(f"a user is a user name or a uid, not {user!r}")
+    if not 0 <= user <= 0xFFFFFFFF:
+        raise InvalidArgumentError(f"uid {user} is out of range")
+    return user
+
+
 def resolve_trusted_uid(explicit=None):
     """The uid trusted besides root and this process's own: ``explicit`` (a uid or user name)
     if given, else $SHMBROKER_TRUST_UID, else None."""
-    value = explicit if explicit is not None else os.environ.get("SHMBROKER_TRUST_UID") or None
-    if value is None or isinstance(value, int):
-        return value
+    if explicit is not None:
+        return uid_of(explicit)
+    env = os.environ.get("SHMBROKER_TRUST_UID")
+    if not env:
+        return None
     try:
-        return pwd.getpwnam(value).pw_uid
-    except KeyError:
-        pass
-    if value.isdigit() and int(value) < 2**32 - 1:
-        return int(value)
-    source = "trusted_uid" if explicit is not None else "SHMBROKER_TRUST_UID"
-    raise InvalidArgumentError(f"{source}={value!r} is neither a uid nor a user name")
+        return uid_of(env)
+    except InvalidArgumentError:
+        raise InvalidArgumentError(
+            f"SHMBROKER_TRUST_UID={env!r} is neither a uid nor a user name"
+        ) from None
 
 
 def _describe_uid(uid):

@@ -15,7 +15,13 @@ import weakref
 
 import numpy as np
 
-from ._connection import Connection, connections, resolve_socket_path, resolve_trusted_uid
+from ._connection import (
+    Connection,
+    connections,
+    resolve_socket_path,
+    resolve_trusted_uid,
+    uid_of,
+)
 from ._types import (
     DaemonLimits,
     DaemonStats,
@@ -264,7 +270,7 @@ class Client:
         req.attach.name = _check_name(name)
         req.attach.access = pb.READ_WRITE if writable else pb.READ_ONLY
         if owner is not None:
-            req.attach.owner_uid = _uid_of(owner)
+            req.attach.owner_uid = uid_of(owner)
         mapped = self._map(req, (0, None), prefault)
         info = mapped[2]
         return self._array(mapped, info.shape, info.dtype, info.order)
@@ -368,7 +374,7 @@ class Client:
         if older_than is not None:
             p.older_than_seconds = _duration_seconds(older_than)
         if owner is not None:
-            p.owner_uid = _uid_of(owner)
+            p.owner_uid = uid_of(owner)
         p.unattached = unattached
         p.all = all
         p.dry_run = dry_run
@@ -405,24 +411,6 @@ def _duration_seconds(value):
     if not 0 <= seconds < 1 << 40:
         raise InvalidArgumentError(f"duration {value!r} is out of range")
     return int(seconds)
-
-
-def _uid_of(owner):
-    """The uid of a user name or a uid."""
-    if isinstance(owner, str):
-        import pwd
-
-        try:
-            return pwd.getpwnam(owner).pw_uid
-        except KeyError:
-            if not owner.isdigit():
-                raise InvalidArgumentError(f"no such user {owner!r}") from None
-            owner = int(owner)
-    if isinstance(owner, bool) or not isinstance(owner, int):
-        raise TypeError(f"owner is a user name or a uid, not {owner!r}")
-    if not 0 <= owner <= 0xFFFFFFFF:
-        raise InvalidArgumentError(f"uid {owner} is out of range")
-    return owner
 
 
 def _extent(offset, shape, strides, itemsize):

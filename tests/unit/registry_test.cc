@@ -239,14 +239,24 @@ TEST(Registry, UnlinkIsForOwnerOrRootAndFreesTheNameAtOnce) {
   EXPECT_EQ(reg.UsageOf(kAlice.uid).bytes, 128u);
   EXPECT_EQ((*seg)->memfd(), -1);
   std::vector<std::string> in_use;
-  reg.ForEachUnlinked([&](const SegmentEntry& s) { in_use.push_back(s.name()); });
+  ASSERT_TRUE(reg.ForEachUnlinked("",
+                                  [&](const SegmentEntry& s) {
+                                    in_use.push_back(s.name());
+                                    return true;
+                                  })
+                  .ok());
   EXPECT_EQ(in_use, std::vector<std::string>{"u"});
   seg = Status::NotFound("let go");
   EXPECT_EQ(reg.bytes_held(), 0u);
   EXPECT_EQ(reg.unlinked_in_use().segments, 0u);
   EXPECT_EQ(reg.UsageOf(kAlice.uid).segments, 0u);
   in_use.clear();
-  reg.ForEachUnlinked([&](const SegmentEntry& s) { in_use.push_back(s.name()); });
+  ASSERT_TRUE(reg.ForEachUnlinked("",
+                                  [&](const SegmentEntry& s) {
+                                    in_use.push_back(s.name());
+                                    return true;
+                                  })
+                  .ok());
   EXPECT_TRUE(in_use.empty());
   auto again = reg.Create(Spec("u"), kAlice, 1);
   ASSERT_TRUE(again.ok());
