@@ -23,21 +23,23 @@ constexpr std::size_t kMaxMetaBytes = 1 << 20;
 
 std::string DataName(std::uint64_t id) { return "seg-" + std::to_string(id); }
 std::string MetaName(std::uint64_t id) { return "meta-" + std::to_string(id); }
+std::string RegionName(std::uint64_t id) { return "region-" + std::to_string(id); }
 
-// "seg-12" -> (true, 12); "meta-12" -> (false, 12).
-bool ParseStoreName(const std::string& name, bool& data, std::uint64_t& id) {
+enum class Kind { kData, kMeta, kRegion };
+
+// "seg-12" -> (kData, 12); "meta-12" -> (kMeta, 12); "region-12" -> (kRegion, 12).
+bool ParseStoreName(const std::string& name, Kind& kind, std::uint64_t& id) {
   std::string_view digits;
-  if (name.rfind("seg-", 0) == 0) {
-    data = true;
-    digits = std::string_view(name).substr(4);
-  } else if (name.rfind("meta-", 0) == 0) {
-    data = false;
-    digits = std::string_view(name).substr(5);
-  } else {
-    return false;
+  for (auto [prefix, k] : {std::pair{"seg-", Kind::kData}, std::pair{"meta-", Kind::kMeta},
+                           std::pair{"region-", Kind::kRegion}}) {
+    if (name.rfind(prefix, 0) == 0) {
+      kind = k;
+      digits = std::string_view(name).substr(std::strlen(prefix));
+      auto [p, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), id);
+      return ec == std::errc() && p == digits.data() + digits.size() && !digits.empty() && id != 0;
+    }
   }
-  auto [p, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), id);
-  return ec == std::errc() && p == digits.data() + digits.size() && !digits.empty() && id != 0;
+  return false;
 }
 
 UniqueFd MakeMetaMemfd(const SegmentEntry& s) {
@@ -45,6 +47,10 @@ UniqueFd MakeMetaMemfd(const SegmentEntry& s) {
   stored.set_format(1);
   stored.set_id(s.id());
   DescribeSegment(s, stored.mutable_info());
+  if (s.shared()) {
+    stored.set_region_id(s.region()->id());
+    stored.set_offset(s.offset());
+  }
   std::string bytes = stored.SerializeAsString();
 
   UniqueFd fd(MemfdCreate("shmbroker-meta:" + s.name()));
@@ -59,6 +65,20 @@ UniqueFd MakeMetaMemfd(const SegmentEntry& s) {
 
 }  // namespace
 
+void FdStore::Send(const std::string& name, int fd) {
+  // The store keeps its own reference; ours stays.
+  UniqueFd dup(::fcntl(fd, F_DUPFD_CLOEXEC, 3));
+  if (!dup) {
+    spdlog::warn("cannot hand {} to the fd store: {}", name, std::strerror(errno));
+    return;
+  }
+  notifier_.Send("FDSTORE=1\nFDNAME=" + name, std::move(dup));
+}
+
+void FdStore::RegionAdded(const SharedRegion& r) {
+  Send(RegionName(r.region()->id()), r.region()->memfd());
+}
+
 void FdStore::Added(const SegmentEntry& s) {
   UniqueFd meta = MakeMetaMemfd(s);
   if (!meta) {
@@ -66,18 +86,19 @@ void FdStore::Added(const SegmentEntry& s) {
                  s.name(), std::strerror(errno));
     return;
   }
-  // The store keeps its own reference; ours stays with the segment. The data goes first: a
-  // metadata entry without its data is dropped at restore.
-  UniqueFd data(::fcntl(s.memfd(), F_DUPFD_CLOEXEC, 3));
-  if (!data) {
-    spdlog::warn("cannot hand '{}' to the fd store: {}", s.name(), std::strerror(errno));
-    return;
-  }
-  notifier_.Send("FDSTORE=1\nFDNAME=" + DataName(s.id()), std::move(data));
+  // The data goes first (a shared region went when it was made): a metadata entry without its
+  // data is dropped at restore.
+  if (!s.shared()) Send(DataName(s.id()), s.memfd());
   notifier_.Send("FDSTORE=1\nFDNAME=" + MetaName(s.id()), std::move(meta));
 }
 
-void FdStore::Removed(const SegmentEntry& s) { Drop(s.id()); }
+void FdStore::Removed(const SegmentEntry& s) {
+  if (s.shared()) {
+    notifier_.Send("FDSTOREREMOVE=1\nFDNAME=" + MetaName(s.id()));
+  } else {
+    Drop(s.id());
+  }
+}
 
 void FdStore::Drop(std::uint64_t id) {
   notifier_.Send("FDSTOREREMOVE=1\nFDNAME=" + DataName(id));
@@ -89,12 +110,20 @@ std::size_t FdStore::Restore(std::vector<ListenFd>& fds, Registry& registry) {
     UniqueFd data, meta;
   };
   std::map<std::uint64_t, Pair> pairs;
+  Arena& arena = registry.arena();
   for (auto& lf : fds) {
-    bool data = false;
+    Kind kind = Kind::kData;
     std::uint64_t id = 0;
-    if (!lf.fd || !ParseStoreName(lf.name, data, id)) continue;
+    if (!lf.fd || !ParseStoreName(lf.name, kind, id)) continue;
+    if (kind == Kind::kRegion) {
+      if (Status s = arena.Adopt(id, std::move(lf.fd)); !s.ok()) {
+        spdlog::warn("stored {}: {}; dropping it from the fd store", lf.name, s.ToString());
+        notifier_.Send("FDSTOREREMOVE=1\nFDNAME=" + lf.name);
+      }
+      continue;
+    }
     Pair& p = pairs[id];
-    (data ? p.data : p.meta) = std::move(lf.fd);
+    (kind == Kind::kData ? p.data : p.meta) = std::move(lf.fd);
   }
   std::size_t restored = 0;
   for (auto& [id, p] : pairs) {
@@ -102,7 +131,7 @@ std::size_t FdStore::Restore(std::vector<ListenFd>& fds, Registry& registry) {
       spdlog::warn("stored segment {}: {}; dropping it from the fd store", id, why);
       Drop(id);
     };
-    if (!p.data || !p.meta) {
+    if (!p.meta) {
       skip(p.data ? "its metadata is missing" : "its memory is missing");
       continue;
     }
@@ -123,6 +152,24 @@ std::size_t FdStore::Restore(std::vector<ListenFd>& fds, Registry& registry) {
     SegmentSpec spec = SpecFromWire(info);
     Credentials owner{info.uid(), info.gid(), info.creator_pid(), {}};
     std::string name = spec.name;
+    if (stored.region_id() != 0) {  // A block of a shared region.
+      if (p.data) {
+        skip("'" + name + "' has both a region of its own and a shared one");
+        continue;
+      }
+      Status s = registry.RestoreShared(id, std::move(spec), owner, info.created_unix_ns(),
+                                        stored.region_id(), stored.offset());
+      if (!s.ok()) {
+        skip("'" + name + "': " + s.ToString());
+        continue;
+      }
+      ++restored;
+      continue;
+    }
+    if (!p.data) {
+      skip("its memory is missing");
+      continue;
+    }
     // The memory is chmod 0600 to the daemon that made it: a daemon running as another uid (a
     // DynamicUser= that changed) could not reopen it read-only for readers.
     struct stat data_st {};
@@ -140,6 +187,14 @@ std::size_t FdStore::Restore(std::vector<ListenFd>& fds, Registry& registry) {
     }
     ++restored;
   }
+  for (std::uint64_t id : arena.DropUnclaimed()) {
+    spdlog::info("stored shared region {} holds no segment any more; dropping it", id);
+    notifier_.Send("FDSTOREREMOVE=1\nFDNAME=" + RegionName(id));
+  }
+  // Clients of the old daemon may still map the restored regions' free blocks: nothing is carved
+  // from them any more, and each goes when its last segment does.
+  arena.RetireAdopted(
+      [this](std::uint64_t id) { notifier_.Send("FDSTOREREMOVE=1\nFDNAME=" + RegionName(id)); });
   return restored;
 }
 

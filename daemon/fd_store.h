@@ -1,7 +1,9 @@
-// Restart survival through systemd's file descriptor store: every segment's memfd is handed to
-// systemd (FDSTORE=1, FDNAME=seg-<id>) together with a small sealed memfd holding its metadata
-// (meta-<id>), and removed on unlink (FDSTOREREMOVE=1). A restarted daemon receives them back
-// through $LISTEN_FDS and rebuilds its registry.
+// Restart survival through systemd's file descriptor store: every segment's metadata goes to
+// systemd as a small sealed memfd (FDSTORE=1, FDNAME=meta-<id>), with its memory: the memfd of
+// its own region (seg-<id>), or, for a small segment, the shared region it is a block of
+// (region-<id>, stored once when the region is made). Unlink removes them (FDSTOREREMOVE=1;
+// shared regions stay). A restarted daemon receives them back through $LISTEN_FDS and rebuilds
+// its registry; shared regions no segment refers to any more are dropped then.
 #pragma once
 
 #include <cstddef>
@@ -19,6 +21,7 @@ class FdStore {
 
   void Added(const SegmentEntry& s);
   void Removed(const SegmentEntry& s);
+  void RegionAdded(const SharedRegion& r);
   // Calls `done` once everything Added or Removed so far is with the service manager; false
   // (without calling it) when it already is. A reply that waits on this keeps its promise across
   // a crash: what was acknowledged is in the store.
@@ -31,6 +34,7 @@ class FdStore {
 
  private:
   void Drop(std::uint64_t id);
+  void Send(const std::string& name, int fd);
   Notifier& notifier_;
 };
 

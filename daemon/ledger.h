@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <unordered_map>
 
 namespace shmbroker::daemon {
@@ -32,6 +33,33 @@ class Ledger {
  private:
   std::unordered_map<std::uint32_t, Usage> by_uid_;
   Usage total_, unlinked_;
+};
+
+// Charges `bytes` to `uid` for as long as it lives (a segment in a shared region holds one; a
+// region of its own charges itself). Move-only.
+class LedgerCharge {
+ public:
+  LedgerCharge(std::shared_ptr<Ledger> ledger, std::uint32_t uid, std::uint64_t bytes)
+      : ledger_(std::move(ledger)), uid_(uid), bytes_(bytes) {
+    ledger_->Charge(uid_, bytes_);
+  }
+  LedgerCharge(LedgerCharge&& o) noexcept
+      : ledger_(std::move(o.ledger_)), uid_(o.uid_), bytes_(o.bytes_), unlinked_(o.unlinked_) {}
+  LedgerCharge& operator=(LedgerCharge&&) = delete;
+  ~LedgerCharge() {
+    if (ledger_) ledger_->Release(uid_, bytes_, unlinked_);
+  }
+  void Unlinked() {
+    if (unlinked_ || !ledger_) return;
+    unlinked_ = true;
+    ledger_->Unlinked(bytes_);
+  }
+
+ private:
+  std::shared_ptr<Ledger> ledger_;
+  std::uint32_t uid_;
+  std::uint64_t bytes_;
+  bool unlinked_ = false;
 };
 
 }  // namespace shmbroker::daemon

@@ -75,6 +75,7 @@ int main(int argc, char** argv) {
   std::string max_memory_text = "0";
   std::string max_memory_per_user_text = "half";
   std::string handshake_text = "10s";
+  std::string shared_max_text = "1M";
   app.add_option("--socket", socket,
                  "Socket path (default: $SHMBROKER_SOCKET, else /run/shmbroker/shmbroker.sock "
                  "as root, else $XDG_RUNTIME_DIR/shmbroker/shmbroker.sock, else "
@@ -103,6 +104,11 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--handshake-timeout", handshake_text,
                  "How long a new connection may take to say hello: 500ms, 10s, 1m")
+      ->capture_default_str();
+  app.add_option("--shared-max", shared_max_text,
+                 "Segments up to this size (at most 64M) are blocks of regions shared by one "
+                 "owner's segments of the same group and mode: one round trip to create or "
+                 "attach, no descriptor, no mmap; 0 = every segment has its own memfd")
       ->capture_default_str();
   // Read when present and no --config is given: where a packaged service keeps its settings.
   const char* env_config = std::getenv("SHMBROKERD_CONFIG");
@@ -161,6 +167,14 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  std::uint64_t shared_max = 0;
+  if (!ReadSize(shared_max_text, "--shared-max", shared_max)) return 2;
+  if (shared_max > daemon::ArenaOptions{}.region_bytes) {
+    std::fprintf(stderr, "shmbrokerd: --shared-max is at most %s (a shared region's size)\n",
+                 HumanBytes(daemon::ArenaOptions{}.region_bytes).c_str());
+    return 2;
+  }
+
   StartLogging(log_level);
   ::signal(SIGPIPE, SIG_IGN);
   RaiseFileLimit();
@@ -172,7 +186,8 @@ int main(int argc, char** argv) {
                                .limits = limits,
                                .version = SHMBROKER_VERSION,
                                .notifier = daemon::Notifier::FromEnvironment(),
-                               .inherited = std::move(inherited)});
+                               .inherited = std::move(inherited),
+                               .shared_max_bytes = shared_max});
     if (Status s = server.Start(); !s.ok()) {
       spdlog::critical("cannot start: {}", s.message());
       rc = 1;

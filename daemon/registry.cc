@@ -23,7 +23,9 @@ constexpr std::uint64_t kCheckAvailableEvery = std::uint64_t{64} << 20;
 
 }  // namespace
 
-Registry::Registry(RegistryOptions options) : options_(std::move(options)) {}
+Registry::Registry(RegistryOptions options) : options_(std::move(options)), arena_(options_.arena) {
+  options_.shared_max_bytes = std::min(options_.shared_max_bytes, options_.arena.region_bytes);
+}
 
 bool Registry::Allowed(const SegmentEntry& s, Access access, const Credentials& creds) {
   if (creds.uid == 0) return true;
@@ -75,7 +77,7 @@ Status Registry::CheckQuota(std::uint32_t uid, const std::string& name, std::uin
 void Registry::Unnamed(const std::shared_ptr<SegmentEntry>& s) {
   if (options_.on_removed) options_.on_removed(*s);
   // Its memory stays charged until the last holder lets go; its descriptors close now.
-  s->region()->Retire();
+  s->Retire();
   if (s.use_count() > 1) {  // Someone else holds it: it is unlinked but in use.
     if (unlinked_.size() >= 2 * unlinked_live_hint_ + 64) SweepUnlinked();
     unlinked_.emplace(s->id(), s);
@@ -182,17 +184,37 @@ Result<std::shared_ptr<SegmentEntry>> Registry::Commit(Reservation r, Result<Uni
   return seg;
 }
 
+Result<std::shared_ptr<SegmentEntry>> Registry::CommitShared(Reservation r) {
+  Cancel(r);  // The segment takes over the charge.
+  auto block = arena_.Allocate({r.creds.uid, r.creds.gid, r.spec.mode}, r.size,
+                               [this] { return next_id_++; });
+  if (!block.ok()) {
+    Status s = block.status();
+    return Status(s.code(), "creating " + Quoted(r.spec.name) + " (" + std::to_string(r.size) +
+                                " bytes): " + s.message());
+  }
+  std::string name = r.spec.name;
+  auto region = block->shared_region()->region();
+  auto seg = std::make_shared<SegmentEntry>(next_id_++, std::move(r.spec), r.size, r.creds,
+                                            r.connection, std::move(region));
+  seg->block_.emplace(std::move(block).value());
+  seg->charge_.emplace(ledger_, r.creds.uid, r.size);
+  segments_.emplace(std::move(name), seg);
+  if (options_.on_created) options_.on_created(*seg);
+  return seg;
+}
+
 Result<std::shared_ptr<SegmentEntry>> Registry::Create(SegmentSpec spec, const Credentials& creds,
                                                        std::uint64_t connection) {
   auto r = Reserve(std::move(spec), creds, connection);
   if (!r.ok()) return r.status();
+  if (Shared(r->size)) return CommitShared(std::move(r).value());
   auto fd = options_.make_memfd(r->label, r->size);
   return Commit(std::move(r).value(), std::move(fd));
 }
 
-Status Registry::Restore(std::uint64_t id, SegmentSpec spec, const Credentials& owner,
-                         std::int64_t created_unix_ns, UniqueFd fd) {
-  if (id == 0) return Status::InvalidArgument("segment id 0");
+Result<std::uint64_t> Registry::CheckRestored(const SegmentSpec& spec,
+                                              std::int64_t created_unix_ns) const {
   // Between the epoch and a day ahead (clocks do step): anything else is corrupt metadata, and
   // every age computed from it would be nonsense or overflow.
   constexpr std::int64_t kDayNs = 86'400'000'000'000;
@@ -200,7 +222,32 @@ Status Registry::Restore(std::uint64_t id, SegmentSpec spec, const Credentials& 
     return Status::InvalidArgument("creation time " + std::to_string(created_unix_ns) +
                                    " ns is out of range");
   }
-  auto nbytes = CheckNew(spec);
+  return CheckNew(spec);
+}
+
+Status Registry::RestoreShared(std::uint64_t id, SegmentSpec spec, const Credentials& owner,
+                               std::int64_t created_unix_ns, std::uint64_t region_id,
+                               std::uint64_t offset) {
+  if (id == 0) return Status::InvalidArgument("segment id 0");
+  auto nbytes = CheckRestored(spec, created_unix_ns);
+  if (!nbytes.ok()) return nbytes.status();
+  auto block = arena_.Claim(region_id, {owner.uid, owner.gid, spec.mode}, offset, *nbytes);
+  if (!block.ok()) return block.status();
+  std::string name = spec.name;
+  auto region = block->shared_region()->region();
+  auto seg = std::make_shared<SegmentEntry>(id, std::move(spec), *nbytes, owner, /*connection=*/0,
+                                            std::move(region), created_unix_ns);
+  seg->block_.emplace(std::move(block).value());
+  seg->charge_.emplace(ledger_, owner.uid, *nbytes);
+  segments_.emplace(std::move(name), std::move(seg));
+  next_id_ = std::max({next_id_, id + 1, region_id + 1});
+  return Status::Ok();
+}
+
+Status Registry::Restore(std::uint64_t id, SegmentSpec spec, const Credentials& owner,
+                         std::int64_t created_unix_ns, UniqueFd fd) {
+  if (id == 0) return Status::InvalidArgument("segment id 0");
+  auto nbytes = CheckRestored(spec, created_unix_ns);
   if (!nbytes.ok()) return nbytes.status();
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode) ||

@@ -17,6 +17,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "arena.h"
 #include "common/trust.h"
 #include "credentials.h"
 #include "ledger.h"
@@ -67,6 +68,10 @@ struct RegistryOptions {
   // Per owner uid (root exempt); 0: no cap.
   std::uint64_t max_memory_per_user = 0;
   std::uint64_t max_segments_per_user = 0;
+  // Segments of 1 byte up to this size are blocks of shared regions (see Arena); 0: none are.
+  std::uint64_t shared_max_bytes = kDefaultSharedMaxBytes;
+  static constexpr std::uint64_t kDefaultSharedMaxBytes = 1 << 20;
+  ArenaOptions arena;
   // Seams for tests (fault injection without flags in production code).
   std::function<std::uint64_t()> available_memory = AvailableMemory;
   std::function<Result<UniqueFd>(const std::string&, std::uint64_t)> make_memfd =
@@ -103,12 +108,21 @@ class Registry {
   Result<Reservation> Reserve(SegmentSpec spec, const Credentials& creds, std::uint64_t connection);
   Result<std::shared_ptr<SegmentEntry>> Commit(Reservation r, Result<UniqueFd> fd);
   void Cancel(const Reservation& r);
+  // Whether a segment of `size` bytes goes in a shared region: then Commit it with CommitShared,
+  // which is quick (no memfd, no descriptor).
+  bool Shared(std::uint64_t size) const { return size > 0 && size <= options_.shared_max_bytes; }
+  Result<std::shared_ptr<SegmentEntry>> CommitShared(Reservation r);
   const RegistryOptions& options() const { return options_; }
 
   // Re-registers a segment that survived a daemon restart (its memory and metadata came back
   // through systemd's fd store). Checks the spec and that `fd` is a memfd of the right size.
   Status Restore(std::uint64_t id, SegmentSpec spec, const Credentials& owner,
                  std::int64_t created_unix_ns, UniqueFd fd);
+  // The same for a segment in a shared region (adopted first with arena().Adopt).
+  Status RestoreShared(std::uint64_t id, SegmentSpec spec, const Credentials& owner,
+                       std::int64_t created_unix_ns, std::uint64_t region_id, std::uint64_t offset);
+  Arena& arena() { return arena_; }
+  const Arena& arena() const { return arena_; }
 
   // The segment, if `creds` may access it so. NOT_FOUND / PERMISSION_DENIED.
   Result<std::shared_ptr<SegmentEntry>> Open(std::string_view name, Access access,
@@ -165,6 +179,8 @@ class Registry {
   std::uint64_t max_memory() const { return options_.max_memory; }
 
  private:
+  // Checks a restored segment's spec and time; returns its size in bytes.
+  Result<std::uint64_t> CheckRestored(const SegmentSpec& spec, std::int64_t created_unix_ns) const;
   // Validates a spec for a new segment (and that its name is free); returns its size in bytes.
   Result<std::uint64_t> CheckNew(const SegmentSpec& spec) const;
   // RESOURCE_EXHAUSTED when `size` more bytes in one more segment would take `uid` over a quota.
@@ -180,6 +196,7 @@ class Registry {
   std::set<std::string, std::less<>> reserved_;  // Names being created (Reserve..Commit).
   std::set<std::uint64_t> open_connections_;
   std::shared_ptr<Ledger> ledger_ = std::make_shared<Ledger>();
+  Arena arena_;
   // Unlinked segments that were still held when unlinked, by id; expired ones are swept lazily.
   mutable std::map<std::uint64_t, std::weak_ptr<SegmentEntry>> unlinked_;
   mutable std::size_t unlinked_live_hint_ = 0;

@@ -41,10 +41,13 @@ void RequestHandler::Opened(Session& session) {
 }
 
 void RequestHandler::Closed(Session& session) {
+  std::vector<std::shared_ptr<SegmentEntry>> held;
   for (auto& [id, att] : session.attachments) {
     registry_.Detach(*att.segment, session.id, att.access);
+    if (att.segment->shared()) held.push_back(att.segment);
   }
   session.attachments.clear();
+  if (!held.empty() && hold_until_exit_) hold_until_exit_(session.creds.pid, std::move(held));
   session.regions_sent.clear();
   registry_.ConnectionClosed(session.id);
   sessions_.erase(session.id);
@@ -169,7 +172,7 @@ void RequestHandler::FillHolders(const SegmentEntry& s, wire::SegmentInfo* info)
     w->set_attachments(h.attachments);
     w->set_writable(h.writable);
   }
-  if (!s.region()->retired()) return;
+  if (s.shared() || !s.region()->retired()) return;
   // An unlinked segment is also held by connections that may still map it without attachments.
   const std::uint64_t ids[] = {s.region()->WireId(Access::kReadOnly),
                                s.region()->WireId(Access::kReadWrite)};
@@ -195,15 +198,18 @@ void RequestHandler::FillHolders(const SegmentEntry& s, wire::SegmentInfo* info)
 
 Outcome RequestHandler::AttachReply(Session& session, std::shared_ptr<SegmentEntry> segment,
                                     Access access) {
-  std::uint64_t region = segment->region()->WireId(access);
-  bool send_fd = segment->nbytes() > 0 && session.regions_sent.count(region) == 0;
+  const std::shared_ptr<Region>& region = segment->region();
+  const std::uint64_t region_id = region->WireId(access);
+  bool send_fd = segment->nbytes() > 0 && session.regions_sent.count(region_id) == 0;
   Outcome out;
   if (send_fd) {
-    auto fd = segment->region()->Fd(access);
+    auto fd = region->Fd(access);
     if (!fd.ok()) return Error(fd.status());
     out.fds.push_back(*fd);
-    out.pins.emplace_back(segment->region());
-    session.regions_sent.emplace(region, segment);
+    out.pins.emplace_back(region);
+    // A region of its own keeps its segment's memory for as long as the client may map it; a
+    // shared region's blocks are each held by their own attachments.
+    session.regions_sent.emplace(region_id, segment->shared() ? nullptr : segment);
   }
   std::uint64_t id = session.next_attachment_id++;
   session.attachments.emplace(id, Session::Attachment{segment, access});
@@ -213,12 +219,13 @@ Outcome RequestHandler::AttachReply(Session& session, std::shared_ptr<SegmentEnt
   FillInfo(*segment, r->mutable_info());
   r->set_attachment_id(id);
   auto* m = r->mutable_mapping();
-  m->set_region_id(region);
-  m->set_offset(0);
+  m->set_region_id(region_id);
+  m->set_offset(segment->offset());
   m->set_length(segment->nbytes());
-  m->set_region_size(segment->nbytes());
+  m->set_region_size(region->size());
   m->set_access(AccessToWire(access));
   m->set_fd_attached(send_fd);
+  m->set_shared(segment->shared());
   return out;
 }
 
@@ -240,6 +247,9 @@ Outcome RequestHandler::Create(Session& session, const wire::CreateRequest& req)
   }
   auto reserved = registry_.Reserve(std::move(spec).value(), session.creds, session.id);
   if (!reserved.ok()) return Created(session, reserved.status());
+  if (registry_.Shared(reserved->size)) {
+    return Created(session, registry_.CommitShared(std::move(reserved).value()));
+  }
   if (!offload_ || reserved->size < kOffLoopBytes) {
     auto fd = registry_.options().make_memfd(reserved->label, reserved->size);
     return Created(session, registry_.Commit(std::move(reserved).value(), std::move(fd)));
@@ -406,6 +416,10 @@ Outcome RequestHandler::Stats(Session&) {
   r->set_unlinked_segments(registry_.unlinked_in_use().segments);
   r->set_unlinked_bytes(registry_.unlinked_in_use().bytes);
   r->set_log_lines_dropped(LogLinesDropped());
+  Arena::Totals arena = registry_.arena().totals();
+  r->set_shared_regions(arena.regions);
+  r->set_shared_region_resident_bytes(arena.resident);
+  r->set_shared_region_free_bytes(arena.resident - std::min(arena.resident, arena.allocated));
   auto* l = r->mutable_limits();
   l->set_max_memory_per_user(limits_.max_memory_per_user);
   l->set_max_segments_per_user(limits_.max_segments_per_user);

@@ -56,6 +56,12 @@ class RequestHandler {
   // Creates from this size up reserve their memory off the event loop (~0.5 ms per MiB inline).
   static constexpr std::uint64_t kOffLoopBytes = 16 << 20;
   void set_socket_path(std::string path) { info_.socket_path = std::move(path); }
+  // A connection closed without releasing blocks of shared regions: its process (`pid`) may
+  // still map them, so they must not be zeroed or reused before it exits. `hold(pid, segments)`
+  // keeps them until then. Unset (tests), they are released at once.
+  using HoldUntilExit =
+      std::function<void(std::uint32_t pid, std::vector<std::shared_ptr<SegmentEntry>>)>;
+  void set_hold_until_exit(HoldUntilExit hold) { hold_until_exit_ = std::move(hold); }
   std::uint32_t clients() const { return clients_; }
 
  private:
@@ -90,6 +96,7 @@ class RequestHandler {
   FdBudget* fds_;
   WhenStored when_stored_;
   Offload offload_;
+  HoldUntilExit hold_until_exit_;
   // A flood of bad packets (one per connection) costs a bounded number of log lines.
   Throttle protocol_errors_{20, std::chrono::seconds(1)};
   std::uint32_t clients_ = 0;

@@ -16,4 +16,12 @@ SegmentEntry::SegmentEntry(std::uint64_t id, SegmentSpec spec, std::uint64_t nby
       created_unix_ns_(created_unix_ns != 0 ? created_unix_ns : NowUnixNs()),
       region_(std::move(region)) {}
 
+void SegmentEntry::Retire() {
+  if (charge_) {
+    charge_->Unlinked();
+  } else {
+    region_->Retire();
+  }
+}
+
 }  // namespace shmbroker::daemon

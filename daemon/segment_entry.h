@@ -6,10 +6,13 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "arena.h"
 #include "credentials.h"
+#include "ledger.h"
 #include "region.h"
 #include "shmbroker/status.h"
 #include "shmbroker/types.h"
@@ -25,8 +28,10 @@ struct SegmentSpec {
   std::map<std::string, std::string> attrs;
 };
 
-// One named segment: `nbytes` at offset 0 of its region. The registry drops its reference at
-// unlink; attachments and replies in flight hold theirs.
+// One named segment: `nbytes` at `offset` of its region, which is its own (large segments) or
+// shared with other segments of the same owner, group and mode (a block of it). The registry drops
+// its reference at unlink; attachments and replies in flight hold theirs. A block goes back to its
+// region (zeroed) when the last reference goes.
 class SegmentEntry {
  public:
   // `created_unix_ns` 0 means now.
@@ -53,7 +58,12 @@ class SegmentEntry {
   const std::vector<Holding>& holders() const { return holders_; }
 
   const std::shared_ptr<Region>& region() const { return region_; }
-  std::uint64_t offset() const { return 0; }
+  std::uint64_t offset() const { return block_ ? block_->offset() : 0; }
+  // In a shared region (else the region is its own).
+  bool shared() const { return block_.has_value(); }
+  // The segment lost its name: its memory counts as unlinked until released, and a region of its
+  // own closes its descriptors.
+  void Retire();
   // The read-write memfd (the daemon's own reference to the memory).
   int memfd() const { return region_->memfd(); }
 
@@ -69,6 +79,10 @@ class SegmentEntry {
   // Few connections hold a given segment: a small vector beats a map in size and speed.
   std::vector<Holding> holders_;
   std::shared_ptr<Region> region_;
+  // In a shared region: the segment's block, and the charge of its bytes (a region of its own
+  // carries its charge itself).
+  std::optional<Block> block_;
+  std::optional<LedgerCharge> charge_;
 };
 
 }  // namespace shmbroker::daemon

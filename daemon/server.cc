@@ -2,6 +2,11 @@
 
 #include <fcntl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <spdlog/spdlog.h>
 
@@ -29,6 +34,7 @@ Server::Server(asio::io_context& io, ServerOptions options)
       registry_(RegistryOptions{.max_memory = options_.limits.max_memory,
                                 .max_memory_per_user = options_.limits.max_memory_per_user,
                                 .max_segments_per_user = options_.limits.max_segments_per_user,
+                                .shared_max_bytes = options_.shared_max_bytes,
                                 .on_created =
                                     [this](const SegmentEntry& s) {
                                       if (FdStore* store = service_.fd_store()) store->Added(s);
@@ -50,6 +56,13 @@ Server::Server(asio::io_context& io, ServerOptions options)
     options_.limits.max_connections = DefaultMaxConnections(fds_);
     handler_.set_limits(options_.limits);  // What stats report.
   }
+  registry_.arena().on_region = [this](const SharedRegion& r) {
+    if (FdStore* store = service_.fd_store()) store->RegionAdded(r);
+  };
+  handler_.set_hold_until_exit(
+      [this](std::uint32_t pid, std::vector<std::shared_ptr<SegmentEntry>> held) {
+        HoldUntilExit(pid, std::move(held));
+      });
   handler_.set_offload([this](std::function<void()> job, std::function<void()> then) {
     worker_.Run(std::move(job), std::move(then));
   });
@@ -215,9 +228,35 @@ void Server::Accept() {
   });
 }
 
+void Server::HoldUntilExit(std::uint32_t pid, std::vector<std::shared_ptr<SegmentEntry>> held) {
+  int fd = static_cast<int>(::syscall(SYS_pidfd_open, static_cast<pid_t>(pid), 0));
+  if (fd < 0) {
+    // ESRCH: gone already, nothing maps the blocks. Else (no pidfd before Linux 5.3) there is
+    // no way to learn when it exits: keep them for the daemon's life rather than risk it.
+    if (errno != ESRCH) {
+      spdlog::debug("pidfd_open({}): {}; keeping its blocks", pid, std::strerror(errno));
+      kept_forever_.insert(kept_forever_.end(), held.begin(), held.end());
+    }
+    return;
+  }
+  auto watch = std::make_shared<asio::posix::stream_descriptor>(io_, fd);
+  watch->async_wait(asio::posix::stream_descriptor::wait_read,
+                    [watch, held = std::move(held)](const asio::error_code&) {
+                      // Exited (or the daemon stops): the blocks go with `held`.
+                    });
+  exit_watches_.push_back(watch);
+  // Drop finished watches now and then, so the list stays as long as the live ones.
+  if (exit_watches_.size() > 2 * exit_watches_live_ + 16) {
+    std::erase_if(exit_watches_, [](const auto& w) { return w.use_count() == 1; });
+    exit_watches_live_ = exit_watches_.size();
+  }
+}
+
 void Server::Stop() {
   if (stopped_) return;
   stopped_ = true;
+  // Clients may still map blocks that connections closing now release.
+  registry_.arena().Freeze();
   std::size_t n = registry_.size();
   std::string what = std::to_string(n) + " segment" + (n == 1 ? "" : "s") + " (" +
                      HumanBytes(registry_.bytes_held()) + ")";

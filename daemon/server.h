@@ -30,6 +30,8 @@ struct ServerOptions {
   std::string version;
   std::unique_ptr<Notifier> notifier;  // Null outside systemd.
   std::vector<ListenFd> inherited;     // $LISTEN_FDS: a listening socket and/or stored segments.
+  // --shared-max: segments up to this size are blocks of shared regions; 0: none.
+  std::uint64_t shared_max_bytes = RegistryOptions::kDefaultSharedMaxBytes;
 };
 
 class Server {
@@ -59,6 +61,7 @@ class Server {
   void Sweep();  // Once a second: connections that never said hello.
   void RestoreStored();
   std::string StatusLine() const;
+  void HoldUntilExit(std::uint32_t pid, std::vector<std::shared_ptr<SegmentEntry>> held);
 
   asio::io_context& io_;
   ServerOptions options_;
@@ -79,6 +82,11 @@ class Server {
   std::uint64_t next_session_id_ = 1;
   // Last, so that it is joined first: its completions call into the handler and registry.
   Worker worker_;
+  // Blocks of shared regions held until the process of a closed connection exits (see
+  // RequestHandler::set_hold_until_exit).
+  std::vector<std::shared_ptr<asio::posix::stream_descriptor>> exit_watches_;
+  std::size_t exit_watches_live_ = 0;
+  std::vector<std::shared_ptr<SegmentEntry>> kept_forever_;
 };
 
 }  // namespace shmbroker::daemon

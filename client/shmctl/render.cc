@@ -257,6 +257,9 @@ std::string StatsText(const DaemonStats& s, const RenderContext& ctx) {
       {"unlinked:", std::to_string(s.unlinked_segments) + " segment" +
                         (s.unlinked_segments == 1 ? "" : "s") + " (" +
                         HumanBytes(s.unlinked_bytes) + ") still in use"},
+      {"regions:", std::to_string(s.shared_regions) + " shared, holding " +
+                       HumanBytes(s.shared_region_resident_bytes) + " (" +
+                       HumanBytes(s.shared_region_free_bytes) + " free, kept for reuse)"},
       {"clients:", std::to_string(s.clients)},
       {"limits:", "per user " + none_or(s.limits.max_memory_per_user, HumanBytes) + " in " +
                       none_or(s.limits.max_segments_per_user, count) + " segments, " +
@@ -290,6 +293,9 @@ std::string StatsJson(const DaemonStats& s, const RenderContext& ctx) {
   j.Key("unlinked_segments").Number(s.unlinked_segments);
   j.Key("unlinked_bytes").Number(s.unlinked_bytes);
   j.Key("log_lines_dropped").Number(s.log_lines_dropped);
+  j.Key("shared_regions").Number(s.shared_regions);
+  j.Key("shared_region_resident_bytes").Number(s.shared_region_resident_bytes);
+  j.Key("shared_region_free_bytes").Number(s.shared_region_free_bytes);
   const DaemonLimits& l = s.limits;
   j.Key("limits").BeginObject();
   j.Key("max_memory").Number(s.max_memory);

@@ -22,6 +22,8 @@ namespace shmbroker {
 
 namespace internal {
 
+constexpr std::uint64_t kPrefaultMinBytes = 256 << 10;
+
 static_assert(static_cast<int>(Code::kInvalidArgument) == wire::INVALID_ARGUMENT &&
                   static_cast<int>(Code::kResourceExhausted) == wire::RESOURCE_EXHAUSTED &&
                   static_cast<int>(Code::kUnavailable) == wire::UNAVAILABLE,
@@ -187,12 +189,9 @@ Result<Segment> ClientCore::Map(const wire::Request& request, std::optional<bool
                          "cannot map segment '" + seg.info_.name + "': " + std::strerror(err)));
     }
     fds.clear();  // The mapping keeps the memory; the descriptor is not needed any more.
-    if (prefault.value_or(prefault_)) {
-      // Best effort: old kernels say EINVAL, and the pages are reserved already.
-      ::madvise(addr, len, rw ? MADV_POPULATE_WRITE : MADV_POPULATE_READ);
-    }
     seg.region_ = std::make_shared<Region>(m.region_id(), addr, len);
     regions_[m.region_id()] = seg.region_;
+    if (m.shared()) kept_[m.region_id()] = seg.region_;
   } else if (m.length() > 0) {
     if (!fds.empty()) return fail(Status::ProtocolError("unexpected descriptor with the reply"));
     auto it = regions_.find(m.region_id());
@@ -203,7 +202,19 @@ Result<Segment> ClientCore::Map(const wire::Request& request, std::optional<bool
                                         ", which is not mapped here"));
     }
   }
-  if (seg.region_) seg.data_ = static_cast<std::byte*>(seg.region_->addr) + m.offset();
+  if (seg.region_) {
+    seg.data_ = static_cast<std::byte*>(seg.region_->addr) + m.offset();
+    // The segment's pages only: a shared region's other pages may be holes, not reserved for us.
+    // Below a few pages a syscall costs more than the faults it saves.
+    if (prefault.value_or(prefault_) && m.length() >= kPrefaultMinBytes) {
+      auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+      auto begin = reinterpret_cast<std::uintptr_t>(seg.data_) & ~(page - 1);
+      auto end = reinterpret_cast<std::uintptr_t>(seg.data_) + m.length();
+      // Best effort: old kernels say EINVAL, and the pages are reserved already.
+      ::madvise(reinterpret_cast<void*>(begin), end - begin,
+                seg.access_ == Access::kReadWrite ? MADV_POPULATE_WRITE : MADV_POPULATE_READ);
+    }
+  }
   seg.core_ = shared_from_this();  // From here on, ~Segment detaches.
   return seg;
 }
@@ -406,6 +417,9 @@ Result<DaemonStats> Client::Stats() {
   d.unlinked_segments = s.unlinked_segments();
   d.unlinked_bytes = s.unlinked_bytes();
   d.log_lines_dropped = s.log_lines_dropped();
+  d.shared_regions = s.shared_regions();
+  d.shared_region_resident_bytes = s.shared_region_resident_bytes();
+  d.shared_region_free_bytes = s.shared_region_free_bytes();
   const auto& l = s.limits();
   d.limits = {.max_memory_per_user = l.max_memory_per_user(),
               .max_segments_per_user = l.max_segments_per_user(),

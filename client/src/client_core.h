@@ -60,6 +60,9 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   bool broken_ = false;
   std::vector<std::byte> buffer_;
   std::unordered_map<std::uint64_t, std::weak_ptr<Region>> regions_;
+  // Shared regions (small segments' blocks) stay mapped while the connection lives: later
+  // segments in them need no descriptor and no mmap.
+  std::unordered_map<std::uint64_t, std::shared_ptr<Region>> kept_;
 };
 
 // Conversions from the wire.

@@ -161,6 +161,9 @@ class Connection:
         self.pending = collections.deque()
         self.anchors = {}  # attachment id -> weakref to its Anchor (keeps the callback alive)
         self.regions = {}  # region id -> (weakref to the memoryview of its mapping, address)
+        # Shared regions (small segments' blocks) stay mapped while the connection lives: later
+        # segments in them need no descriptor and no mmap.
+        self.kept = {}  # region id -> its memoryview
         self.bufsize = MAX_REPLY_BYTES + 1
         self.max_request = MAX_REQUEST_BYTES
         self.server = None
@@ -215,6 +218,7 @@ class Connection:
         self.pending.clear()
         self.anchors.clear()
         self.regions.clear()
+        self.kept.clear()
 
     def __del__(self):
         sock = self.sock
@@ -446,6 +450,8 @@ class Connection:
                             cls, f"cannot map segment '{info.name}': {e.strerror}"
                         ) from None
                     self.regions[rid] = (ref, base)
+                    if m.shared:
+                        self.kept[rid] = view
                 else:
                     if fds:
                         raise ProtocolError("unexpected descriptor with the reply")

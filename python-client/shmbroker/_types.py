@@ -107,6 +107,11 @@ class DaemonStats:
     unlinked_bytes: int = 0
     limits: DaemonLimits = DaemonLimits()
     log_lines_dropped: int = 0
+    # Shared regions (small segments are blocks of them): how many, the memory they hold, and of
+    # it what is in no block (kept zeroed for reuse): their overhead beyond bytes_held.
+    shared_regions: int = 0
+    shared_region_resident_bytes: int = 0
+    shared_region_free_bytes: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,6 +207,9 @@ def stats_from_wire(s):
             fd_reserve=s.limits.fd_reserve,
         ),
         log_lines_dropped=s.log_lines_dropped,
+        shared_regions=s.shared_regions,
+        shared_region_resident_bytes=s.shared_region_resident_bytes,
+        shared_region_free_bytes=s.shared_region_free_bytes,
     )
 
 

@@ -44,6 +44,11 @@ def segment_maps(name=None):
     return [line for line in maps() if line.endswith(tail)]
 
 
+def region_maps():
+    """Lines of /proc/self/maps that map shared regions (small segments' memory)."""
+    return [line for line in maps() if "/memfd:shmbroker-region:" in line]
+
+
 # --- The C++ <-> Python pattern (the twin of tests/interop/interop.cc) ---------------------------
 
 

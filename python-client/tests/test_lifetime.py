@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import shmbroker
-from sbtest import eventually, fd_count, segment_maps
+from sbtest import eventually, fd_count, region_maps, segment_maps
 from shmbroker import _testing
 
 
@@ -18,12 +18,16 @@ def attachments(name):
     return shmbroker.stat(name).attachments  # the request also sends queued releases
 
 
+# Segments above --shared-max (1 MiB) have regions of their own, mapped and unmapped with them.
+BIG = 200_000  # float64: 1.6 MB
+
+
 def test_views_keep_the_mapping_alive(names):
     name = names()
-    a = shmbroker.create(name, 1000, "f8")
-    a[:] = np.arange(1000)
+    a = shmbroker.create(name, BIG, "f8")
+    a[:] = np.arange(BIG)
     s = a[10:20]
-    t = a.reshape(10, 100).T[3]
+    t = a[:1000].reshape(10, 100).T[3]
     p = np.asarray(a[500:])  # a plain-ndarray view keeps it alive too
     del a
     gc.collect()
@@ -41,7 +45,8 @@ def test_views_keep_the_mapping_alive(names):
 
 def test_regions_are_shared_and_released(names):
     name = names()
-    shmbroker.create(name, 4096, "u1")[:] = 1
+    kept = _testing.live_region_mappings()  # shared regions of earlier tests stay mapped
+    shmbroker.create(name, 2 << 20, "u1")[:] = 1
     gc.collect()
     assert attachments(name) == 0 and segment_maps(name) == []
     r1 = shmbroker.attach(name)
@@ -54,18 +59,34 @@ def test_regions_are_shared_and_released(names):
     assert attachments(name) == 1 and len(segment_maps(name)) == 1
     del r2
     assert attachments(name) == 0 and segment_maps(name) == []
-    assert _testing.live_region_mappings() == 0
+    assert _testing.live_region_mappings() == kept
     # Released region: the next attach brings the fd again.
     r3 = shmbroker.attach(name)
-    assert r3.sum() == 4096 and len(segment_maps(name)) == 1
+    assert r3.sum() == 2 << 20 and len(segment_maps(name)) == 1
 
 
 def test_no_descriptor_is_kept(names):
     before = fd_count()
-    arrays = [shmbroker.create(names(), 1000, "f8") for _ in range(50)]
+    arrays = [shmbroker.create(names(), BIG, "f8") for _ in range(20)]
     arrays += [shmbroker.attach(a.shm_name) for a in arrays]
     assert fd_count() == before, "each fd is closed right after mmap"
-    assert len(segment_maps()) >= 100
+    assert len(segment_maps()) >= 40
+
+
+def test_small_segments_share_a_region_kept_mapped_for_the_connection(names):
+    before = fd_count()
+    regions = len(region_maps())
+    arrays = [shmbroker.create(names(), 100 + i, "f8") for i in range(200)]
+    arrays += [shmbroker.attach(a.shm_name) for a in arrays]
+    for i, a in enumerate(arrays[:200]):
+        a[:] = i
+    assert fd_count() == before
+    assert len(region_maps()) <= regions + 2, "one read-write and one read-only mapping"
+    for i, a in enumerate(arrays[200:]):
+        assert (a == i).all(), "segments in one region overlap"
+    del arrays
+    gc.collect()
+    assert len(region_maps()) <= regions + 2, "kept for later segments"
 
 
 def test_release_from_other_threads(names):
@@ -168,7 +189,7 @@ def test_region_collected_during_the_request(names):
     # The last array of a region dies after the queued releases were sent but before the
     # attach reply (which then carries no fd): the client must recover, not fail.
     name = names()
-    w = shmbroker.create(name, 16, "i8")
+    w = shmbroker.create(name, BIG, "i8")
     w[:] = 5
     held = [shmbroker.attach(name)]
 
@@ -180,7 +201,7 @@ def test_region_collected_during_the_request(names):
 
     with _testing.interpose_exchange(exchange):
         r = shmbroker.attach(name)
-    assert r.sum() == 80 and not r.flags.writeable
+    assert r.sum() == 5 * BIG and not r.flags.writeable
     assert len(segment_maps(name)) == 2  # the writable and the new read-only mapping
     assert attachments(name) == 2
 
@@ -221,3 +242,35 @@ def test_failed_request_keeps_queued_releases(names):
     with pytest.raises(shmbroker.InvalidArgumentError):
         shmbroker.stat("x" * 70000)  # refused before anything is sent
     assert attachments(name) == 0
+
+
+def test_blocks_of_a_closed_connection_wait_for_its_process_to_exit(names):
+    # A process that closed its connection may still map its small arrays: their blocks must not
+    # be zeroed or handed out again before it exits.
+    import os
+    import subprocess
+    import sys
+
+    name = names("closed")
+    code = f"""
+import sys, shmbroker
+c = shmbroker.connect()
+a = c.create({name!r}, 512, "u1")
+a[:] = 7
+c.unlink({name!r})
+c.close()
+print("closed", flush=True)
+sys.stdin.readline()
+print("intact" if (a == 7).all() else "overwritten", flush=True)
+"""
+    before = shmbroker.stats().unlinked_segments
+    child = subprocess.Popen([sys.executable, "-c", code], text=True, env=os.environ,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert child.stdout.readline() == "closed\n"
+    assert shmbroker.stats().unlinked_segments == before + 1, "held for the process"
+    others = [shmbroker.create(names(), 512, "u1") for _ in range(200)]
+    for o in others:
+        o[:] = 0x55
+    out, _ = child.communicate("check\n", timeout=30)
+    assert out.strip() == "intact"
+    assert eventually(lambda: shmbroker.stats().unlinked_segments == before), "freed at exit"

@@ -186,6 +186,12 @@ class FakeSystemd {
   }
 
   Result<Client> Connect() { return Client::Connect({.socket_path = socket_path_}); }
+  // Store entries whose names start with `prefix` ("seg-", "meta-", "region-"). With the lock
+  // held (inside PumpUntil).
+  std::size_t Count(std::string_view prefix) const {
+    return std::count_if(store_.begin(), store_.end(),
+                         [&](const auto& e) { return e.first.rfind(prefix, 0) == 0; });
+  }
 
   std::string dir_, socket_path_, notify_path_;
   UniqueFd listener_, notify_;
@@ -231,7 +237,8 @@ TEST(SystemdSupervisor, SegmentsSurviveSigkillThroughTheFdStore) {
     ASSERT_TRUE(client.ok()) << client.status().ToString();
     for (int i = 0; i < 100; ++i) {
       const Kind& k = kKinds[i % std::size(kKinds)];
-      std::uint64_t n = 1 + (i * 37) % 500 + (i % 10 == 0 ? 40000 : 0);
+      // Mostly small segments (blocks of shared regions), some with regions of their own.
+      std::uint64_t n = 1 + (i * 37) % 500 + (i % 20 == 0 ? 150000 : i % 10 == 0 ? 50000 : 0);
       CreateOptions o{
           .name = "restart/seg" + std::to_string(i),
           .dtype = k.dtype,
@@ -246,9 +253,20 @@ TEST(SystemdSupervisor, SegmentsSurviveSigkillThroughTheFdStore) {
     }
     ASSERT_TRUE(client->Unlink("restart/seg7").ok());
   }
-  // 99 segments, two entries each, once the daemon's messages are all in.
-  ASSERT_TRUE(sd.PumpUntil([&] { return sd.store_.size() == 198; }))
-      << "fd store has " << sd.store_.size() << " entries";
+  // 99 segments' metadata, the memory of the large ones, and two shared regions (modes 0600 and
+  // 0644), once the daemon's messages are all in.
+  std::size_t large = 0;
+  for (int i = 0; i < 100; i += 10) {
+    large += kKinds[i % std::size(kKinds)].itemsize *
+                 (1 + (i * 37) % 500 + (i % 20 == 0 ? 150000 : 50000)) * (i % 3 == 0 ? 1 : 2) >
+             (1u << 20);
+  }
+  ASSERT_GT(large, 0u);
+  ASSERT_LT(large, 10u);
+  ASSERT_TRUE(sd.PumpUntil([&] {
+    return sd.Count("meta-") == 99 && sd.Count("seg-") == large && sd.Count("region-") == 2;
+  })) << "fd store has "
+      << sd.store_.size() << " entries";
   sd.Kill(SIGKILL);
 
   sd.Start();
@@ -266,7 +284,7 @@ TEST(SystemdSupervisor, SegmentsSurviveSigkillThroughTheFdStore) {
     auto seg = client->Attach(name);
     ASSERT_TRUE(seg.ok()) << name << ": " << seg.status().ToString();
     const SegmentInfo& info = seg->info();
-    std::uint64_t n = 1 + (i * 37) % 500 + (i % 10 == 0 ? 40000 : 0);
+    std::uint64_t n = 1 + (i * 37) % 500 + (i % 20 == 0 ? 150000 : i % 10 == 0 ? 50000 : 0);
     EXPECT_EQ(info.dtype, k.dtype);
     EXPECT_EQ(info.shape,
               (i % 3 == 0 ? std::vector<std::uint64_t>{n} : std::vector<std::uint64_t>{2, n}));
@@ -281,10 +299,21 @@ TEST(SystemdSupervisor, SegmentsSurviveSigkillThroughTheFdStore) {
     for (std::size_t b = 0; b < bytes.size(); ++b) bad += bytes[b] != Pattern(i, b);
     EXPECT_EQ(bad, 0u) << name;
   }
-  // New segments get fresh store names, and unlinking a restored one removes it from the store.
-  ASSERT_TRUE(client->Create({.name = "restart/new", .shape = {10}}).ok());
+  // New segments get fresh store names and blocks that overlap no restored one, and unlinking a
+  // restored one removes it from the store.
+  {
+    auto fresh = client->Create({.name = "restart/new", .shape = {10}});
+    ASSERT_TRUE(fresh.ok());
+    std::memset(fresh->mutable_bytes().value().data(), 0xee, fresh->size_bytes());
+  }
+  for (int i : {1, 2, 3, 5}) {
+    auto seg = client->Attach("restart/seg" + std::to_string(i));
+    ASSERT_TRUE(seg.ok());
+    auto bytes = seg->bytes();
+    for (std::size_t b = 0; b < bytes.size(); ++b) ASSERT_EQ(bytes[b], Pattern(i, b)) << i;
+  }
   ASSERT_TRUE(client->Unlink("restart/seg0").ok());
-  EXPECT_TRUE(sd.PumpUntil([&] { return sd.store_.size() == 198; }));
+  EXPECT_TRUE(sd.PumpUntil([&] { return sd.Count("meta-") == 99; }));
 }
 
 // memfd_create takes labels of at most 249 bytes: names of 240-255 bytes once failed to create
@@ -308,7 +337,7 @@ TEST(SystemdSupervisor, EveryNameLengthWorksAcrossARestart) {
     }
   }
   std::size_t count = kLast - kFirst + 1;
-  ASSERT_TRUE(sd.PumpUntil([&] { return sd.store_.size() == 2 * count; }))
+  ASSERT_TRUE(sd.PumpUntil([&] { return sd.Count("meta-") == count; }))
       << "fd store has " << sd.store_.size() << " entries";
   sd.Kill(SIGKILL);
   sd.Start();
@@ -354,7 +383,7 @@ TEST(SystemdSupervisor, AnAcknowledgedCreateSurvivesACrashWhileTheManagerStalls)
   int acked = acknowledged;
   sd.paused_ = false;
   // The manager catches up on what was sent before the kill: two entries per stored create.
-  EXPECT_TRUE(sd.PumpUntil([&] { return sd.store_.size() >= 2u * acked; }))
+  EXPECT_TRUE(sd.PumpUntil([&] { return sd.Count("meta-") >= static_cast<std::size_t>(acked); }))
       << sd.store_.size() << " entries for " << acked << " acknowledged creates";
   std::this_thread::sleep_for(100ms);  // Anything sent but not acknowledged, too.
   sd.Start();
@@ -374,21 +403,29 @@ TEST(SystemdSupervisor, CorruptOrIncompleteStoreEntriesAreSkipped) {
   {
     auto client = sd.Connect();
     ASSERT_TRUE(client.ok());
-    for (const char* n : {"good", "bad-meta", "no-meta"}) {
-      auto seg = client->Create({.name = n, .shape = {4096}});
-      ASSERT_TRUE(seg.ok());
-      std::memset(seg->mutable_bytes().value().data(), 0x5a, 4096);
+    // A region of its own, then two blocks of a shared region (mode 0640) no other segment uses.
+    auto good = client->Create({.name = "good", .dtype = "<f8", .shape = {1 << 18}});
+    ASSERT_TRUE(good.ok());
+    std::memset(good->mutable_bytes().value().data(), 0x5a, good->size_bytes());
+    for (const char* n : {"bad-meta", "no-meta"}) {
+      ASSERT_TRUE(client->Create({.name = n, .shape = {4096}, .mode = 0640}).ok());
     }
   }
-  ASSERT_TRUE(sd.PumpUntil([&] { return sd.store_.size() == 6; }));
+  ASSERT_TRUE(sd.PumpUntil([&] { return sd.store_.size() == 5; }));
   sd.Kill(SIGKILL);
   {
-    // Segment ids are 1, 2, 3 in creation order: corrupt 2's metadata, drop 3's.
+    // Ids in creation order: "good" 1, the shared region 2, "bad-meta" 3, "no-meta" 4. Corrupt
+    // 3's metadata, drop 4's.
     auto lock = sd.Lock();
+    ASSERT_EQ(sd.store_.count("region-2"), 1u) << [&] {
+      std::string names;
+      for (const auto& e : sd.store_) names += e.first + " ";
+      return names;
+    }();
     UniqueFd junk(::memfd_create("junk", MFD_CLOEXEC));
     ASSERT_EQ(::write(junk.get(), "\xff\xff\xff garbage", 11), 11);
-    sd.store_["meta-2"] = std::move(junk);
-    sd.store_.erase("meta-3");
+    sd.store_["meta-3"] = std::move(junk);
+    sd.store_.erase("meta-4");
     sd.store_["unrelated"] = UniqueFd(::memfd_create("x", MFD_CLOEXEC));
   }
 
@@ -402,10 +439,12 @@ TEST(SystemdSupervisor, CorruptOrIncompleteStoreEntriesAreSkipped) {
   EXPECT_EQ((*list)[0].name, "good");
   auto seg = client->Attach("good");
   ASSERT_TRUE(seg.ok());
-  EXPECT_EQ(seg->bytes()[4095], std::byte{0x5a});
-  // The daemon asked for the broken entries to be dropped.
-  EXPECT_TRUE(
-      sd.PumpUntil([&] { return sd.store_.count("seg-2") == 0 && sd.store_.count("seg-3") == 0; }));
+  EXPECT_EQ(seg->bytes()[(1 << 21) - 1], std::byte{0x5a});
+  // The daemon asked for the broken entries to be dropped, and for the shared region that no
+  // segment uses any more.
+  EXPECT_TRUE(sd.PumpUntil([&] {
+    return sd.Count("meta-") == 1 && sd.Count("region-") == 0 && sd.store_.count("seg-1") == 1;
+  })) << sd.store_.size();
 }
 
 TEST(SystemdSupervisor, AHoleInTheInheritedFdsIsNotTakenForTheDaemonsOwnFd) {
@@ -418,7 +457,7 @@ TEST(SystemdSupervisor, AHoleInTheInheritedFdsIsNotTakenForTheDaemonsOwnFd) {
   auto client = sd.Connect();
   ASSERT_TRUE(client.ok()) << client.status().ToString();
   ASSERT_TRUE(client->Create({.name = "after-hole", .shape = {64}}).ok());
-  EXPECT_TRUE(sd.PumpUntil([&] { return sd.store_.size() == 2; })) << sd.store_.size();
+  EXPECT_TRUE(sd.PumpUntil([&] { return sd.Count("meta-") == 1; })) << sd.store_.size();
   auto start = Clock::now();
   sd.PumpUntil([&] { return Clock::now() - start >= 500ms; }, 2s);
   auto lock = sd.Lock();

@@ -361,6 +361,9 @@ TEST_F(ShmctlTest, StatsTextAndJson) {
             "(10000, True)");
   EXPECT_EQ(Py(j.out, "d['unlinked_segments'], d['unlinked_bytes'], d['log_lines_dropped']"),
             "(0, 0, 0)");
+  // The 1000-byte segment is a block of a shared region.
+  EXPECT_EQ(Py(j.out, "d['shared_regions'], d['shared_region_resident_bytes'] >= 1024"),
+            "(1, True)");
   Ran t = Ctl({"stats"});
   ASSERT_EQ(t.code, 0);
   EXPECT_NE(t.out.find("segments:"), std::string::npos);

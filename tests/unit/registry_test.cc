@@ -154,6 +154,7 @@ TEST(Registry, ManySmallCreatesAreCheckedAgainstTheMachineToo) {
 
 TEST(Registry, BackingFailureRegistersNothing) {
   RegistryOptions opts;
+  opts.shared_max_bytes = 0;  // Every segment its own memfd.
   opts.make_memfd = [](const std::string&, std::uint64_t) -> Result<UniqueFd> {
     return Status::ResourceExhausted("cannot reserve 128 bytes: No space left on device");
   };
@@ -167,7 +168,7 @@ TEST(Registry, BackingFailureRegistersNothing) {
 }
 
 TEST(Registry, BackingMemfdIsSealedReservedAndPrivate) {
-  Registry reg;
+  Registry reg({.shared_max_bytes = 0});
   auto seg = reg.Create(Spec("m", {1000}), kAlice, 1);
   ASSERT_TRUE(seg.ok());
   int rw = *(*seg)->region()->Fd(Access::kReadWrite);
@@ -224,7 +225,7 @@ TEST(Registry, PermissionsFollowTheModeForOwnerGroupOtherAndRoot) {
 }
 
 TEST(Registry, UnlinkIsForOwnerOrRootAndFreesTheNameAtOnce) {
-  Registry reg;
+  Registry reg({.shared_max_bytes = 0});
   auto seg = reg.Create(Spec("u"), kAlice, 1);
   ASSERT_TRUE(seg.ok());
   EXPECT_EQ(reg.Unlink("u", User(1001)).code(), Code::kPermissionDenied);

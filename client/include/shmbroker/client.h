@@ -106,6 +106,11 @@ struct DaemonStats {
   std::uint64_t unlinked_bytes = 0;
   DaemonLimits limits;
   std::uint64_t log_lines_dropped = 0;  // Lost because the daemon's stderr did not keep up.
+  // Shared regions (small segments are blocks of them): how many, the memory they hold, and of
+  // it what is in no block (kept zeroed for reuse): the regions' overhead beyond bytes_held.
+  std::uint64_t shared_regions = 0;
+  std::uint64_t shared_region_resident_bytes = 0;
+  std::uint64_t shared_region_free_bytes = 0;
 };
 
 // Which segments Client::Purge removes: those matching every selector that is set.
