@@ -76,6 +76,7 @@ int main(int argc, char** argv) {
   std::string max_memory_per_user_text = "half";
   std::string handshake_text = "10s";
   std::string shared_max_text = "1M";
+  std::string huge_pages_text = "auto";
   app.add_option("--socket", socket,
                  "Socket path (default: $SHMBROKER_SOCKET, else /run/shmbroker/shmbroker.sock "
                  "as root, else $XDG_RUNTIME_DIR/shmbroker/shmbroker.sock, else "
@@ -109,6 +110,12 @@ int main(int argc, char** argv) {
                  "Segments up to this size (at most 64M) are blocks of regions shared by one "
                  "owner's segments of the same group and mode: one round trip to create or "
                  "attach, no descriptor, no mmap; 0 = every segment has its own memfd")
+      ->capture_default_str();
+  app.add_option("--huge-pages", huge_pages_text,
+                 "auto: back segments of 2 MiB and more (with regions of their own) by 2 MiB pages "
+                 "where the kernel can (MADV_COLLAPSE, Linux 6.1+), else quietly 4 KiB pages; "
+                 "never: 4 KiB pages only")
+      ->check(CLI::IsMember({"auto", "never"}))
       ->capture_default_str();
   // Read when present and no --config is given: where a packaged service keeps its settings.
   const char* env_config = std::getenv("SHMBROKERD_CONFIG");
@@ -187,7 +194,8 @@ int main(int argc, char** argv) {
                                .version = SHMBROKER_VERSION,
                                .notifier = daemon::Notifier::FromEnvironment(),
                                .inherited = std::move(inherited),
-                               .shared_max_bytes = shared_max});
+                               .shared_max_bytes = shared_max,
+                               .huge_pages = *daemon::ParseHugePages(huge_pages_text)});
     if (Status s = server.Start(); !s.ok()) {
       spdlog::critical("cannot start: {}", s.message());
       rc = 1;

@@ -5,6 +5,7 @@
 #include <string>
 #include <string_view>
 
+#include "huge_pages.h"
 #include "shmbroker/status.h"
 #include "wire.h"
 
@@ -14,8 +15,15 @@ namespace shmbroker::daemon {
 // every page reserved with fallocate (so running out of memory is an error here, never a SIGBUS
 // in a client later), and chmod 0600 so a reader of another uid cannot reopen it read-write
 // through /proc. `label` names it in /proc/PID/fd and /proc/PID/maps.
+// With `huge` = kAuto, a segment of 2 MiB and more is backed by 2 MiB pages where the kernel can
+// (see CollapseToHugePages), the tail below a 2 MiB multiple by 4 KiB pages.
 // Errors: RESOURCE_EXHAUSTED when the memory cannot be reserved, INTERNAL otherwise.
-Result<UniqueFd> CreateSegmentMemfd(const std::string& label, std::uint64_t size);
+struct SegmentMemory {
+  UniqueFd fd;
+  std::uint64_t huge_bytes = 0;  // Of it, backed by 2 MiB pages.
+};
+Result<SegmentMemory> CreateSegmentMemfd(const std::string& label, std::uint64_t size,
+                                         HugePages huge = HugePages::kNever);
 
 // memfd_create with sealing allowed, close-on-exec and (where the kernel has it) no exec; `label`
 // cut to the 249 bytes the kernel takes. An fd, or -1 with errno.

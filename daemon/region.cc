@@ -5,6 +5,12 @@
 namespace shmbroker::daemon {
 
 std::size_t Region::open_fds_ = 0;
+std::uint64_t Region::huge_total_ = 0;
+
+void Region::set_huge_bytes(std::uint64_t bytes) {
+  huge_total_ += bytes - huge_bytes_;
+  huge_bytes_ = bytes;
+}
 
 Region::Region(std::uint64_t id, UniqueFd memfd, std::uint64_t size, std::shared_ptr<Ledger> ledger,
                std::uint32_t owner)
@@ -14,6 +20,7 @@ Region::Region(std::uint64_t id, UniqueFd memfd, std::uint64_t size, std::shared
 }
 
 Region::~Region() {
+  huge_total_ -= huge_bytes_;
   DropFds();
   if (ledger_) ledger_->Release(owner_, size_, retired_);
 }

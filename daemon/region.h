@@ -59,6 +59,9 @@ class Region {
 
   // Descriptors all regions hold now (for the daemon's fd budget).
   static std::size_t open_fds() { return open_fds_; }
+  // Of its memory, how much is backed by 2 MiB pages; and over all regions alive now.
+  void set_huge_bytes(std::uint64_t bytes);
+  static std::uint64_t huge_bytes_total() { return huge_total_; }
 
  private:
   void Set(UniqueFd& slot, UniqueFd fd);
@@ -70,7 +73,9 @@ class Region {
   const std::uint32_t owner_;
   bool retired_ = false;
   int pins_ = 0;
+  std::uint64_t huge_bytes_ = 0;
   static std::size_t open_fds_;  // The event loop's thread only.
+  static std::uint64_t huge_total_;
 };
 
 }  // namespace shmbroker::daemon

@@ -25,6 +25,12 @@ constexpr std::uint64_t kCheckAvailableEvery = std::uint64_t{64} << 20;
 
 Registry::Registry(RegistryOptions options) : options_(std::move(options)), arena_(options_.arena) {
   options_.shared_max_bytes = std::min(options_.shared_max_bytes, options_.arena.region_bytes);
+  if (!options_.make_memfd) {
+    options_.make_memfd = [huge = options_.huge_pages](const std::string& label,
+                                                       std::uint64_t size) {
+      return CreateSegmentMemfd(label, size, huge);
+    };
+  }
 }
 
 bool Registry::Allowed(const SegmentEntry& s, Access access, const Credentials& creds) {
@@ -167,16 +173,18 @@ void Registry::Cancel(const Reservation& r) {
   ledger_->Release(r.creds.uid, r.size, false);
 }
 
-Result<std::shared_ptr<SegmentEntry>> Registry::Commit(Reservation r, Result<UniqueFd> fd) {
+Result<std::shared_ptr<SegmentEntry>> Registry::Commit(Reservation r,
+                                                       Result<SegmentMemory> memory) {
   Cancel(r);  // The region takes over the charge.
-  if (!fd.ok()) {
-    Status s = fd.status();
+  if (!memory.ok()) {
+    Status s = memory.status();
     return Status(s.code(), "creating " + Quoted(r.spec.name) + " (" + std::to_string(r.size) +
                                 " bytes): " + s.message());
   }
   std::string name = r.spec.name;
   std::uint64_t id = next_id_++;
-  auto region = std::make_shared<Region>(id, std::move(fd).value(), r.size, ledger_, r.creds.uid);
+  auto region = std::make_shared<Region>(id, std::move(memory->fd), r.size, ledger_, r.creds.uid);
+  region->set_huge_bytes(memory->huge_bytes);
   auto seg = std::make_shared<SegmentEntry>(id, std::move(r.spec), r.size, r.creds, r.connection,
                                             std::move(region));
   segments_.emplace(std::move(name), seg);

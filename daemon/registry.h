@@ -74,8 +74,10 @@ struct RegistryOptions {
   ArenaOptions arena;
   // Seams for tests (fault injection without flags in production code).
   std::function<std::uint64_t()> available_memory = AvailableMemory;
-  std::function<Result<UniqueFd>(const std::string&, std::uint64_t)> make_memfd =
-      CreateSegmentMemfd;
+  // --huge-pages: 2 MiB pages for segments of regions of their own from 2 MiB on.
+  HugePages huge_pages = HugePages::kAuto;
+  // Unset: CreateSegmentMemfd with huge_pages.
+  std::function<Result<SegmentMemory>(const std::string&, std::uint64_t)> make_memfd;
   // The uid of a user name (for names under ~USER/), nullopt when there is no such user.
   std::function<std::optional<uid_t>(const std::string&)> user_uid = LookupUser;
   // Told of every segment added by Create and removed by Unlink or Purge (not of restored ones),
@@ -106,7 +108,7 @@ class Registry {
     std::string label;  // For make_memfd.
   };
   Result<Reservation> Reserve(SegmentSpec spec, const Credentials& creds, std::uint64_t connection);
-  Result<std::shared_ptr<SegmentEntry>> Commit(Reservation r, Result<UniqueFd> fd);
+  Result<std::shared_ptr<SegmentEntry>> Commit(Reservation r, Result<SegmentMemory> memory);
   void Cancel(const Reservation& r);
   // Whether a segment of `size` bytes goes in a shared region: then Commit it with CommitShared,
   // which is quick (no memfd, no descriptor).

@@ -251,14 +251,14 @@ Outcome RequestHandler::Create(Session& session, const wire::CreateRequest& req)
     return Created(session, registry_.CommitShared(std::move(reserved).value()));
   }
   if (!offload_ || reserved->size < kOffLoopBytes) {
-    auto fd = registry_.options().make_memfd(reserved->label, reserved->size);
-    return Created(session, registry_.Commit(std::move(reserved).value(), std::move(fd)));
+    auto memory = registry_.options().make_memfd(reserved->label, reserved->size);
+    return Created(session, registry_.Commit(std::move(reserved).value(), std::move(memory)));
   }
   // Large: the event loop (and the watchdog) go on while a worker reserves the memory. The
   // connection reads nothing more until the reply, so its requests keep their order.
   struct Pending {
     Registry::Reservation reservation;
-    Result<UniqueFd> fd = Status::Internal("not run");
+    Result<SegmentMemory> fd = Status::Internal("not run");
   };
   auto pending = std::make_shared<Pending>(Pending{std::move(reserved).value()});
   auto make = registry_.options().make_memfd;
@@ -420,6 +420,7 @@ Outcome RequestHandler::Stats(Session&) {
   r->set_shared_regions(arena.regions);
   r->set_shared_region_resident_bytes(arena.resident);
   r->set_shared_region_free_bytes(arena.resident - std::min(arena.resident, arena.allocated));
+  r->set_huge_page_bytes(Region::huge_bytes_total());
   auto* l = r->mutable_limits();
   l->set_max_memory_per_user(limits_.max_memory_per_user);
   l->set_max_segments_per_user(limits_.max_segments_per_user);

@@ -35,6 +35,7 @@ Server::Server(asio::io_context& io, ServerOptions options)
                                 .max_memory_per_user = options_.limits.max_memory_per_user,
                                 .max_segments_per_user = options_.limits.max_segments_per_user,
                                 .shared_max_bytes = options_.shared_max_bytes,
+                                .huge_pages = options_.huge_pages,
                                 .on_created =
                                     [this](const SegmentEntry& s) {
                                       if (FdStore* store = service_.fd_store()) store->Added(s);

@@ -32,6 +32,7 @@ struct ServerOptions {
   std::vector<ListenFd> inherited;     // $LISTEN_FDS: a listening socket and/or stored segments.
   // --shared-max: segments up to this size are blocks of shared regions; 0: none.
   std::uint64_t shared_max_bytes = RegistryOptions::kDefaultSharedMaxBytes;
+  HugePages huge_pages = HugePages::kAuto;  // --huge-pages
 };
 
 class Server {

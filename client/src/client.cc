@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "client_core.h"
+#include "common/map_aligned.h"
 #include "common/posix.h"
 #include "common/socket_path.h"
 #include "common/trust.h"
@@ -181,8 +182,9 @@ Result<Segment> ClientCore::Map(const wire::Request& request, std::optional<bool
       return fail(Status::ProtocolError("expected one descriptor with the reply"));
     bool rw = seg.access_ == Access::kReadWrite;
     std::size_t len = static_cast<std::size_t>(m.region_size());
-    void* addr =
-        ::mmap(nullptr, len, PROT_READ | (rw ? PROT_WRITE : 0), MAP_SHARED, fds[0].get(), 0);
+    // 2 MiB-aligned: where the daemon backed the region with 2 MiB pages, the kernel maps them
+    // whole only at such an address.
+    void* addr = MapAligned(fds[0].get(), len, PROT_READ | (rw ? PROT_WRITE : 0), 2 << 20);
     if (addr == MAP_FAILED) {
       int err = errno;
       return fail(Status(err == ENOMEM ? Code::kResourceExhausted : Code::kInternal,
@@ -420,6 +422,7 @@ Result<DaemonStats> Client::Stats() {
   d.shared_regions = s.shared_regions();
   d.shared_region_resident_bytes = s.shared_region_resident_bytes();
   d.shared_region_free_bytes = s.shared_region_free_bytes();
+  d.huge_page_bytes = s.huge_page_bytes();
   const auto& l = s.limits();
   d.limits = {.max_memory_per_user = l.max_memory_per_user(),
               .max_segments_per_user = l.max_segments_per_user(),

@@ -53,12 +53,13 @@ def map_fd(fd, size, writable, on_unmap):
     weak reference to ``view`` returned here. ``on_unmap`` runs inside the garbage collector: it
     must only record the fact.
     """
+    from ._hugemap import mmap_aligned  # imports this module: here, not at the top
+
     try:
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-        addr = _mmap(None, size, prot, mmap.MAP_SHARED, fd, 0)
-        if addr is None or addr == _MAP_FAILED:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
+        # 2 MiB-aligned: where the daemon backed the region with 2 MiB pages, the kernel maps
+        # them whole only at such an address.
+        addr = mmap_aligned(fd, size, prot)
     finally:
         os.close(fd)
     try:

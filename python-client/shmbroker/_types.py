@@ -112,6 +112,7 @@ class DaemonStats:
     shared_regions: int = 0
     shared_region_resident_bytes: int = 0
     shared_region_free_bytes: int = 0
+    huge_page_bytes: int = 0  # segment memory backed by 2 MiB pages
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,6 +211,7 @@ def stats_from_wire(s):
         shared_regions=s.shared_regions,
         shared_region_resident_bytes=s.shared_region_resident_bytes,
         shared_region_free_bytes=s.shared_region_free_bytes,
+        huge_page_bytes=s.huge_page_bytes,
     )
 
 

@@ -112,9 +112,9 @@ TEST(Registry, MachineMemoryIsCheckedForLargeCreates) {
   RegistryOptions opts;
   opts.available_memory = [] { return std::uint64_t{100} << 20; };
   int memfds = 0;
-  opts.make_memfd = [&](const std::string&, std::uint64_t) -> Result<UniqueFd> {
+  opts.make_memfd = [&](const std::string&, std::uint64_t) -> Result<SegmentMemory> {
     ++memfds;
-    return UniqueFd(::memfd_create("test", MFD_CLOEXEC));
+    return SegmentMemory{UniqueFd(::memfd_create("test", MFD_CLOEXEC))};
   };
   Registry reg(opts);
   auto big = reg.Create(Spec("big", {200ull << 20}, "|u1"), kAlice, 1);
@@ -132,9 +132,9 @@ TEST(Registry, ManySmallCreatesAreCheckedAgainstTheMachineToo) {
     ++checks;
     return avail;
   };
-  opts.make_memfd = [&](const std::string&, std::uint64_t n) -> Result<UniqueFd> {
+  opts.make_memfd = [&](const std::string&, std::uint64_t n) -> Result<SegmentMemory> {
     avail -= std::min(avail, n);  // What the machine has left after each reservation.
-    return UniqueFd(::memfd_create("test", MFD_CLOEXEC));
+    return SegmentMemory{UniqueFd(::memfd_create("test", MFD_CLOEXEC))};
   };
   Registry reg(opts);
   int created = 0;
@@ -155,7 +155,7 @@ TEST(Registry, ManySmallCreatesAreCheckedAgainstTheMachineToo) {
 TEST(Registry, BackingFailureRegistersNothing) {
   RegistryOptions opts;
   opts.shared_max_bytes = 0;  // Every segment its own memfd.
-  opts.make_memfd = [](const std::string&, std::uint64_t) -> Result<UniqueFd> {
+  opts.make_memfd = [](const std::string&, std::uint64_t) -> Result<SegmentMemory> {
     return Status::ResourceExhausted("cannot reserve 128 bytes: No space left on device");
   };
   Registry reg(opts);
@@ -399,7 +399,7 @@ TEST(Registry, RestoreRefusesCreationTimesOutOfRangeAndPurgeNeverOverflows) {
   auto memory = [] {
     auto fd = CreateSegmentMemfd("t", 128);
     EXPECT_TRUE(fd.ok());
-    return std::move(*fd);
+    return std::move(fd->fd);
   };
   for (std::int64_t bad : {std::numeric_limits<std::int64_t>::min(), std::int64_t{-1},
                            std::numeric_limits<std::int64_t>::max()}) {

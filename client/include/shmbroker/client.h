@@ -111,6 +111,7 @@ struct DaemonStats {
   std::uint64_t shared_regions = 0;
   std::uint64_t shared_region_resident_bytes = 0;
   std::uint64_t shared_region_free_bytes = 0;
+  std::uint64_t huge_page_bytes = 0;  // Segment memory backed by 2 MiB pages.
 };
 
 // Which segments Client::Purge removes: those matching every selector that is set.
