@@ -95,6 +95,7 @@ TEST(SharedRegion, ReadOnlyAttachesOfAnotherUserMapTheRegionReadOnly) {
         if (::mprotect(reinterpret_cast<void*>(page), 4096, PROT_READ | PROT_WRITE) == 0) {
           return 5;
         }
+        ::signal(SIGSEGV, SIG_DFL);  // Not a sanitizer's handler: let the kernel's signal show.
         const_cast<std::byte*>(s->bytes().data())[0] = std::byte{1};  // Must fault.
         return 6;
       },
