@@ -1,35 +1,81 @@
 #!/usr/bin/python3
-"""Python benchmark: shmbroker against the usual ways of sharing a NumPy array.
+"""Python benchmark: shmbroker against multiprocessing.shared_memory and plain Pipes.
 
-1. Big array: a parent makes an array of N float64 (default 100,000,000: 800 MB) and a child
-   process gets access to it and checks it (sums it and compares). Timed from the moment the
-   parent starts handing the array over until the child's answer is back, child start-up
-   included (every child is started the same way, by fork). Queue, Pipe and Manager pickle the
-   whole array, so they run on N/20 elements and their time is scaled up by 20.
-2. Churn: a producer hands small arrays (4 KiB, 64 KiB, 1 MiB) one by one to a long-lived
-   consumer, which gets access, reads (sums) and answers. Timed per array: make, fill, hand over,
-   attach, read, answer, release.
+Three benchmarks, each run in two CPU placements; every ratio compares figures measured in the
+same run (this VM is shared and noisy: absolute times drift by several times from hour to hour).
 
-Prints the median of each and its ratio to shmbroker (ratio > 1: slower than shmbroker).
+1. churn-name: a producer hands float64 arrays of 4 KiB, 64 KiB and 1 MiB one by one to a
+   long-lived consumer process (fork context) and waits for its answer. Per item:
+     - shmbroker: shmbroker.create(unique name), fill, the *name* (a str) goes through a
+       multiprocessing Pipe, the consumer shmbroker.attach(name)es, sums, answers the sum;
+       the producer shmbroker.unlink()s.
+     - stdlib: multiprocessing.shared_memory.SharedMemory(create=True), np.ndarray on it, fill,
+       the name goes through the Pipe, the consumer SharedMemory(name)s, sums, close()s,
+       answers; the producer close()s and unlink()s.
+     - pickled copy: np.empty, fill, conn.send(array) pickles the data, the consumer sums.
+     - bare name (the handoff floor): a short str goes through the Pipe and comes back; nothing
+       is made or read.
+2. churn-pickle: the same, but the shmbroker array object itself goes through the Pipe
+   (conn.send(arr): a reference; unpickling in the consumer attaches). The same three peers.
+   When shmbroker.create accepts None as the name (generated names; detected once at start),
+   this variant uses it; otherwise unique names as in churn-name.
+   For each size: the median time per item (µs), arrays/s, and the ratio of that time to
+   stdlib's and to the pickled-copy Pipe's (> 1: slower). Everything counts: make, fill,
+   hand over, attach, read, answer, release. Each method has its own consumer; after 20
+   untimed items each, the methods take turns in blocks of 25 items, so drifts of the machine
+   hit them alike. Every answer is checked (fill values start at 1, so zeros never pass): a
+   wrong sum raises.
+3. seed (the tutorial's case, big): the parent makes N float64 (default 100,000,000: 800 MB)
+   filled with 1.0; a forked child attaches it by name, checks sum == N and answers. Timed from
+   before the creation until the answer is back (creation, fill and the child's start
+   included); then the child is joined and the segment freed. Three runs in a row for
+   shmbroker (shmbroker.create + fill), then three for stdlib (SharedMemory(create=True) +
+   np.ndarray fill); runs 1, 2 and 3 are reported separately (later runs can find memory
+   warm) with the ratio shmbroker / stdlib per run.
 
-    /usr/bin/python3 bench/python_bench.py              # the defaults: a few minutes
-    /usr/bin/python3 bench/python_bench.py -n 10000000 --repeat 3 --churn-items 300
+CPU placements (--placement; CPU 0 and 1 stand for the first two CPUs this process may use):
+"one": the parent, its children and the daemon all on CPU 0
+(os.sched_setaffinity in the parent before any child starts; the daemon it starts runs under
+`taskset -c 0`); "across": the parent on CPU 0, every consumer/child on CPU 1, the daemon
+unpinned (the scheduler places it, as it would a system service; its requests come from both
+sides). The stdlib resource tracker process runs with the parent. An external daemon (one that
+already answers at the usual socket path) is used as it is, and is never pinned: the output
+says so. Otherwise the bench starts a fresh build/bin/shmbrokerd (or --shmbrokerd PATH) per
+placement on a temporary socket and stops it afterwards.
 
-Uses the daemon at the usual socket path ($SHMBROKER_SOCKET, ...); if none answers, starts
-build/bin/shmbrokerd (or --shmbrokerd PATH) on a temporary socket for the run.
+    /usr/bin/python3 bench/python_bench.py                     # everything: about 1.5 minutes
+    /usr/bin/python3 bench/python_bench.py --items 300 -n 10000000 --json /tmp/pb.json  # ~15 s
+    /usr/bin/python3 bench/python_bench.py --only seed --placement one --daemon-arg=--max-memory=4G
+    /usr/bin/python3 bench/plot.py /tmp/pb.json --out /tmp/pb.png   # the figure
+
+Options: --placement one|across|both (default both); --only churn-name|churn-pickle|seed
+(repeatable); --items N (timed arrays per size and method, default 2000); -n N (seed array
+elements, default 100,000,000); --json PATH; --shmbrokerd PATH; --daemon-arg ARG (repeatable,
+passed to the daemon the bench starts, e.g. --daemon-arg=--prealloc=1G once the daemon has it).
+Times above are for the 2-CPU development VM.
+
+Progress goes to stderr, Markdown tables (one per benchmark per placement) to stdout, and with
+--json PATH all results to a JSON file for bench/plot.py: {"meta": {...}, "placements": [{
+"placement", "where", "daemon", "churn-name": [rows], "churn-pickle": [rows], "seed": {"n",
+"runs": [{"run", "shmbroker_s", "stdlib_s", "ratio"}]}}]}, a churn row being {"size", "method"
+(shmbroker, stdlib, pickled-pipe, bare-pipe), "label", "items", "median_s", "q1_s", "q3_s",
+"per_s", "vs_stdlib", "vs_pickled_pipe"}.
 """
 
 import argparse
 import gc
+import json
 import multiprocessing as mp
 import multiprocessing.shared_memory as mp_shm
 import os
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from multiprocessing import resource_tracker
 
 import numpy as np
 
@@ -37,373 +83,544 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "python-client"))
 import shmbroker  # noqa: E402
+import shmbroker.client  # noqa: E402  (to forget the default client when the socket changes)
 
 CTX = mp.get_context("fork")
-SCALE = 20  # Queue, Pipe and Manager move N / SCALE elements
+SIZES = (4 << 10, 64 << 10, 1 << 20)
+SEED_RUNS = 3
+BLOCK = 25  # items per method before moving on to the next (interleaving)
+
+# Set once at start by detect_generated_names().
+GENERATED_NAMES = False
+_counter = 0
 
 
-# --- Big array: the child side of each method ----------------------------------------------------
-# Every child gets what it needs, checks the sum and sends ("ok", sum) or an error back.
+def unique_name(kind):
+    global _counter
+    _counter += 1
+    return f"bench/python/{os.getpid()}/{kind}/{_counter}"
 
-def _check(arr, expected):
+
+def pin(cpu):
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+
+
+# --- Churn: consumers (long-lived children) -------------------------------------------------------
+# Each gets (conn, cpu), pins itself, answers every message until None. Any exception is sent
+# back as ("error", text) so the producer's check fails loudly instead of waiting.
+
+def _serve(conn, cpu, handle):
+    pin(cpu)
+    try:
+        while (msg := conn.recv()) is not None:
+            conn.send(handle(msg))
+    except Exception as e:  # noqa: BLE001
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+
+
+def _sum_shmbroker_name(name):
+    arr = shmbroker.attach(name)
     s = float(arr.sum())
-    return ("ok", s) if s == expected else ("bad", s)
+    del arr
+    return s
 
 
-def child_fork(conn, expected):
-    conn.send(_check(_FORK_SOURCE, expected))
+def _sum_shmbroker_pickled(arr):  # conn.recv() unpickled it: attached
+    s = float(arr.sum())
+    del arr
+    return s
 
 
-def child_shared_memory(conn, name, shape, dtype, expected):
+def _sum_stdlib(name_n):
+    name, n = name_n
     # Forked: this child shares the parent's resource tracker, so attaching registers the name
     # there a second time, harmlessly (with spawn it would unlink the segment when the child
     # exits, gh-82300).
     shm = mp_shm.SharedMemory(name)
-    arr = np.ndarray(shape, dtype, buffer=shm.buf)
-    result = _check(arr, expected)
+    arr = np.ndarray((n,), np.float64, buffer=shm.buf)
+    s = float(arr.sum())
     del arr
     shm.close()
-    conn.send(result)
-
-
-def child_memmap(conn, path, shape, dtype, expected):
-    arr = np.memmap(path, dtype=dtype, mode="r", shape=shape)
-    result = _check(arr, expected)
-    del arr
-    conn.send(result)
-
-
-def child_rawarray(conn, raw, expected):
-    conn.send(_check(np.frombuffer(raw, dtype=np.float64), expected))
-
-
-def child_array(conn, arr, expected):
-    with arr.get_lock():
-        conn.send(_check(np.frombuffer(arr.get_obj(), dtype=np.float64), expected))
-
-
-def child_queue(conn, q, expected):
-    conn.send(_check(q.get(), expected))
-
-
-def child_pipe(conn, expected):
-    arr = conn.recv()
-    conn.send(_check(arr, expected))
-
-
-def child_manager(conn, ns, expected):
-    conn.send(_check(ns.arr, expected))
-
-
-def child_shmbroker_name(conn, name, expected):
-    conn.send(_check(shmbroker.attach(name), expected))
-
-
-def child_shmbroker_pickled(conn, expected):
-    conn.send(_check(conn.recv(), expected))
-
-
-# --- Big array: the parent side -------------------------------------------------------------------
-
-_FORK_SOURCE = None
-
-
-def _run_child(target, args, send=None):
-    parent, child = CTX.Pipe()
-    p = CTX.Process(target=target, args=(child, *args))
-    p.start()
-    if send is not None:
-        parent.send(send)
-    status, value = parent.recv()
-    p.join()
-    if status != "ok" or p.exitcode != 0:
-        raise RuntimeError(f"{target.__name__}: {status} {value} exit {p.exitcode}")
-
-
-def big_fork(src, expected):
-    global _FORK_SOURCE
-    t0 = time.perf_counter()
-    _FORK_SOURCE = src  # the child inherits the parent's memory
-    _run_child(child_fork, (expected,))
-    t = time.perf_counter() - t0
-    _FORK_SOURCE = None
-    return t
-
-
-def big_shared_memory(src, expected):
-    t0 = time.perf_counter()
-    shm = mp_shm.SharedMemory(create=True, size=src.nbytes)
-    arr = np.ndarray(src.shape, src.dtype, buffer=shm.buf)
-    arr[:] = src
-    _run_child(child_shared_memory, (shm.name, src.shape, src.dtype.str, expected))
-    t = time.perf_counter() - t0
-    del arr
-    shm.close()
-    shm.unlink()
-    return t
-
-
-def big_memmap(src, expected):
-    path = f"/dev/shm/python-bench-{os.getpid()}"
-    t0 = time.perf_counter()
-    arr = np.memmap(path, dtype=src.dtype, mode="w+", shape=src.shape)
-    arr[:] = src
-    _run_child(child_memmap, (path, src.shape, src.dtype.str, expected))
-    t = time.perf_counter() - t0
-    del arr
-    os.unlink(path)
-    return t
-
-
-def big_rawarray(src, expected):
-    t0 = time.perf_counter()
-    raw = CTX.RawArray("d", src.size)
-    np.frombuffer(raw, dtype=np.float64)[:] = src
-    _run_child(child_rawarray, (raw, expected))
-    return time.perf_counter() - t0
-
-
-def big_array(src, expected):
-    t0 = time.perf_counter()
-    arr = CTX.Array("d", src.size)  # with a lock
-    with arr.get_lock():
-        np.frombuffer(arr.get_obj(), dtype=np.float64)[:] = src
-    _run_child(child_array, (arr, expected))
-    return time.perf_counter() - t0
-
-
-def big_queue(src, expected):
-    t0 = time.perf_counter()
-    q = CTX.Queue()
-    q.put(src)
-    _run_child(child_queue, (q, expected))
-    t = time.perf_counter() - t0
-    q.close()
-    return t
-
-
-def big_pipe(src, expected):
-    t0 = time.perf_counter()
-    _run_child(child_pipe, (expected,), send=src)
-    return time.perf_counter() - t0
-
-
-def big_manager(src, expected, manager):
-    t0 = time.perf_counter()
-    ns = manager.Namespace()
-    ns.arr = src
-    _run_child(child_manager, (ns, expected))
-    return time.perf_counter() - t0
-
-
-def big_shmbroker_name(src, expected):
-    name = f"bench/python/{os.getpid()}/big"
-    t0 = time.perf_counter()
-    arr = shmbroker.share(src, name)
-    _run_child(child_shmbroker_name, (name, expected))
-    t = time.perf_counter() - t0
-    shmbroker.unlink(name)
-    del arr
-    return t
-
-
-def big_shmbroker_pickled(src, expected):
-    name = f"bench/python/{os.getpid()}/big"
-    t0 = time.perf_counter()
-    arr = shmbroker.share(src, name)
-    _run_child(child_shmbroker_pickled, (expected,), send=arr)  # a reference, not the data
-    t = time.perf_counter() - t0
-    shmbroker.unlink(name)
-    del arr
-    return t
-
-
-def bench_big(n, repeat):
-    src = np.arange(n, dtype=np.float64)
-    src_small = src[: n // SCALE].copy()
-    expected = float(src.sum())
-    expected_small = float(src_small.sum())
-    manager = CTX.Manager()
-    methods = [
-        ("shmbroker (attach by name)", lambda: big_shmbroker_name(src, expected), 1),
-        ("shmbroker (pickled array)", lambda: big_shmbroker_pickled(src, expected), 1),
-        ("fork inheritance", lambda: big_fork(src, expected), 1),
-        ("multiprocessing.shared_memory", lambda: big_shared_memory(src, expected), 1),
-        ("numpy.memmap on /dev/shm", lambda: big_memmap(src, expected), 1),
-        ("multiprocessing.RawArray", lambda: big_rawarray(src, expected), 1),
-        ("multiprocessing.Array (lock)", lambda: big_array(src, expected), 1),
-        ("multiprocessing.Queue", lambda: big_queue(src_small, expected_small), SCALE),
-        ("multiprocessing.Pipe", lambda: big_pipe(src_small, expected_small), SCALE),
-        ("multiprocessing.Manager", lambda: big_manager(src_small, expected_small, manager), SCALE),
-    ]
-    results = {name: [] for name, _, _ in methods}
-    for r in range(repeat):  # interleaved, so drifts of the machine hit every method alike
-        for name, fn, scale in methods:
-            gc.collect()
-            results[name].append(fn() * scale)
-            print(f"  [{r + 1}/{repeat}] {name}: {results[name][-1]:.3f} s", file=sys.stderr)
-    manager.shutdown()
-    return [(name, statistics.median(results[name]), scale) for name, _, scale in methods]
-
-
-# --- Churn ----------------------------------------------------------------------------------------
-
-def consumer_shmbroker(conn):
-    while (arr := conn.recv()) is not None:  # unpickling attaches
-        s = float(arr.sum())
-        del arr
-        conn.send(s)
-
-
-def consumer_shared_memory(conn):
-    while (msg := conn.recv()) is not None:
-        name, shape, dtype = msg
-        shm = mp_shm.SharedMemory(name)  # forked: the parent's tracker, see above
-        arr = np.ndarray(shape, dtype, buffer=shm.buf)
-        s = float(arr.sum())
-        del arr
-        shm.close()
-        conn.send(s)
-
-
-def consumer_pipe(conn):
-    while (arr := conn.recv()) is not None:
-        conn.send(float(arr.sum()))
-
-
-def churn_shmbroker(conn, n, i, prefix):
-    name = f"{prefix}/{i}"
-    a = shmbroker.create(name, n, np.float64)
-    a[:] = i
-    conn.send(a)
-    s = conn.recv()
-    shmbroker.unlink(name)
     return s
 
 
-def churn_shared_memory(conn, n, i, prefix):
+def _sum_copy(arr):
+    return float(arr.sum())
+
+
+def _echo(name):
+    return name
+
+
+def consumer_shmbroker_name(conn, cpu):
+    _serve(conn, cpu, _sum_shmbroker_name)
+
+
+def consumer_shmbroker_pickled(conn, cpu):
+    _serve(conn, cpu, _sum_shmbroker_pickled)
+
+
+def consumer_stdlib(conn, cpu):
+    _serve(conn, cpu, _sum_stdlib)
+
+
+def consumer_copy(conn, cpu):
+    _serve(conn, cpu, _sum_copy)
+
+
+def consumer_echo(conn, cpu):
+    _serve(conn, cpu, _echo)
+
+
+# --- Churn: producers (one item each; return (answer, expected)) ----------------------------------
+# The fill value v >= 1, so an array of zeros (a wrong mapping) never passes the check.
+
+def produce_shmbroker_name(conn, n, v):
+    name = unique_name("churn-name")
+    a = shmbroker.create(name, n, np.float64)
+    a.fill(v)
+    conn.send(name)
+    s = conn.recv()
+    shmbroker.unlink(name)
+    return s, v * n
+
+
+def produce_shmbroker_pickled(conn, n, v):
+    if GENERATED_NAMES:
+        a = shmbroker.create(None, n, np.float64)
+        name = shmbroker.segment_name(a)
+    else:
+        name = unique_name("churn-pickle")
+        a = shmbroker.create(name, n, np.float64)
+    a.fill(v)
+    conn.send(a)  # a reference to the segment, not the data
+    s = conn.recv()
+    shmbroker.unlink(name)
+    return s, v * n
+
+
+def produce_stdlib(conn, n, v):
     shm = mp_shm.SharedMemory(create=True, size=n * 8)
     a = np.ndarray((n,), np.float64, buffer=shm.buf)
-    a[:] = i
-    conn.send((shm.name, (n,), "<f8"))
+    a.fill(v)
+    conn.send((shm.name, n))
     s = conn.recv()
     del a
     shm.close()
     shm.unlink()
-    return s
+    return s, v * n
 
 
-def churn_pipe(conn, n, i, prefix):
+def produce_copy(conn, n, v):
     a = np.empty(n, np.float64)
-    a[:] = i
+    a.fill(v)
     conn.send(a)
-    return conn.recv()
+    return conn.recv(), v * n
 
 
-def bench_churn(items):
-    methods = [
-        ("shmbroker", consumer_shmbroker, churn_shmbroker),
-        ("multiprocessing.shared_memory", consumer_shared_memory, churn_shared_memory),
-        ("pickled Pipe", consumer_pipe, churn_pipe),
-    ]
+def produce_echo(conn, n, v):
+    name = unique_name("bare")  # as long as the names above
+    conn.send(name)
+    return conn.recv(), name
+
+
+# key, label, consumer, producer
+PEERS = [
+    ("stdlib", "multiprocessing.shared_memory (name)", consumer_stdlib, produce_stdlib),
+    ("pickled-pipe", "Pipe, pickled copy", consumer_copy, produce_copy),
+    ("bare-pipe", "Pipe, bare name (floor)", consumer_echo, produce_echo),
+]
+
+
+def churn_methods(which):
+    if which == "churn-name":
+        own = ("shmbroker", "shmbroker (name)", consumer_shmbroker_name, produce_shmbroker_name)
+    else:
+        names = "generated names" if GENERATED_NAMES else "unique names"
+        own = ("shmbroker", f"shmbroker (pickled array, {names})", consumer_shmbroker_pickled,
+               produce_shmbroker_pickled)
+    return [own] + PEERS
+
+
+def check(label, answer, expected):
+    if answer != expected:
+        raise RuntimeError(f"{label}: the consumer answered {answer!r}, expected {expected!r}")
+
+
+def bench_churn(which, items, cpu_child):
+    """Rows: one dict per size and method."""
+    methods = churn_methods(which)
+    warmup = min(20, items)
     rows = []
-    for size in (4 << 10, 64 << 10, 1 << 20):
+    for size in SIZES:
         n = size // 8
-        count = items if size < (1 << 20) else max(50, items // 4)
-        for name, consumer, produce in methods:
-            parent, child = CTX.Pipe()
-            p = CTX.Process(target=consumer, args=(child,))
-            p.start()
-            prefix = f"bench/python/{os.getpid()}/churn"
-            for i in range(min(50, count)):  # warm up
-                produce(parent, n, i, prefix)
-            times = []
-            for i in range(count):
-                t0 = time.perf_counter()
-                s = produce(parent, n, i, prefix)
-                times.append(time.perf_counter() - t0)
-                if s != float(i) * n:
-                    raise RuntimeError(f"{name}: wrong sum {s}")
-            parent.send(None)
-            p.join()
-            rows.append((size, name, statistics.median(times)))
-            print(f"  {size >> 10} KiB {name}: {rows[-1][2] * 1e6:.0f} us", file=sys.stderr)
+        procs = []
+        try:
+            for key, label, consumer, produce in methods:
+                parent, child = CTX.Pipe()
+                p = CTX.Process(target=consumer, args=(child, cpu_child), daemon=True)
+                p.start()
+                child.close()  # so a consumer that dies gives EOFError here, not a hang
+                procs.append((key, label, produce, parent, p))
+            times = {key: [] for key, *_ in methods}
+            v = 0
+            for key, label, produce, conn, _ in procs:
+                for _ in range(warmup):
+                    v += 1
+                    check(label, *produce(conn, n, float(v)))
+            gc.collect()
+            done = 0
+            while done < items:  # interleaved blocks
+                k = min(BLOCK, items - done)
+                for key, label, produce, conn, _ in procs:
+                    t = times[key]
+                    for _ in range(k):
+                        v += 1
+                        t0 = time.perf_counter()
+                        answer, expected = produce(conn, n, float(v))
+                        t.append(time.perf_counter() - t0)
+                        check(label, answer, expected)
+                done += k
+        finally:
+            for key, label, produce, conn, p in procs:
+                try:
+                    conn.send(None)
+                except OSError:
+                    pass
+                p.join(10)
+                if p.is_alive():
+                    p.kill()
+                    p.join()
+        for key, label, produce, conn, p in procs:
+            if p.exitcode != 0:
+                raise RuntimeError(f"{label}: the consumer exited with {p.exitcode}")
+        by_key = {}
+        for key, label, *_ in methods:
+            q1, med, q3 = statistics.quantiles(times[key], n=4)
+            med = statistics.median(times[key])
+            by_key[key] = med
+            rows.append({"size": size, "method": key, "label": label, "items": items,
+                         "median_s": med, "q1_s": q1, "q3_s": q3, "per_s": 1.0 / med})
+            print(f"  {which} {fmt_size(size):>7}  {label:<42} median {med * 1e6:8.1f} µs "
+                  f"(p25 {q1 * 1e6:.1f}, p75 {q3 * 1e6:.1f})", file=sys.stderr)
+        for r in rows[-len(methods):]:
+            r["vs_stdlib"] = r["median_s"] / by_key["stdlib"]
+            r["vs_pickled_pipe"] = r["median_s"] / by_key["pickled-pipe"]
     return rows
 
 
-# --- Daemon and report ----------------------------------------------------------------------------
+# --- Seed: one big array, a fresh child checks it -------------------------------------------------
 
-def ensure_daemon(path):
+def child_seed_shmbroker(conn, cpu, name):
+    pin(cpu)
+    try:
+        arr = shmbroker.attach(name)
+        s = float(arr.sum())
+        del arr
+        conn.send(s)
+    except Exception as e:  # noqa: BLE001
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+
+
+def child_seed_stdlib(conn, cpu, name, n):
+    pin(cpu)
+    try:
+        shm = mp_shm.SharedMemory(name)  # forked: the parent's tracker, see _sum_stdlib
+        arr = np.ndarray((n,), np.float64, buffer=shm.buf)
+        s = float(arr.sum())
+        del arr
+        shm.close()
+        conn.send(s)
+    except Exception as e:  # noqa: BLE001
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+
+
+def _seed_child(target, args, cpu_child):
+    parent, child = CTX.Pipe()
+    p = CTX.Process(target=target, args=(child, cpu_child, *args), daemon=True)
+    p.start()
+    child.close()
+    return parent, p
+
+
+def _seed_finish(label, conn, p, answer, n):
+    p.join()
+    check(label, answer, float(n))
+    if p.exitcode != 0:
+        raise RuntimeError(f"{label}: the child exited with {p.exitcode}")
+
+
+def seed_shmbroker(n, cpu_child):
+    name = unique_name("seed")
+    t0 = time.perf_counter()
+    arr = shmbroker.create(name, n, np.float64)
+    arr.fill(1.0)
+    conn, p = _seed_child(child_seed_shmbroker, (name,), cpu_child)
+    answer = conn.recv()
+    t = time.perf_counter() - t0
+    _seed_finish("shmbroker seed", conn, p, answer, n)
+    shmbroker.unlink(name)
+    del arr
+    gc.collect()
+    shmbroker.flush()  # the daemon frees the memory now, not at the next request
+    return t
+
+
+def seed_stdlib(n, cpu_child):
+    t0 = time.perf_counter()
+    shm = mp_shm.SharedMemory(create=True, size=n * 8)
+    arr = np.ndarray((n,), np.float64, buffer=shm.buf)
+    arr.fill(1.0)
+    conn, p = _seed_child(child_seed_stdlib, (shm.name, n), cpu_child)
+    answer = conn.recv()
+    t = time.perf_counter() - t0
+    _seed_finish("stdlib seed", conn, p, answer, n)
+    del arr
+    shm.close()
+    shm.unlink()
+    gc.collect()
+    return t
+
+
+def bench_seed(n, cpu_child):
+    out = {"shmbroker": [], "stdlib": []}
+    for key, fn in (("shmbroker", seed_shmbroker), ("stdlib", seed_stdlib)):
+        for r in range(SEED_RUNS):
+            out[key].append(fn(n, cpu_child))
+            print(f"  seed {key} run {r + 1}: {out[key][-1] * 1e3:.1f} ms", file=sys.stderr)
+    return [{"run": r + 1, "shmbroker_s": out["shmbroker"][r], "stdlib_s": out["stdlib"][r],
+             "ratio": out["shmbroker"][r] / out["stdlib"][r]} for r in range(SEED_RUNS)]
+
+
+# --- Daemon -----------------------------------------------------------------------------------------
+
+def forget_client():
+    # The module-level functions use a per-process default client; drop it so the next call
+    # resolves the socket path again.
+    c = shmbroker.client._default
+    if c is not None:
+        c.close()
+    shmbroker.client._default = None
+
+
+def daemon_answers():
     try:
         shmbroker.stats()
-        return None
+        return True
     except shmbroker.UnavailableError:
-        pass
-    daemon = path or os.path.join(REPO, "build", "bin", "shmbrokerd")
-    if not os.access(daemon, os.X_OK):
-        sys.exit(f"no shmbrokerd answers and {daemon} does not exist: build it or start one")
-    tmp = tempfile.mkdtemp(prefix="shmbroker-bench-")
-    sock = os.path.join(tmp, "shmbrokerd.sock")
-    proc = subprocess.Popen([daemon, "--socket", sock, "--log-level", "warn"])
-    os.environ["SHMBROKER_SOCKET"] = sock
-    shmbroker.default_client().close()
-    import shmbroker.client as sc
+        forget_client()
+        return False
 
-    sc._default = None
-    for _ in range(500):
-        try:
-            shmbroker.stats()
-            return proc
-        except shmbroker.UnavailableError:
-            time.sleep(0.01)
-    sys.exit("the daemon started for the benchmark does not answer")
 
+class OwnDaemon:
+    """A shmbrokerd started for one placement, on a temporary socket."""
+
+    def __init__(self, path, cpu, extra_args):
+        self.tmp = tempfile.mkdtemp(prefix="shmbroker-bench-")
+        sock = os.path.join(self.tmp, "shmbrokerd.sock")
+        cmd = [path, "--socket", sock, "--log-level", "warn", *extra_args]
+        if cpu is not None:
+            cmd = ["taskset", "-c", str(cpu), *cmd]
+        self.cmd = cmd
+        self.proc = subprocess.Popen(cmd)
+        os.environ["SHMBROKER_SOCKET"] = sock
+        forget_client()
+        for _ in range(1000):
+            if self.proc.poll() is not None:
+                self.stop()
+                sys.exit(f"the daemon exited with {self.proc.returncode}: {' '.join(cmd)}")
+            try:
+                shmbroker.stats()
+                return
+            except shmbroker.UnavailableError:
+                forget_client()
+                time.sleep(0.01)
+        self.stop()
+        sys.exit(f"the daemon started for the benchmark does not answer: {' '.join(cmd)}")
+
+    def stop(self):
+        forget_client()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def detect_generated_names():
+    """True when shmbroker.create(None, ...) makes a segment with a generated name."""
+    try:
+        a = shmbroker.create(None, 1, np.float64)
+    except (TypeError, shmbroker.InvalidArgumentError):
+        return False
+    name = shmbroker.segment_name(a)
+    if not name:
+        raise RuntimeError("shmbroker.create(None, ...) gave an array without a segment name")
+    shmbroker.unlink(name)
+    return True
+
+
+# --- Report -----------------------------------------------------------------------------------------
 
 def fmt_time(t):
     if t >= 1:
         return f"{t:.2f} s"
     if t >= 1e-3:
         return f"{t * 1e3:.1f} ms"
-    return f"{t * 1e6:.0f} µs"
+    return f"{t * 1e6:.1f} µs" if t < 1e-4 else f"{t * 1e6:.0f} µs"
 
+
+def fmt_size(size):
+    return f"{size >> 20} MiB" if size >= 1 << 20 else f"{size >> 10} KiB"
+
+
+def fmt_rate(r):
+    return f"{r:,.0f}"
+
+
+def print_churn(which, rows, items, where):
+    title = ("Churn by name: the name goes through the Pipe, the consumer attaches"
+             if which == "churn-name" else
+             "Churn by pickled array: the shmbroker array goes through the Pipe, unpickling "
+             "attaches")
+    print(f"\n## {title} ({where})\n")
+    print(f"Median per item over {items} items per size; ratios are time ÷ the peer's time "
+          "(> 1: slower).\n")
+    print("| size | method | median µs | arrays/s | × stdlib | × pickled Pipe |")
+    print("|---|---|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {fmt_size(r['size'])} | {r['label']} | {r['median_s'] * 1e6:.1f} | "
+              f"{fmt_rate(r['per_s'])} | {r['vs_stdlib']:.2f} | {r['vs_pickled_pipe']:.2f} |")
+
+
+def print_seed(rows, n, where):
+    print(f"\n## Seed: a child checks {n:,} float64 ({n * 8 / 1e6:.3g} MB) of 1.0 ({where})\n")
+    print("Creation, fill, child start, attach, sum and answer; shmbroker runs 1-3 first, then "
+          "stdlib runs 1-3.\n")
+    print("| run | shmbroker | multiprocessing.shared_memory | shmbroker ÷ stdlib |")
+    print("|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['run']} | {fmt_time(r['shmbroker_s'])} | {fmt_time(r['stdlib_s'])} | "
+              f"{r['ratio']:.2f} |")
+
+
+# --- Main -------------------------------------------------------------------------------------------
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("-n", type=int, default=100_000_000, help="float64 elements (big array)")
-    ap.add_argument("--repeat", type=int, default=5, help="runs per method (big array)")
-    ap.add_argument("--churn-items", type=int, default=2000, help="arrays per size (churn)")
-    ap.add_argument("--only", choices=["big", "churn"], help="run one of the two benchmarks")
-    ap.add_argument("--shmbrokerd", help="daemon to start when none answers")
+    global GENERATED_NAMES
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="See the comment at the top of this file for what is measured.")
+    ap.add_argument("--placement", choices=["one", "across", "both"], default="both",
+                    help="one: everything on CPU 0; across: parent on CPU 0, children on CPU 1; "
+                         "both (default)")
+    ap.add_argument("--only", choices=["churn-name", "churn-pickle", "seed"], action="append",
+                    help="run only this benchmark (repeatable)")
+    ap.add_argument("--items", type=int, default=2000,
+                    help="timed arrays per size and method in the churn benchmarks "
+                         "(default %(default)s)")
+    ap.add_argument("-n", type=int, default=100_000_000,
+                    help="float64 elements of the seed array (default %(default)s: 800 MB)")
+    ap.add_argument("--json", metavar="PATH", help="write all results as JSON (for plot.py)")
+    ap.add_argument("--shmbrokerd", metavar="PATH",
+                    help="the daemon to start when none answers (default build/bin/shmbrokerd)")
+    ap.add_argument("--daemon-arg", metavar="ARG", action="append", default=[],
+                    help="extra argument for the daemon the bench starts (repeatable), "
+                         "e.g. --daemon-arg=--max-memory=4G")
     args = ap.parse_args()
+    if args.items < 4 or args.n < 1:
+        ap.error("--items must be at least 4 and -n at least 1")
+    benches = [b for b in ("churn-name", "churn-pickle", "seed")
+               if not args.only or b in args.only]
+    placements = ["one", "across"] if args.placement == "both" else [args.placement]
 
-    daemon = ensure_daemon(args.shmbrokerd)
-    try:
-        print(f"# Python benchmark: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
-              f"NumPy {np.__version__}, shmbrokerd {shmbroker.default_client().server.version}")
-        if args.only in (None, "big"):
-            rows = bench_big(args.n, args.repeat)
-            base = rows[0][1]
-            print(f"\n## A child gets an array of {args.n:,} float64 ({args.n * 8 / 1e6:,.0f} MB) "
-                  f"and checks it (median of {args.repeat})\n")
-            print("| method | median | ratio to shmbroker |")
-            print("|---|---:|---:|")
-            for name, t, scale in rows:
-                note = f" (scaled from N/{scale})" if scale != 1 else ""
-                print(f"| {name}{note} | {fmt_time(t)} | {t / base:.2f} |")
-        if args.only in (None, "churn"):
-            rows = bench_churn(args.churn_items)
-            print(f"\n## Churn: a producer hands small arrays to a long-lived consumer "
-                  f"(median per array, {args.churn_items} arrays per size)\n")
-            print("| size | method | median | ratio to shmbroker |")
-            print("|---|---|---:|---:|")
-            base = {}
-            for size, name, t in rows:
-                base.setdefault(size, t)
-                print(f"| {size >> 10} KiB | {name} | {fmt_time(t)} | {t / base[size]:.2f} |")
-    finally:
-        if daemon is not None:
-            daemon.send_signal(signal.SIGTERM)
-            daemon.wait()
+    allowed = sorted(os.sched_getaffinity(0))
+    cpu_a = allowed[0]
+    cpu_b = allowed[1] if len(allowed) > 1 else None
+    if "across" in placements and cpu_b is None:
+        print("only one CPU is available: skipping the 'across' placement", file=sys.stderr)
+        placements.remove("across")
+
+    external = daemon_answers()
+    daemon_path = args.shmbrokerd or os.path.join(REPO, "build", "bin", "shmbrokerd")
+    if external:
+        if args.daemon_arg or args.shmbrokerd:
+            print("warning: a daemon already answers; --shmbrokerd/--daemon-arg are ignored",
+                  file=sys.stderr)
+    elif not os.access(daemon_path, os.X_OK):
+        sys.exit(f"no shmbrokerd answers and {daemon_path} does not exist: build it or start one")
+
+    # Make sure the stdlib resource tracker runs before any child is forked (forked children then
+    # share it) and does not count in the first timed items.
+    resource_tracker.ensure_running()
+    tracker_pid = getattr(resource_tracker._resource_tracker, "_pid", None)
+
+    results = {"meta": {
+        "argv": sys.argv[1:], "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "cpus": os.cpu_count(), "python": sys.version.split()[0], "numpy": np.__version__,
+        "items": args.items, "n": args.n, "sizes": list(SIZES),
+        "daemon": "external" if external else daemon_path,
+        "daemon_args": [] if external else args.daemon_arg,
+    }, "placements": []}
+
+    print(f"# Python benchmark: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
+          f"NumPy {np.__version__}")
+    for placement in placements:
+        os.sched_setaffinity(0, allowed)  # the daemon must not inherit a pin it should not have
+        if placement == "one":
+            cpu_parent, cpu_child, cpu_daemon = cpu_a, None, cpu_a  # children inherit CPU 0
+            where = f"one CPU: parent, children{'' if external else ' and daemon'} on CPU {cpu_a}"
+        else:
+            cpu_parent, cpu_child, cpu_daemon = cpu_a, cpu_b, None
+            where = f"across CPUs: parent on CPU {cpu_a}, children on CPU {cpu_b}, daemon unpinned"
+        daemon = None
+        if external:
+            daemon_note = "external daemon, not pinned"
+            if placement == "one":
+                where += "; daemon external, NOT pinned"
+                print("note: an external daemon answers: it is not pinned to CPU "
+                      f"{cpu_a}", file=sys.stderr)
+        else:
+            daemon = OwnDaemon(daemon_path, cpu_daemon, args.daemon_arg)
+            daemon_note = ("started: " + " ".join(daemon.cmd))
+        try:
+            server = shmbroker.default_client().server
+            results["meta"]["daemon_version"] = server.version
+            if not results["placements"]:
+                GENERATED_NAMES = detect_generated_names()
+                results["meta"]["pickle_names"] = "generated" if GENERATED_NAMES else "unique"
+                print(f"shmbrokerd {server.version}; churn-pickle uses "
+                      f"{results['meta']['pickle_names']} names", file=sys.stderr)
+            os.sched_setaffinity(0, {cpu_parent})
+            if tracker_pid:
+                try:
+                    os.sched_setaffinity(tracker_pid, {cpu_parent})
+                except OSError:
+                    pass
+            print(f"\n# Placement: {where}\n\nDaemon: {daemon_note}.", flush=True)
+            print(f"placement {placement}: {where}", file=sys.stderr)
+            entry = {"placement": placement, "where": where, "daemon": daemon_note}
+            for which in benches:
+                if which == "seed":
+                    entry["seed"] = {"n": args.n, "runs": bench_seed(args.n, cpu_child)}
+                    print_seed(entry["seed"]["runs"], args.n, where)
+                else:
+                    entry[which] = bench_churn(which, args.items, cpu_child)
+                    print_churn(which, entry[which], args.items, where)
+                sys.stdout.flush()
+            results["placements"].append(entry)
+        finally:
+            os.sched_setaffinity(0, allowed)
+            if daemon is not None:
+                daemon.stop()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+        print(f"results written to {args.json}", file=sys.stderr)
 
 
 if __name__ == "__main__":
