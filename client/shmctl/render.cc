@@ -260,7 +260,7 @@ std::string StatsText(const DaemonStats& s, const RenderContext& ctx) {
       {"regions:", std::to_string(s.shared_regions) + " shared, holding " +
                        HumanBytes(s.shared_region_resident_bytes) + " (" +
                        HumanBytes(s.shared_region_free_bytes) + " free, kept for reuse)"},
-      {"huge pages:", HumanBytes(s.huge_page_bytes) + " of segments on 2 MiB pages"},
+      {"2M pages:", HumanBytes(s.huge_page_bytes) + " of segments on 2 MiB pages"},
       {"clients:", std::to_string(s.clients)},
       {"limits:", "per user " + none_or(s.limits.max_memory_per_user, HumanBytes) + " in " +
                       none_or(s.limits.max_segments_per_user, count) + " segments, " +
