@@ -28,9 +28,8 @@ int Fallocate(int fd, int mode, std::uint64_t offset, std::uint64_t length) {
 }
 
 std::string KeyText(const ArenaKey& k) {
-  char mode[8];
-  std::snprintf(mode, sizeof(mode), "%04o", k.mode);
-  return "uid " + std::to_string(k.uid) + " gid " + std::to_string(k.gid) + " mode " + mode;
+  return "uid " + std::to_string(k.uid) + " gid " + std::to_string(k.gid) + " mode " +
+         ModeString(k.mode);
 }
 
 }  // namespace

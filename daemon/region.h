@@ -1,6 +1,7 @@
 // A region: a memfd the daemon hands to clients, who map it whole and find segments in it at an
-// (offset, length). Today each segment has a region of its own. The region's memory is charged
-// to the segment's owner in the Ledger until the region is destroyed.
+// (offset, length). A large segment's region is its own and charged (given a ledger) to the
+// segment's owner until the region is destroyed; a shared region (see Arena) charges nothing,
+// its segments carry their own charges.
 //
 // Descriptors: the read-write one, and a read-only one reopened on first use (a reader gets only
 // that one, so the kernel refuses it writable mappings). On the wire a region id names a (region,

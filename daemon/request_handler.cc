@@ -258,24 +258,26 @@ Outcome RequestHandler::Create(Session& session, const wire::CreateRequest& req)
   // connection reads nothing more until the reply, so its requests keep their order.
   struct Pending {
     Registry::Reservation reservation;
-    Result<SegmentMemory> fd = Status::Internal("not run");
+    Result<SegmentMemory> memory = Status::Internal("not run");
   };
   auto pending = std::make_shared<Pending>(Pending{std::move(reserved).value()});
   auto make = registry_.options().make_memfd;
-  offload_([pending,
-            make] { pending->fd = make(pending->reservation.label, pending->reservation.size); },
-           [this, pending, id = session.id] {
-             auto it = sessions_.find(id);
-             if (it == sessions_.end()) {  // The client hung up: nobody to give it to.
-               registry_.Cancel(pending->reservation);
-               return;
-             }
-             Session& s = *it->second;
-             Outcome out = Created(
-                 s, registry_.Commit(std::move(pending->reservation), std::move(pending->fd)));
-             if (out.deferred) return;  // AfterStored completes it.
-             if (auto sink = s.sink.lock()) sink->Complete(std::move(out));
-           });
+  offload_(
+      [pending, make] {
+        pending->memory = make(pending->reservation.label, pending->reservation.size);
+      },
+      [this, pending, id = session.id] {
+        auto it = sessions_.find(id);
+        if (it == sessions_.end()) {  // The client hung up: nobody to give it to.
+          registry_.Cancel(pending->reservation);
+          return;
+        }
+        Session& s = *it->second;
+        Outcome out = Created(
+            s, registry_.Commit(std::move(pending->reservation), std::move(pending->memory)));
+        if (out.deferred) return;  // AfterStored completes it.
+        if (auto sink = s.sink.lock()) sink->Complete(std::move(out));
+      });
   return Outcome::Deferred();
 }
 

@@ -209,7 +209,7 @@ Result<Segment> ClientCore::Map(const wire::Request& request, std::optional<bool
     // The segment's pages only: a shared region's other pages may be holes, not reserved for us.
     // Below a few pages a syscall costs more than the faults it saves.
     if (prefault.value_or(prefault_) && m.length() >= kPrefaultMinBytes) {
-      auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+      static const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
       auto begin = reinterpret_cast<std::uintptr_t>(seg.data_) & ~(page - 1);
       auto end = reinterpret_cast<std::uintptr_t>(seg.data_) + m.length();
       // Best effort: old kernels say EINVAL, and the pages are reserved already.

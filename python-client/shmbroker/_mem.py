@@ -53,8 +53,6 @@ def map_fd(fd, size, writable, on_unmap):
     weak reference to ``view`` returned here. ``on_unmap`` runs inside the garbage collector: it
     must only record the fact.
     """
-    from ._hugemap import mmap_aligned  # imports this module: here, not at the top
-
     try:
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
         # 2 MiB-aligned: where the daemon backed the region with 2 MiB pages, the kernel maps
@@ -91,6 +89,10 @@ def prefault(addr, start, length, writable):
     begin = (addr + start) & ~(PAGE_SIZE - 1)
     end = addr + start + length
     _madvise(begin, end - begin, MADV_POPULATE_WRITE if writable else MADV_POPULATE_READ)
+
+
+# Last: _hugemap takes _mmap and _munmap from this module.
+from ._hugemap import mmap_aligned  # noqa: E402
 
 
 def live_mappings():

@@ -23,20 +23,7 @@ bool KernelCanCollapse() {
 }
 
 // Bytes of the mapping at `addr` that the kernel maps with 2 MiB entries.
-std::size_t PmdMapped(const void* addr) {
-  auto a = reinterpret_cast<std::uintptr_t>(addr);
-  std::ifstream in("/proc/self/smaps");
-  bool inside = false;
-  for (std::string line; std::getline(in, line);) {
-    std::uintptr_t lo = 0, hi = 0;
-    if (std::sscanf(line.c_str(), "%lx-%lx ", &lo, &hi) == 2 && line.find(':') > 20) {
-      inside = lo <= a && a < hi;
-    } else if (inside && line.rfind("ShmemPmdMapped:", 0) == 0) {
-      return std::stoull(line.substr(15)) * 1024;
-    }
-  }
-  return 0;
-}
+std::size_t PmdMapped(const void* addr) { return MappingSmapsBytes(addr, "ShmemPmdMapped:"); }
 
 TEST(HugePages, LargeSegmentsAreOnTwoMiBPagesMappedAligned) {
   if (!KernelCanCollapse()) GTEST_SKIP() << "this kernel cannot collapse shmem to 2 MiB pages";

@@ -221,7 +221,9 @@ std::size_t SegmentMappingCount() {
   return n;
 }
 
-std::size_t MappingRss(const void* addr) {
+std::size_t MappingRss(const void* addr) { return MappingSmapsBytes(addr, "Rss:"); }
+
+std::size_t MappingSmapsBytes(const void* addr, std::string_view field) {
   auto a = reinterpret_cast<std::uintptr_t>(addr);
   std::ifstream in("/proc/self/smaps");
   bool inside = false;
@@ -229,8 +231,8 @@ std::size_t MappingRss(const void* addr) {
     std::uintptr_t lo = 0, hi = 0;
     if (std::sscanf(line.c_str(), "%lx-%lx ", &lo, &hi) == 2 && line.find(':') > 20) {
       inside = lo <= a && a < hi;
-    } else if (inside && line.rfind("Rss:", 0) == 0) {
-      return std::stoull(line.substr(4)) * 1024;
+    } else if (inside && line.rfind(field, 0) == 0) {
+      return std::stoull(line.substr(field.size())) * 1024;
     }
   }
   return 0;

@@ -10,6 +10,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "shmbroker.pb.h"
@@ -114,6 +115,8 @@ std::size_t OpenFdCount();
 std::size_t SegmentMappingCount();
 // Bytes of the mapping containing `addr` that have page-table entries here (its smaps Rss).
 std::size_t MappingRss(const void* addr);
+// The same for any of its smaps fields given in kB, e.g. "ShmemPmdMapped:" (2 MiB mappings).
+std::size_t MappingSmapsBytes(const void* addr, std::string_view field);
 // Resident memory of process `pid` (VmRSS), in bytes.
 std::size_t ProcessRss(pid_t pid);
 
