@@ -57,6 +57,10 @@ class FdMessage {
 // Nanoseconds since the Unix epoch (the system clock).
 std::int64_t NowUnixNs();
 
+// All of a small file such as one in /proc; empty when it cannot be read (e.g. a sandbox hides
+// /proc).
+std::string ReadWholeFile(const char* path);
+
 // A decimal number made of digits only ("" and "+1" are not numbers); nullopt when malformed or
 // beyond 2^64 - 1.
 std::optional<std::uint64_t> ParseUint(std::string_view text);

@@ -53,6 +53,8 @@ class SharedRegion {
   std::uint64_t size() const { return size_; }
   // Bytes in blocks handed out (capacities, not segment sizes).
   std::uint64_t allocated() const { return allocated_; }
+  // The daemon's read-write mapping of the whole region (to zero and to copy blocks).
+  const std::byte* data() const { return map_; }
   // Bytes of memory the region holds now (its reserved pages, free or not).
   std::uint64_t resident() const;
 

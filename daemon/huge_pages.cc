@@ -11,6 +11,7 @@
 #include <string>
 
 #include "common/map_aligned.h"
+#include "common/posix.h"
 #include "common/unique_fd.h"
 
 #ifndef MADV_COLLAPSE
@@ -20,28 +21,13 @@
 namespace shmbroker::daemon {
 namespace {
 
-// All of a /proc file; empty when it cannot be read (e.g. a sandbox hides /proc).
-std::string ReadProcFile(const char* path) {
-  std::string text;
-  UniqueFd fd(::open(path, O_RDONLY | O_CLOEXEC));
-  if (!fd) return text;
-  char buf[64 * 1024];
-  for (;;) {
-    ssize_t n = ::read(fd.get(), buf, sizeof(buf));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    text.append(buf, static_cast<std::size_t>(n));
-  }
-  return text;
-}
-
 // Bytes of [addr, addr+length) mapped with PMD entries, i.e. by 2 MiB pages, from the mapping's
 // entry in /proc/self/smaps (which must cover exactly that range). Reading smaps walks the page
 // tables of every mapping of the process: measured 0.2-0.5 ms in a process with a few dozen
 // mappings (the daemon maps no segments), small next to the collapse (45 ms and more per
 // 763 MiB, 2.5 ms for 2 MiB).
 std::uint64_t PmdMappedBytes(void* addr, std::size_t length) {
-  std::string smaps = ReadProcFile("/proc/self/smaps");
+  std::string smaps = ReadWholeFile("/proc/self/smaps");
   char header[64];
   auto start = reinterpret_cast<std::uintptr_t>(addr);
   std::snprintf(header, sizeof(header), "%lx-%lx ", static_cast<unsigned long>(start),

@@ -62,6 +62,24 @@ bool ReadSize(const std::string& text, const char* what, std::uint64_t& out) {
   return true;
 }
 
+// A positive duration: milliseconds ("500ms", for tests and impatient operators) or the usual
+// units ("10s", "1m").
+bool ReadTimeout(const std::string& text, const char* what, std::chrono::milliseconds& out) {
+  if (text.size() > 2 && text.ends_with("ms")) {
+    auto ms = ParseUint(std::string_view(text).substr(0, text.size() - 2));
+    if (ms && *ms > 0) {
+      out = std::chrono::milliseconds(*ms);
+      return true;
+    }
+  } else if (auto d = ParseDuration(text); d && d->count() > 0) {
+    out = *d;
+    return true;
+  }
+  std::fprintf(stderr, "shmbrokerd: %s: '%s' is not a duration like 500ms, 10s, 1m\n", what,
+               text.c_str());
+  return false;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -75,6 +93,7 @@ int main(int argc, char** argv) {
   std::string max_memory_text = "0";
   std::string max_memory_per_user_text = "half";
   std::string handshake_text = "10s";
+  std::string in_flight_text = "60s";
   std::string shared_max_text = "1M";
   std::string huge_pages_text = "auto";
   app.add_option("--socket", socket,
@@ -105,6 +124,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--handshake-timeout", handshake_text,
                  "How long a new connection may take to say hello: 500ms, 10s, 1m")
+      ->capture_default_str();
+  app.add_option("--in-flight-timeout", in_flight_text,
+                 "How long an array in flight to another process (pickled) holds its segment "
+                 "when nobody attaches it: 500ms, 10s, 1m")
       ->capture_default_str();
   app.add_option("--shared-max", shared_max_text,
                  "Segments up to this size (at most 64M) are blocks of regions shared by one "
@@ -150,23 +173,8 @@ int main(int argc, char** argv) {
                        limits.max_memory_per_user)) {
     return 2;
   }
-  // Milliseconds are for tests and impatient operators; the usual units otherwise.
-  if (handshake_text.size() > 2 && handshake_text.ends_with("ms")) {
-    auto ms = ParseUint(std::string_view(handshake_text).substr(0, handshake_text.size() - 2));
-    if (!ms || *ms == 0) {
-      std::fprintf(stderr, "shmbrokerd: --handshake-timeout: '%s' is not a duration\n",
-                   handshake_text.c_str());
-      return 2;
-    }
-    limits.handshake_timeout = std::chrono::milliseconds(*ms);
-  } else if (auto d = ParseDuration(handshake_text); d && d->count() > 0) {
-    limits.handshake_timeout = *d;
-  } else {
-    std::fprintf(stderr,
-                 "shmbrokerd: --handshake-timeout: '%s' is not a duration like 500ms, 10s, 1m\n",
-                 handshake_text.c_str());
-    return 2;
-  }
+  if (!ReadTimeout(handshake_text, "--handshake-timeout", limits.handshake_timeout)) return 2;
+  if (!ReadTimeout(in_flight_text, "--in-flight-timeout", limits.in_flight_timeout)) return 2;
   if (limits.max_attachments_per_connection == 0 || limits.max_connections_per_user == 0) {
     std::fprintf(stderr,
                  "shmbrokerd: --max-attachments-per-connection and --max-connections-per-user "

@@ -87,7 +87,9 @@ Result<SegmentMemory> CreateSegmentMemfd(const std::string& label, std::uint64_t
     }
     return PosixError("ftruncate", err);
   }
-  if (::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) != 0) {
+  // No F_SEAL_SEAL: sealing a segment (F_SEAL_WRITE) comes later. Only holders of the read-write
+  // fd could add seals, and they can change every byte anyway.
+  if (::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SHRINK) != 0) {
     return PosixError("F_ADD_SEALS", errno);
   }
   std::uint64_t huge_bytes = 0;

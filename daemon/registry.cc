@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -82,6 +83,10 @@ Status Registry::CheckQuota(std::uint32_t uid, const std::string& name, std::uin
 
 void Registry::Unnamed(const std::shared_ptr<SegmentEntry>& s) {
   if (options_.on_removed) options_.on_removed(*s);
+  if (s->spec().expires_unix_ns != 0) expiries_.erase({s->spec().expires_unix_ns, s->id()});
+  if (s->spec().lifetime == Lifetime::kConnection) {
+    by_connection_.erase({s->creator_connection(), s->id()});
+  }
   // Its memory stays charged until the last holder lets go; its descriptors close now.
   s->Retire();
   if (s.use_count() > 1) {  // Someone else holds it: it is unlinked but in use.
@@ -188,6 +193,7 @@ Result<std::shared_ptr<SegmentEntry>> Registry::Commit(Reservation r,
   auto seg = std::make_shared<SegmentEntry>(id, std::move(r.spec), r.size, r.creds, r.connection,
                                             std::move(region));
   segments_.emplace(std::move(name), seg);
+  Track(seg);
   if (options_.on_created) options_.on_created(*seg);
   return seg;
 }
@@ -208,6 +214,7 @@ Result<std::shared_ptr<SegmentEntry>> Registry::CommitShared(Reservation r) {
   seg->block_.emplace(std::move(block).value());
   seg->charge_.emplace(ledger_, r.creds.uid, r.size);
   segments_.emplace(std::move(name), seg);
+  Track(seg);
   if (options_.on_created) options_.on_created(*seg);
   return seg;
 }
@@ -230,6 +237,10 @@ Result<std::uint64_t> Registry::CheckRestored(const SegmentSpec& spec,
     return Status::InvalidArgument("creation time " + std::to_string(created_unix_ns) +
                                    " ns is out of range");
   }
+  if (static_cast<int>(spec.lifetime) < 0 || spec.lifetime > Lifetime::kRefcount ||
+      spec.expires_unix_ns < 0) {
+    return Status::InvalidArgument("lifetime or expiry out of range");
+  }
   return CheckNew(spec);
 }
 
@@ -247,7 +258,8 @@ Status Registry::RestoreShared(std::uint64_t id, SegmentSpec spec, const Credent
                                             std::move(region), created_unix_ns);
   seg->block_.emplace(std::move(block).value());
   seg->charge_.emplace(ledger_, owner.uid, *nbytes);
-  segments_.emplace(std::move(name), std::move(seg));
+  segments_.emplace(std::move(name), seg);
+  Track(seg);
   next_id_ = std::max({next_id_, id + 1, region_id + 1});
   return Status::Ok();
 }
@@ -271,7 +283,9 @@ Status Registry::Restore(std::uint64_t id, SegmentSpec spec, const Credentials& 
   auto region = std::make_shared<Region>(id, std::move(fd), *nbytes, ledger_, owner.uid);
   auto seg = std::make_shared<SegmentEntry>(id, std::move(spec), *nbytes, owner, /*connection=*/0,
                                             std::move(region), created_unix_ns);
-  segments_.emplace(std::move(name), std::move(seg));
+  seg->sealed_ = (seals & F_SEAL_WRITE) != 0;
+  segments_.emplace(std::move(name), seg);
+  Track(seg);
   next_id_ = std::max(next_id_, id + 1);
   return Status::Ok();
 }
@@ -296,6 +310,9 @@ Result<std::shared_ptr<SegmentEntry>> Registry::Open(std::string_view name, Acce
         std::string(access == Access::kReadWrite ? "read-write" : "read-only") + " access to " +
         Quoted(name) + " denied for uid " + std::to_string(creds.uid) + " (owner uid " +
         std::to_string((*seg)->uid()) + ", mode " + mode + ")");
+  }
+  if (access == Access::kReadWrite && (*seg)->sealed()) {
+    return Status::FailedPrecondition(Quoted(name) + " is sealed: attach it read-only");
   }
   return seg;
 }
@@ -336,6 +353,7 @@ void Registry::Detach(SegmentEntry& s, std::uint64_t connection, Access access) 
   if (access == Access::kReadWrite && it->writable > 0) --it->writable;
   --s.attachments_;
   if (it->attachments == 0) s.holders_.erase(it);
+  CheckReferences(s);
 }
 
 Status Registry::List(std::string_view pattern, std::string_view start_after,
@@ -420,6 +438,188 @@ Result<PurgeReport> Registry::Purge(const PurgeSelector& sel, const Credentials&
     if (!result.next_after.empty()) break;
   }
   return result;
+}
+
+// --- Lifetimes ---
+
+void Registry::Track(const std::shared_ptr<SegmentEntry>& s) {
+  const SegmentSpec& spec = s->spec();
+  if (spec.expires_unix_ns != 0) expiries_.emplace(std::pair{spec.expires_unix_ns, s->id()}, s);
+  if (spec.lifetime == Lifetime::kPersistent) return;
+  if (s->creator_connection() != 0) {
+    if (spec.lifetime == Lifetime::kConnection) {
+      by_connection_.emplace(std::pair{s->creator_connection(), s->id()}, s);
+    }
+    return;
+  }
+  // Restored: its creator's connection died with the old daemon, not necessarily its creator.
+  s->creator_alive_ = true;
+  restored_creators_.push_back({s->creator_pid(), s->created_unix_ns(), s});
+}
+
+void Registry::AutoUnlink(const SegmentEntry& s) {
+  auto it = segments_.find(s.name());
+  if (it == segments_.end() || it->second.get() != &s) return;  // Unlinked already.
+  ++auto_unlinked_;
+  std::shared_ptr<SegmentEntry> keep = it->second;
+  segments_.erase(it);
+  Unnamed(keep);
+}
+
+void Registry::CheckReferences(const SegmentEntry& s) {
+  if (s.spec().lifetime == Lifetime::kRefcount && s.references() == 0 && !s.creator_alive_) {
+    AutoUnlink(s);
+  }
+}
+
+void Registry::ConnectionClosed(std::uint64_t connection) {
+  open_connections_.erase(connection);
+  auto first = by_connection_.lower_bound({connection, 0});
+  auto last = by_connection_.lower_bound({connection + 1, 0});
+  std::vector<std::shared_ptr<SegmentEntry>> owned;
+  for (auto it = first; it != last; ++it) {
+    if (auto s = it->second.lock()) owned.push_back(std::move(s));
+  }
+  by_connection_.erase(first, last);
+  for (const auto& s : owned) AutoUnlink(*s);
+}
+
+void Registry::CreatorExited(const std::shared_ptr<SegmentEntry>& s) {
+  if (!s->creator_alive_) return;
+  s->creator_alive_ = false;
+  if (s->spec().lifetime == Lifetime::kConnection) {
+    AutoUnlink(*s);
+  } else {
+    CheckReferences(*s);
+  }
+}
+
+Result<std::shared_ptr<SegmentEntry>> Registry::Seal(std::string_view name,
+                                                     const Credentials& creds,
+                                                     std::uint64_t connection) {
+  auto found = Find(name);
+  if (!found.ok()) return found;
+  std::shared_ptr<SegmentEntry> s = std::move(found).value();
+  if (!Allowed(*s, Access::kReadWrite, creds)) {
+    return Status::PermissionDenied("sealing " + Quoted(name) + " needs write access, which uid " +
+                                    std::to_string(creds.uid) + " does not have");
+  }
+  if (s->sealed()) return s;
+  std::size_t writers = 0;
+  for (const auto& h : s->holders()) writers += h.writable > 0 && h.connection != connection;
+  if (writers > 0) {
+    return Status::FailedPrecondition(
+        Quoted(name) + " has writable attachments in " + std::to_string(writers) + " other " +
+        (writers == 1 ? "connection" : "connections") + "; they must release them first");
+  }
+  if (s->shared()) {
+    // A block's pages are shared with other segments and mapped writable by the daemon: the
+    // bytes move to memory of their own, sealed before anyone maps it.
+    auto memory = options_.make_memfd("shmbroker:" + s->name(), s->nbytes());
+    if (!memory.ok()) return memory.status();
+    int fd = memory->fd.get();
+    const std::byte* src = s->block_->shared_region()->data() + s->block_->offset();
+    for (std::uint64_t done = 0; done < s->nbytes();) {
+      ssize_t n = ::pwrite(fd, src + done, s->nbytes() - done, static_cast<off_t>(done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return PosixError("copying a segment to seal it", n < 0 ? errno : EIO);
+      done += static_cast<std::uint64_t>(n);
+    }
+    if (::fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_SEAL) != 0) {
+      return PosixError("F_ADD_SEALS", errno);
+    }
+    if (options_.on_removed) options_.on_removed(*s);  // The store forgets the block...
+    auto region =
+        std::make_shared<Region>(next_id_++, std::move(memory->fd), s->nbytes(), ledger_, s->uid());
+    region->set_huge_bytes(memory->huge_bytes);
+    s->region_ = std::move(region);
+    s->old_block_ = std::move(s->block_);
+    s->block_.reset();
+    s->charge_.reset();  // The region charges the bytes now.
+    s->sealed_ = true;
+    if (options_.on_created) options_.on_created(*s);  // ...and keeps the new memory.
+  } else if (::fcntl(s->memfd(), F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_SEAL) != 0) {
+    if (errno == EBUSY) {
+      return Status::FailedPrecondition(
+          Quoted(name) +
+          " is still mapped writable (by the caller, or by a process that inherited a mapping); "
+          "remap it read-only first");
+    }
+    return PosixError("F_ADD_SEALS", errno);
+  }
+  s->sealed_ = true;
+  for (auto& h : s->holders_) h.writable = 0;  // What they map is read-only now.
+  return s;
+}
+
+Status Registry::Lend(const std::shared_ptr<SegmentEntry>& s, std::uint64_t ticket,
+                      std::uint32_t uid, std::int64_t lapse_unix_ns) {
+  if (ticket == 0) return Status::InvalidArgument("ticket 0 is not a ticket");
+  auto it = tickets_.find(ticket);
+  if (it != tickets_.end()) {
+    if (it->second.segment == nullptr) {  // The receiver attached already.
+      --early_redeems_;
+      tickets_.erase(it);
+      return Status::Ok();
+    }
+    return Status::AlreadyExists("ticket " + std::to_string(ticket) + " is in use");
+  }
+  std::size_t& mine = tickets_per_uid_[uid];
+  if (mine >= kMaxTicketsPerUser) {
+    return Status::ResourceExhausted("uid " + std::to_string(uid) + " has " + std::to_string(mine) +
+                                     " arrays in flight, the most one user may");
+  }
+  ++mine;
+  ++s->in_flight_;
+  tickets_.emplace(ticket, Ticket{s, uid, lapse_unix_ns});
+  ticket_lapses_.emplace_back(lapse_unix_ns, ticket);
+  return Status::Ok();
+}
+
+void Registry::DropTicket(std::unordered_map<std::uint64_t, Ticket>::iterator it) {
+  Ticket t = std::move(it->second);
+  tickets_.erase(it);
+  if (t.segment == nullptr) {
+    --early_redeems_;
+    return;
+  }
+  --t.segment->in_flight_;
+  auto per = tickets_per_uid_.find(t.uid);
+  if (per != tickets_per_uid_.end() && --per->second == 0) tickets_per_uid_.erase(per);
+  CheckReferences(*t.segment);
+}
+
+void Registry::Redeem(std::uint64_t ticket, const SegmentEntry& s, std::int64_t lapse_unix_ns) {
+  if (ticket == 0) return;
+  auto it = tickets_.find(ticket);
+  if (it != tickets_.end()) {
+    if (it->second.segment.get() == &s) DropTicket(it);
+    return;
+  }
+  if (early_redeems_ >= kMaxTicketsPerUser) return;  // Then it lapses instead.
+  ++early_redeems_;
+  tickets_.emplace(ticket, Ticket{nullptr, 0, lapse_unix_ns});
+  ticket_lapses_.emplace_back(lapse_unix_ns, ticket);
+}
+
+std::int64_t Registry::Expire(std::int64_t now_unix_ns) {
+  while (!expiries_.empty() && expiries_.begin()->first.first <= now_unix_ns) {
+    std::shared_ptr<SegmentEntry> s = expiries_.begin()->second.lock();
+    expiries_.erase(expiries_.begin());
+    if (s) AutoUnlink(*s);
+  }
+  while (!ticket_lapses_.empty() && ticket_lapses_.front().first <= now_unix_ns) {
+    auto [lapse, ticket] = ticket_lapses_.front();
+    ticket_lapses_.pop_front();
+    auto it = tickets_.find(ticket);
+    if (it != tickets_.end() && it->second.lapse_unix_ns == lapse) DropTicket(it);
+  }
+  std::int64_t next = 0;
+  if (!expiries_.empty()) next = expiries_.begin()->first.first;
+  if (!ticket_lapses_.empty() && (next == 0 || ticket_lapses_.front().first < next)) {
+    next = ticket_lapses_.front().first;
+  }
+  return next;
 }
 
 }  // namespace shmbroker::daemon

@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -15,6 +16,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "arena.h"
@@ -151,13 +153,45 @@ class Registry {
   Result<PurgeReport> Purge(const PurgeSelector& selector, const Credentials& creds, bool dry_run,
                             std::string_view start_after = {}, ScanBudget* budget = nullptr);
 
-  // Counts an attachment of `s` by `connection` (and lets it go again).
+  // Counts an attachment of `s` by `connection` (and lets it go again: a refcount segment loses
+  // its name with its last reference).
   void Attach(SegmentEntry& s, std::uint64_t connection, Access access);
   void Detach(SegmentEntry& s, std::uint64_t connection, Access access);
 
-  // Tracks which connections are open so a segment can tell whether its creator is.
+  // Tracks which connections are open so a segment can tell whether its creator is. Closing one
+  // unlinks the connection-lifetime segments it created.
   void ConnectionOpened(std::uint64_t connection) { open_connections_.insert(connection); }
-  void ConnectionClosed(std::uint64_t connection) { open_connections_.erase(connection); }
+  void ConnectionClosed(std::uint64_t connection);
+
+  // --- Lifetimes (see the README's "Lifetimes") ---
+  // Makes `name` immutable (see wire::SealRequest): FAILED_PRECONDITION while connections other
+  // than `connection` hold writable attachments, or while a writable mapping of its memory
+  // remains; PERMISSION_DENIED without write access. A small segment moves to memory of its own.
+  Result<std::shared_ptr<SegmentEntry>> Seal(std::string_view name, const Credentials& creds,
+                                             std::uint64_t connection);
+  // A reference of an array in flight (wire::TicketRequest), until Redeem or `lapse_unix_ns`.
+  Status Lend(const std::shared_ptr<SegmentEntry>& s, std::uint64_t ticket, std::uint32_t uid,
+              std::int64_t lapse_unix_ns);
+  // The receiver attached `s` with `ticket`: the sender's reference goes. A ticket not lent yet
+  // (the receiver's attach overtook it) is remembered until `lapse_unix_ns`, so that it does not
+  // hold the segment when it comes.
+  void Redeem(std::uint64_t ticket, const SegmentEntry& s, std::int64_t lapse_unix_ns);
+  // Unlinks the segments whose ttl ran out and lets lapsed tickets go, as of `now_unix_ns`.
+  // Returns when to call it next (0: nothing is due ever).
+  std::int64_t Expire(std::int64_t now_unix_ns);
+  // Restored connection and refcount segments, whose creators may still run: the server watches
+  // each (pid, created_unix_ns) and calls CreatorExited when it is gone.
+  struct Creator {
+    std::uint32_t pid = 0;
+    std::int64_t created_unix_ns = 0;
+    std::weak_ptr<SegmentEntry> segment;
+  };
+  std::vector<Creator> TakeRestoredCreators() { return std::exchange(restored_creators_, {}); }
+  void CreatorExited(const std::shared_ptr<SegmentEntry>& s);
+  // A refcount segment with no reference left loses its name.
+  void CheckReferences(const SegmentEntry& s);
+  // Segments the daemon unlinked by itself (ttl, connection, refcount), since start.
+  std::uint64_t auto_unlinked() const { return auto_unlinked_; }
   bool IsConnectionOpen(std::uint64_t connection) const {
     return open_connections_.count(connection) != 0;
   }
@@ -191,6 +225,10 @@ class Registry {
   Status CheckQuota(std::uint32_t uid, const std::string& name, std::uint64_t size) const;
   // `s` lost its name (unlink, purge): retire its region and remember it while it is in use.
   void Unnamed(const std::shared_ptr<SegmentEntry>& s);
+  // The daemon unlinks `s` by itself, if it still has its name.
+  void AutoUnlink(const SegmentEntry& s);
+  // A new or restored segment: its ttl and lifetime bookkeeping.
+  void Track(const std::shared_ptr<SegmentEntry>& s);
   void SweepUnlinked() const;
 
   RegistryOptions options_;
@@ -203,6 +241,23 @@ class Registry {
   mutable std::map<std::uint64_t, std::weak_ptr<SegmentEntry>> unlinked_;
   mutable std::size_t unlinked_live_hint_ = 0;
   std::uint64_t unchecked_bytes_ = 0;  // Created since the machine's memory was last checked.
+  // ttl: (expiry, id) in order.
+  std::map<std::pair<std::int64_t, std::uint64_t>, std::weak_ptr<SegmentEntry>> expiries_;
+  // Connection-lifetime segments by (creating connection, id).
+  std::map<std::pair<std::uint64_t, std::uint64_t>, std::weak_ptr<SegmentEntry>> by_connection_;
+  struct Ticket {
+    std::shared_ptr<SegmentEntry> segment;  // Null: redeemed before it was lent.
+    std::uint32_t uid = 0;
+    std::int64_t lapse_unix_ns = 0;
+  };
+  std::unordered_map<std::uint64_t, Ticket> tickets_;
+  void DropTicket(std::unordered_map<std::uint64_t, Ticket>::iterator it);
+  // Tickets in the order they lapse (all lapse after the same timeout): (lapse, ticket).
+  std::deque<std::pair<std::int64_t, std::uint64_t>> ticket_lapses_;
+  std::unordered_map<std::uint32_t, std::size_t> tickets_per_uid_;
+  std::size_t early_redeems_ = 0;  // Tickets with a null segment, bounded.
+  std::vector<Creator> restored_creators_;
+  std::uint64_t auto_unlinked_ = 0;
   std::uint64_t next_id_ = 1;
 };
 

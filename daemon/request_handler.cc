@@ -6,6 +6,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "common/posix.h"
 #include "common/text.h"
 #include "common/units.h"
 #include "log.h"
@@ -21,9 +22,11 @@ static_assert(static_cast<int>(Code::kUnavailable) == wire::UNAVAILABLE &&
                   static_cast<int>(Code::kNotFound) == wire::NOT_FOUND,
               "shmbroker::Code must match the wire codes");
 
-constexpr std::string_view kOpNames[] = {"none",   "hello", "create", "attach", "detach",
-                                         "unlink", "stat",  "list",   "stats",  "purge"};
-static_assert(std::size(kOpNames) == wire::Request::kPurge + 1);
+constexpr std::string_view kOpNames[] = {"none", "hello", "create", "attach", "detach", "unlink",
+                                         "stat", "list",  "stats",  "purge",  "seal",   "ticket"};
+static_assert(std::size(kOpNames) == wire::Request::kTicket + 1);
+
+std::string Quoted(std::string_view name) { return "'" + std::string(name) + "'"; }
 
 // Reply pages stay well below the largest reply a client reads, whatever the entries hold.
 constexpr std::size_t kListPageBytes = wire::kMaxReplyBytes / 2;
@@ -49,6 +52,7 @@ void RequestHandler::Closed(Session& session) {
   session.attachments.clear();
   if (!held.empty() && hold_until_exit_) hold_until_exit_(session.creds.pid, std::move(held));
   session.regions_sent.clear();
+  EndWait(session.id);  // A waiter that hangs up costs nothing more.
   registry_.ConnectionClosed(session.id);
   sessions_.erase(session.id);
   if (fds_ != nullptr) fds_->ConnectionClosed();
@@ -89,7 +93,9 @@ Outcome RequestHandler::Handle(Session& session, std::span<const std::byte> pack
   if (!session.greeted && request.body_case() != wire::Request::kHello) {
     return ProtocolError(session, "the first request must be hello");
   }
-  return Dispatch(session, request);
+  Outcome out = Dispatch(session, request);
+  Reschedule();  // The request may have set a deadline (ttl, ticket, wait).
+  return out;
 }
 
 Outcome RequestHandler::Dispatch(Session& session, const wire::Request& request) {
@@ -112,6 +118,10 @@ Outcome RequestHandler::Dispatch(Session& session, const wire::Request& request)
       return Stats(session);
     case wire::Request::kPurge:
       return Purge(session, request.purge());
+    case wire::Request::kSeal:
+      return Seal(session, request.seal());
+    case wire::Request::kTicket:
+      return Ticket(session, request.ticket());
     case wire::Request::BODY_NOT_SET:
       break;
   }
@@ -197,10 +207,10 @@ void RequestHandler::FillHolders(const SegmentEntry& s, wire::SegmentInfo* info)
 }
 
 Outcome RequestHandler::AttachReply(Session& session, std::shared_ptr<SegmentEntry> segment,
-                                    Access access) {
+                                    Access access, bool resend_fd) {
   const std::shared_ptr<Region>& region = segment->region();
   const std::uint64_t region_id = region->WireId(access);
-  bool send_fd = segment->nbytes() > 0 && session.regions_sent.count(region_id) == 0;
+  bool send_fd = segment->nbytes() > 0 && (resend_fd || session.regions_sent.count(region_id) == 0);
   Outcome out;
   if (send_fd) {
     auto fd = region->Fd(access);
@@ -209,7 +219,7 @@ Outcome RequestHandler::AttachReply(Session& session, std::shared_ptr<SegmentEnt
     out.pins.emplace_back(region);
     // A region of its own keeps its segment's memory for as long as the client may map it; a
     // shared region's blocks are each held by their own attachments.
-    session.regions_sent.emplace(region_id, segment->shared() ? nullptr : segment);
+    session.regions_sent.insert_or_assign(region_id, segment->shared() ? nullptr : segment);
   }
   std::uint64_t id = session.next_attachment_id++;
   session.attachments.emplace(id, Session::Attachment{segment, access});
@@ -238,7 +248,7 @@ Status RequestHandler::MayAttach(const Session& session) const {
 }
 
 Outcome RequestHandler::Create(Session& session, const wire::CreateRequest& req) {
-  auto spec = SpecFromCreate(req);
+  auto spec = SpecFromCreate(req, NowUnixNs());
   if (!spec.ok()) return Error(spec.status());
   if (Status s = MayAttach(session); !s.ok()) return Error(s);
   // Its memfd, and later a read-only one.
@@ -293,23 +303,141 @@ Outcome RequestHandler::Created(Session& session, Result<std::shared_ptr<Segment
   spdlog::info("created '{}' {} {} mode {} by uid {} pid {}", Escaped(s.name()),
                Escaped(s.spec().dtype), HumanBytes(s.nbytes()), ModeString(s.spec().mode), s.uid(),
                s.creator_pid());
-  Outcome out = AttachReply(session, std::move(seg).value(), Access::kReadWrite);
-  if (out.reply.code() != wire::OK) return out;
+  std::shared_ptr<SegmentEntry> segment = std::move(seg).value();
+  Outcome out = AttachReply(session, segment, Access::kReadWrite);
+  if (out.reply.code() != wire::OK) {
+    registry_.CheckReferences(*segment);  // A refcount segment nobody got goes at once.
+    return out;
+  }
+  Wake(segment->name());
   return AfterStored(session, std::move(out));
 }
 
 Outcome RequestHandler::Attach(Session& session, const wire::AttachRequest& req) {
   auto access = AccessFromWire(req.access());
   if (!access.ok()) return Error(access.status());
+  if (req.wait_ms() > kMaxWaitMs) {
+    return Error(Status::InvalidArgument("a wait of " + std::to_string(req.wait_ms()) +
+                                         " ms is longer than the most, a day"));
+  }
   if (Status s = MayAttach(session); !s.ok()) return Error(s);
   auto seg = registry_.Open(req.name(), *access, session.creds);
+  bool absent = !seg.ok() && seg.status().code() == Code::kNotFound;
+  bool unsealed = seg.ok() && req.sealed() && !(*seg)->sealed();
+  if ((absent || unsealed) && req.wait_ms() > 0) return Wait(session, req);
   if (!seg.ok()) return Error(seg.status());
+  if (unsealed) return Error(Status::FailedPrecondition(Quoted(req.name()) + " is not sealed"));
   if (req.has_owner_uid() && (*seg)->uid() != req.owner_uid()) {
     return Error(Status::PermissionDenied(
         "'" + req.name() + "' is owned by uid " + std::to_string((*seg)->uid()) + ", not uid " +
         std::to_string(req.owner_uid()) + " as the caller requires"));
   }
-  return AttachReply(session, std::move(seg).value(), *access);
+  Outcome out = AttachReply(session, *seg, *access, req.resend_fd());
+  if (out.reply.code() == wire::OK) {
+    registry_.Redeem(req.ticket(), **seg, NowUnixNs() + InFlightNs());
+  }
+  return out;
+}
+
+Outcome RequestHandler::Wait(Session& session, const wire::AttachRequest& req) {
+  std::int64_t deadline = NowUnixNs() + static_cast<std::int64_t>(req.wait_ms()) * 1'000'000;
+  EndWait(session.id);
+  waiters_[session.id] = Waiter{req, deadline};
+  waiting_for_.emplace(req.name(), session.id);
+  wait_deadlines_.emplace(deadline, session.id);
+  return Outcome::Deferred();
+}
+
+void RequestHandler::EndWait(std::uint64_t session) {
+  auto it = waiters_.find(session);
+  if (it == waiters_.end()) return;
+  wait_deadlines_.erase({it->second.deadline_unix_ns, session});
+  auto [first, last] = waiting_for_.equal_range(it->second.request.name());
+  for (auto w = first; w != last; ++w) {
+    if (w->second == session) {
+      waiting_for_.erase(w);
+      break;
+    }
+  }
+  waiters_.erase(it);
+}
+
+void RequestHandler::Wake(const std::string& name) {
+  auto [first, last] = waiting_for_.equal_range(name);
+  if (first == last) return;
+  std::vector<std::uint64_t> ids;
+  for (auto w = first; w != last; ++w) ids.push_back(w->second);
+  std::int64_t now = NowUnixNs();
+  for (std::uint64_t id : ids) {
+    auto w = waiters_.find(id);
+    auto s = sessions_.find(id);
+    if (w == waiters_.end() || s == sessions_.end()) continue;
+    wire::AttachRequest req = w->second.request;
+    // What is left of the wait, should it go on (a segment not sealed yet).
+    std::int64_t left_ms = (w->second.deadline_unix_ns - now + 999'999) / 1'000'000;
+    req.set_wait_ms(static_cast<std::uint64_t>(std::max<std::int64_t>(left_ms, 1)));
+    EndWait(id);
+    Outcome out = Attach(*s->second, req);
+    if (out.deferred) continue;
+    if (auto sink = s->second->sink.lock()) sink->Complete(std::move(out));
+  }
+}
+
+void RequestHandler::Tick() {
+  wake_scheduled_ = 0;
+  std::int64_t now = NowUnixNs();
+  while (!wait_deadlines_.empty() && wait_deadlines_.begin()->first <= now) {
+    std::uint64_t id = wait_deadlines_.begin()->second;
+    auto w = waiters_.find(id);
+    if (w == waiters_.end()) {
+      wait_deadlines_.erase(wait_deadlines_.begin());
+      continue;
+    }
+    const wire::AttachRequest& req = w->second.request;
+    Outcome out = Error(Status::DeadlineExceeded(
+        Quoted(req.name()) + (req.sealed() ? " was not sealed" : " did not appear") + " within " +
+        std::to_string(req.wait_ms()) + " ms"));
+    EndWait(id);
+    auto s = sessions_.find(id);
+    if (s == sessions_.end()) continue;
+    if (auto sink = s->second->sink.lock()) sink->Complete(std::move(out));
+  }
+  Reschedule();
+}
+
+void RequestHandler::Reschedule() {
+  std::int64_t next = registry_.Expire(NowUnixNs());
+  if (!wait_deadlines_.empty() && (next == 0 || wait_deadlines_.begin()->first < next)) {
+    next = wait_deadlines_.begin()->first;
+  }
+  if (next == 0 || !wake_at_ || (wake_scheduled_ != 0 && wake_scheduled_ <= next)) return;
+  wake_scheduled_ = next;
+  wake_at_(next);
+}
+
+Outcome RequestHandler::Seal(Session& session, const wire::SealRequest& req) {
+  auto seg = registry_.Seal(req.name(), session.creds, session.id);
+  if (!seg.ok()) return Error(seg.status());
+  spdlog::info("sealed '{}' by uid {} pid {}", Escaped(req.name()), session.creds.uid,
+               session.creds.pid);
+  Outcome out;
+  FillInfo(**seg, out.reply.mutable_stat());
+  Wake((*seg)->name());
+  return AfterStored(session, std::move(out));
+}
+
+Outcome RequestHandler::Ticket(Session& session, const wire::TicketRequest& req) {
+  auto it = session.attachments.find(req.attachment_id());
+  if (it == session.attachments.end()) {
+    return Error(Status::NotFound("no attachment " + std::to_string(req.attachment_id()) +
+                                  " on this connection"));
+  }
+  Status s = registry_.Lend(it->second.segment, req.ticket(), session.creds.uid,
+                            NowUnixNs() + InFlightNs());
+  if (!s.ok()) return Error(s);
+  Outcome out;
+  out.reply.mutable_empty();
+  return out;
 }
 
 Outcome RequestHandler::Detach(Session& session, const wire::DetachRequest& req) {

@@ -5,7 +5,9 @@
 #include <array>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
+#include <set>
 #include <span>
 #include <string>
 #include <unordered_map>
@@ -63,6 +65,12 @@ class RequestHandler {
       std::function<void(std::uint32_t pid, std::vector<std::shared_ptr<SegmentEntry>>)>;
   void set_hold_until_exit(HoldUntilExit hold) { hold_until_exit_ = std::move(hold); }
   std::uint32_t clients() const { return clients_; }
+  // Where timed work is scheduled: `wake_at(unix_ns)` makes the server call Tick() at that time
+  // (ttl expiries, lapsing tickets, waits running out). Unset (tests), Tick is called by hand.
+  void set_wake_at(std::function<void(std::int64_t)> wake_at) { wake_at_ = std::move(wake_at); }
+  void Tick();
+  // Attaches waiting for a segment (attach with wait_ms), for stats.
+  std::size_t waiters() const { return waiters_.size(); }
 
  private:
   Outcome Dispatch(Session& session, const wire::Request& request);
@@ -75,9 +83,18 @@ class RequestHandler {
   Outcome List(Session& session, const wire::ListRequest& req);
   Outcome Stats(Session& session);
   Outcome Purge(Session& session, const wire::PurgeRequest& req);
+  Outcome Seal(Session& session, const wire::SealRequest& req);
+  Outcome Ticket(Session& session, const wire::TicketRequest& req);
+  // An attach that waits: its reply comes from Wake or Tick.
+  Outcome Wait(Session& session, const wire::AttachRequest& req);
+  // Segment `name` appeared or was sealed: the attaches waiting for it try again.
+  void Wake(const std::string& name);
+  // Asks for a Tick at the earliest deadline, if it is earlier than the one asked for.
+  void Reschedule();
 
   // An attachment of `segment` for `session`, with the region fd when the connection needs it.
-  Outcome AttachReply(Session& session, std::shared_ptr<SegmentEntry> segment, Access access);
+  Outcome AttachReply(Session& session, std::shared_ptr<SegmentEntry> segment, Access access,
+                      bool resend_fd = false);
   Outcome Error(const Status& status);
   // The reply to a create whose memory is ready (or failed): `seg` registered by Commit.
   Outcome Created(Session& session, Result<std::shared_ptr<SegmentEntry>> seg);
@@ -86,6 +103,9 @@ class RequestHandler {
   // RESOURCE_EXHAUSTED when the connection holds all the attachments it may.
   Status MayAttach(const Session& session) const;
   void FillInfo(const SegmentEntry& s, wire::SegmentInfo* info) const;
+  std::int64_t InFlightNs() const {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(limits_.in_flight_timeout).count();
+  }
 
   // The holders of `s` (connections with attachments), for stat.
   void FillHolders(const SegmentEntry& s, wire::SegmentInfo* info) const;
@@ -101,7 +121,19 @@ class RequestHandler {
   Throttle protocol_errors_{20, std::chrono::seconds(1)};
   std::uint32_t clients_ = 0;
   std::unordered_map<std::uint64_t, Session*> sessions_;  // Open ones, by id.
-  std::array<std::uint64_t, wire::Request::kPurge + 1> requests_{};
+  std::array<std::uint64_t, wire::Request::kTicket + 1> requests_{};
+  struct Waiter {
+    wire::AttachRequest request;
+    std::int64_t deadline_unix_ns = 0;
+  };
+  // By session id (a waiting connection reads nothing more, so one each), with indexes by name
+  // and by deadline.
+  std::unordered_map<std::uint64_t, Waiter> waiters_;
+  std::multimap<std::string, std::uint64_t> waiting_for_;
+  std::set<std::pair<std::int64_t, std::uint64_t>> wait_deadlines_;
+  void EndWait(std::uint64_t session);
+  std::function<void(std::int64_t)> wake_at_;
+  std::int64_t wake_scheduled_ = 0;  // 0: none.
   std::array<std::uint64_t, kMaxCode + 1> errors_{};
 };
 

@@ -23,6 +23,8 @@ struct Limits {
   std::uint32_t max_attachments_per_connection = 65'536;
   // --handshake-timeout: how long a new connection may take to say hello.
   std::chrono::milliseconds handshake_timeout{10'000};
+  // --in-flight-timeout: how long a ticket (an array in flight) holds its segment unredeemed.
+  std::chrono::milliseconds in_flight_timeout{60'000};
 };
 
 }  // namespace shmbroker::daemon

@@ -26,6 +26,8 @@ struct SegmentSpec {
   Order order = Order::kC;
   std::uint32_t mode = 0600;
   std::map<std::string, std::string> attrs;
+  Lifetime lifetime = Lifetime::kPersistent;
+  std::int64_t expires_unix_ns = 0;  // ttl: unlinked then; 0: never.
 };
 
 // One named segment: `nbytes` at `offset` of its region, which is its own (large segments) or
@@ -66,6 +68,11 @@ class SegmentEntry {
   void Retire();
   // The read-write memfd (the daemon's own reference to the memory).
   int memfd() const { return region_->memfd(); }
+  bool sealed() const { return sealed_; }
+  // References of arrays in flight (tickets not yet redeemed or lapsed).
+  std::uint32_t in_flight() const { return in_flight_; }
+  // For the refcount lifetime: attachments and arrays in flight.
+  std::uint64_t references() const { return std::uint64_t{attachments_} + in_flight_; }
 
  private:
   friend class Registry;
@@ -83,6 +90,13 @@ class SegmentEntry {
   // carries its charge itself).
   std::optional<Block> block_;
   std::optional<LedgerCharge> charge_;
+  // Sealing moved a small segment to memory of its own: its old block stays reserved for the
+  // attachments made before, which still map it.
+  std::optional<Block> old_block_;
+  bool sealed_ = false;
+  std::uint32_t in_flight_ = 0;
+  // A restored connection or refcount segment whose creator process still runs (see Registry).
+  bool creator_alive_ = false;
 };
 
 }  // namespace shmbroker::daemon

@@ -50,6 +50,7 @@ Server::Server(asio::io_context& io, ServerOptions options)
       acceptor_(io),
       retry_timer_(io),
       sweep_timer_(io),
+      tick_timer_(io),
       signals_(io, SIGINT, SIGTERM),
       spare_(OpenSpare()),
       worker_(io) {
@@ -64,6 +65,13 @@ Server::Server(asio::io_context& io, ServerOptions options)
       [this](std::uint32_t pid, std::vector<std::shared_ptr<SegmentEntry>> held) {
         HoldUntilExit(pid, std::move(held));
       });
+  handler_.set_wake_at([this](std::int64_t unix_ns) {
+    tick_timer_.expires_after(
+        std::chrono::nanoseconds(std::max<std::int64_t>(0, unix_ns - NowUnixNs())));
+    tick_timer_.async_wait([this](const asio::error_code& ec) {
+      if (!ec && !stopped_) handler_.Tick();
+    });
+  });
   handler_.set_offload([this](std::function<void()> job, std::function<void()> then) {
     worker_.Run(std::move(job), std::move(then));
   });
@@ -79,6 +87,7 @@ void Server::RestoreStored() {
   FdStore* store = service_.fd_store();
   if (store == nullptr) return;
   std::size_t restored = store->Restore(options_.inherited, registry_);
+  WatchRestoredCreators();
   if (restored > 0) {
     spdlog::info("restored {} segments ({}) from the service manager's fd store", restored,
                  HumanBytes(registry_.bytes_held()));
@@ -253,6 +262,69 @@ void Server::HoldUntilExit(std::uint32_t pid, std::vector<std::shared_ptr<Segmen
   }
 }
 
+namespace {
+
+// When process `pid` started, from /proc (0 when unknown).
+std::int64_t ProcessStartUnixNs(std::uint32_t pid) {
+  std::string stat = ReadWholeFile(("/proc/" + std::to_string(pid) + "/stat").c_str());
+  std::size_t paren = stat.rfind(')');
+  if (paren == std::string::npos) return 0;
+  // Field 22, starttime, in clock ticks after boot; fields after the command name from 3.
+  std::size_t pos = paren + 2;
+  for (int field = 3; field < 22 && pos != std::string::npos; ++field) {
+    pos = stat.find(' ', pos);
+    if (pos != std::string::npos) ++pos;
+  }
+  if (pos == std::string::npos) return 0;
+  std::uint64_t ticks = std::strtoull(stat.c_str() + pos, nullptr, 10);
+  std::string boot = ReadWholeFile("/proc/stat");
+  std::size_t b = boot.find("\nbtime ");
+  if (b == std::string::npos) return 0;
+  std::int64_t btime = std::strtoll(boot.c_str() + b + 7, nullptr, 10);
+  long hz = ::sysconf(_SC_CLK_TCK);
+  if (hz <= 0) return 0;
+  return btime * 1'000'000'000 + static_cast<std::int64_t>(ticks * 1'000'000'000 / hz);
+}
+
+}  // namespace
+
+bool Server::WhenExited(std::uint32_t pid, std::int64_t not_after_unix_ns,
+                        std::function<void()> exited) {
+  int fd = static_cast<int>(::syscall(SYS_pidfd_open, static_cast<pid_t>(pid), 0));
+  if (fd < 0) {
+    if (errno != ESRCH) return false;
+    exited();
+    return true;
+  }
+  // btime is whole seconds: a second of slack.
+  std::int64_t started = ProcessStartUnixNs(pid);
+  if (started != 0 && started > not_after_unix_ns + 1'000'000'000) {
+    ::close(fd);
+    exited();
+    return true;
+  }
+  auto watch = std::make_shared<asio::posix::stream_descriptor>(io_, fd);
+  watch->async_wait(asio::posix::stream_descriptor::wait_read,
+                    [this, watch, exited = std::move(exited)](const asio::error_code& ec) {
+                      if (!ec && !stopped_) exited();
+                    });
+  exit_watches_.push_back(watch);
+  return true;
+}
+
+void Server::WatchRestoredCreators() {
+  for (auto& c : registry_.TakeRestoredCreators()) {
+    bool watched = WhenExited(c.pid, c.created_unix_ns, [this, weak = c.segment] {
+      if (auto s = weak.lock()) registry_.CreatorExited(s);
+    });
+    if (!watched)
+      spdlog::warn(
+          "cannot watch pid {}: its connection and refcount segments stay "
+          "until unlinked",
+          c.pid);
+  }
+}
+
 void Server::Stop() {
   if (stopped_) return;
   stopped_ = true;
@@ -272,6 +344,7 @@ void Server::Stop() {
   acceptor_.close(ignored);
   retry_timer_.cancel();
   sweep_timer_.cancel();
+  tick_timer_.cancel();
   connections_.StopAll();
   listener_.reset();  // Removes the socket file if it is still ours.
 }

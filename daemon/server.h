@@ -63,6 +63,11 @@ class Server {
   void RestoreStored();
   std::string StatusLine() const;
   void HoldUntilExit(std::uint32_t pid, std::vector<std::shared_ptr<SegmentEntry>> held);
+  // Calls `exited` once process `pid` is gone (or, should it have started after
+  // `not_after_unix_ns`, at once: the pid was reused). Never without pidfd (Linux < 5.3).
+  // Returns false when it could not watch (then `exited` is not called).
+  bool WhenExited(std::uint32_t pid, std::int64_t not_after_unix_ns, std::function<void()> exited);
+  void WatchRestoredCreators();
 
   asio::io_context& io_;
   ServerOptions options_;
@@ -76,6 +81,7 @@ class Server {
   asio::basic_socket_acceptor<SeqPacket> acceptor_;
   asio::steady_timer retry_timer_;
   asio::steady_timer sweep_timer_;
+  asio::steady_timer tick_timer_;  // RequestHandler::Tick: ttl, tickets, waits.
   asio::signal_set signals_;
   UniqueFd spare_;  // Closed to accept one more when out of descriptors.
   Throttle refusals_{10, std::chrono::seconds(1)};

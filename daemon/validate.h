@@ -24,6 +24,11 @@ inline constexpr std::size_t kMaxPurgePatterns = 16;
 inline constexpr std::size_t kMaxClientNameBytes = 64;
 // Holders listed by stat (each up to ~90 bytes on the wire).
 inline constexpr std::size_t kMaxHolders = 100;
+// Longest ttl and longest wait: beyond them a value is a mistake, not a plan.
+inline constexpr std::uint64_t kMaxTtlMs = std::uint64_t{10} * 365 * 86'400'000;
+inline constexpr std::uint64_t kMaxWaitMs = 86'400'000;
+// Arrays in flight (tickets) one user may have at once.
+inline constexpr std::size_t kMaxTicketsPerUser = 65536;
 // Largest segment the daemon will try to back: well inside off_t.
 inline constexpr std::uint64_t kMaxSegmentBytes = std::uint64_t{1} << 56;
 

@@ -1,5 +1,7 @@
 #include "wire_convert.h"
 
+#include "validate.h"
+
 namespace shmbroker::daemon {
 
 void DescribeSegment(const SegmentEntry& s, wire::SegmentInfo* info) {
@@ -15,6 +17,28 @@ void DescribeSegment(const SegmentEntry& s, wire::SegmentInfo* info) {
   info->set_creator_pid(s.creator_pid());
   info->set_created_unix_ns(s.created_unix_ns());
   info->set_mode(spec.mode);
+  info->set_lifetime(LifetimeToWire(spec.lifetime));
+  info->set_expires_unix_ns(spec.expires_unix_ns);
+  info->set_sealed(s.sealed());
+  info->set_in_flight(s.in_flight());
+}
+
+wire::Lifetime LifetimeToWire(Lifetime lifetime) {
+  return static_cast<wire::Lifetime>(static_cast<int>(lifetime));
+}
+
+Result<Lifetime> LifetimeFromWire(int lifetime) {
+  switch (lifetime) {
+    case wire::PERSISTENT:
+      return Lifetime::kPersistent;
+    case wire::CONNECTION:
+      return Lifetime::kConnection;
+    case wire::REFCOUNT:
+      return Lifetime::kRefcount;
+    default:
+      return Status::InvalidArgument("lifetime " + std::to_string(lifetime) +
+                                     " is not PERSISTENT, CONNECTION or REFCOUNT");
+  }
 }
 
 namespace {
@@ -31,10 +55,13 @@ SegmentSpec SpecFromWire(const wire::SegmentInfo& info) {
   spec.order = OrderFromWire(info.order());
   spec.mode = info.mode();
   spec.attrs.insert(info.attrs().begin(), info.attrs().end());
+  // Checked by the registry when restored (an unknown lifetime is corrupt metadata).
+  spec.lifetime = static_cast<Lifetime>(info.lifetime());
+  spec.expires_unix_ns = info.expires_unix_ns();
   return spec;
 }
 
-Result<SegmentSpec> SpecFromCreate(const wire::CreateRequest& req) {
+Result<SegmentSpec> SpecFromCreate(const wire::CreateRequest& req, std::int64_t now_unix_ns) {
   if (req.order() != wire::ORDER_C && req.order() != wire::ORDER_F) {
     return Status::InvalidArgument("order must be C or F");
   }
@@ -45,6 +72,16 @@ Result<SegmentSpec> SpecFromCreate(const wire::CreateRequest& req) {
   spec.order = OrderFromWire(req.order());
   spec.mode = req.has_mode() ? req.mode() : 0600;
   spec.attrs.insert(req.attrs().begin(), req.attrs().end());
+  auto lifetime = LifetimeFromWire(req.lifetime());
+  if (!lifetime.ok()) return lifetime.status();
+  spec.lifetime = *lifetime;
+  if (req.has_ttl_ms()) {
+    if (req.ttl_ms() == 0 || req.ttl_ms() > kMaxTtlMs) {
+      return Status::InvalidArgument("ttl " + std::to_string(req.ttl_ms()) +
+                                     " ms is out of range (1 ms to ten years)");
+    }
+    spec.expires_unix_ns = now_unix_ns + static_cast<std::int64_t>(req.ttl_ms()) * 1'000'000;
+  }
   return spec;
 }
 

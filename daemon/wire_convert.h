@@ -9,15 +9,19 @@
 
 namespace shmbroker::daemon {
 
-// Everything that does not change over the segment's life (not attachments, not whether its
-// creator is still connected).
+// Its spec, owner and state, not attachments nor whether its creator is still connected. (The
+// fd store keeps this from create on; sealed is read back from the memfd's seals.)
 void DescribeSegment(const SegmentEntry& s, wire::SegmentInfo* info);
 
 SegmentSpec SpecFromWire(const wire::SegmentInfo& info);
 
-// The spec a create request asks for (mode 0600 when absent). INVALID_ARGUMENT for an order that
-// is neither C nor F; everything else is validated by the registry.
-Result<SegmentSpec> SpecFromCreate(const wire::CreateRequest& req);
+// The spec a create request asks for (mode 0600 when absent; a ttl counts from `now_unix_ns`).
+// INVALID_ARGUMENT for an order that is neither C nor F, an unknown lifetime or a ttl out of
+// range; everything else is validated by the registry.
+Result<SegmentSpec> SpecFromCreate(const wire::CreateRequest& req, std::int64_t now_unix_ns);
+
+wire::Lifetime LifetimeToWire(Lifetime lifetime);
+Result<Lifetime> LifetimeFromWire(int lifetime);
 
 // INVALID_ARGUMENT for a value that is neither READ_ONLY nor READ_WRITE.
 Result<Access> AccessFromWire(int access);

@@ -27,7 +27,8 @@ constexpr std::uint64_t kPrefaultMinBytes = 256 << 10;
 
 static_assert(static_cast<int>(Code::kInvalidArgument) == wire::INVALID_ARGUMENT &&
                   static_cast<int>(Code::kResourceExhausted) == wire::RESOURCE_EXHAUSTED &&
-                  static_cast<int>(Code::kUnavailable) == wire::UNAVAILABLE,
+                  static_cast<int>(Code::kUnavailable) == wire::UNAVAILABLE &&
+                  static_cast<int>(Code::kDeadlineExceeded) == wire::DEADLINE_EXCEEDED,
               "shmbroker::Code must match the wire codes");
 
 Region::~Region() {

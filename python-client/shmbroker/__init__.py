@@ -22,10 +22,12 @@ from .client import (
     connect,
     default_client,
     resolve_socket_path,
+    scope,
 )
 from .errors import (
     AlreadyExistsError,
     Code,
+    DeadlineExceededError,
     Error,
     FailedPreconditionError,
     InternalError,
@@ -40,23 +42,35 @@ from .errors import (
 __version__ = "0.1.0"
 
 
-def create(name, shape, dtype="float64", *, order="C", mode=0o600, attrs=None, prefault=None):
-    """Creates segment ``name`` and returns it as a writable, zero-filled array.
+def create(name, shape, dtype="float64", *, order="C", mode=0o600, attrs=None, prefault=None,
+           lifetime=None, ttl=None):
+    """Creates segment ``name`` (generated when None) and returns it as a writable, zero-filled
+    array; ``lifetime`` "persistent" (default), "connection" or "refcount", ``ttl`` seconds.
     See :meth:`Client.create`."""
     return default_client().create(
-        name, shape, dtype, order=order, mode=mode, attrs=attrs, prefault=prefault
+        name, shape, dtype, order=order, mode=mode, attrs=attrs, prefault=prefault,
+        lifetime=lifetime, ttl=ttl,
     )
 
 
-def attach(name, *, writable=False, prefault=None, owner=None):
+def attach(name, *, writable=False, prefault=None, owner=None, wait=None, sealed=False):
     """Maps segment ``name``: read-only by default; to write, ``attach(name, writable=True)``;
-    ``owner=`` (user name or uid) refuses a segment of anyone else. See :meth:`Client.attach`."""
-    return default_client().attach(name, writable=writable, prefault=prefault, owner=owner)
+    ``owner=`` (user name or uid) refuses a segment of anyone else; ``wait=`` seconds waits for
+    it to appear (``sealed=True``: to be sealed). See :meth:`Client.attach`."""
+    return default_client().attach(
+        name, writable=writable, prefault=prefault, owner=owner, wait=wait, sealed=sealed
+    )
 
 
-def share(arr, name, *, mode=0o600, attrs=None):
-    """Copies ``arr`` into a new segment and returns the shared copy."""
-    return default_client().share(arr, name, mode=mode, attrs=attrs)
+def share(arr, name=None, *, mode=0o600, attrs=None, lifetime=None, ttl=None):
+    """Copies ``arr`` into a new segment (name generated when None) and returns the shared
+    copy."""
+    return default_client().share(arr, name, mode=mode, attrs=attrs, lifetime=lifetime, ttl=ttl)
+
+
+def seal(name):
+    """Makes segment ``name`` immutable (kernel-enforced). See :meth:`Client.seal`."""
+    return default_client().seal(name)
 
 
 def unlink(name):
@@ -104,6 +118,7 @@ __all__ = [
     "Client",
     "Code",
     "DaemonStats",
+    "DeadlineExceededError",
     "DaemonLimits",
     "Error",
     "FailedPreconditionError",
@@ -127,6 +142,8 @@ __all__ = [
     "flush",
     "purge",
     "resolve_socket_path",
+    "scope",
+    "seal",
     "segment_name",
     "share",
     "stat",

@@ -160,7 +160,11 @@ class Connection:
         # (region id, weakref) pair a region that was unmapped.
         self.pending = collections.deque()
         self.anchors = {}  # attachment id -> weakref to its Anchor (keeps the callback alive)
-        self.regions = {}  # region id -> (weakref to the memoryview of its mapping, address)
+        # region id -> (weakref to the memoryview of its mapping, address, size, and the segment's
+        # name for a writable region of its own, else None)
+        self.regions = {}
+        # Replies still to read for requests sent pipelined (tickets), before any other reply.
+        self.unread = 0
         # Shared regions (small segments' blocks) stay mapped while the connection lives: later
         # segments in them need no descriptor and no mmap.
         self.kept = {}  # region id -> its memoryview
@@ -255,6 +259,12 @@ class Connection:
         sock = self.sock
         replies = []
         try:
+            while self.unread:
+                # Replies to pipelined tickets: a failed ticket only means that array travels
+                # unprotected, as a name.
+                _, fds = self._recv()
+                self.unread -= 1
+                close_fds(fds)
             for p in packets:
                 sock.send(p, _MSG_NOSIGNAL)
             for _ in packets:
@@ -329,6 +339,56 @@ class Connection:
             d.released_region_id = rid
             packets.append(req.SerializeToString())
         return packets
+
+    def send_pipelined(self, request):
+        """Sends ``request`` now without waiting for its reply, which the next exchange reads
+        (and ignores). At most _PIPELINE are outstanding, so neither side blocks on a full
+        socket buffer."""
+        if self.broken:
+            return
+        if self.unread >= _PIPELINE:
+            self._exchange([])
+        try:
+            self.sock.send(request.SerializeToString(), _MSG_NOSIGNAL)
+        except OSError as e:
+            raise self._lost(f"lost the connection to the daemon: {e.strerror or e}") from None
+        self.unread += 1
+
+    def remap_readonly(self, name):
+        """Before sealing ``name``: this connection's writable mappings of its memory (a region
+        of its own) become read-only in place, through a read-only descriptor from the daemon."""
+        rids = [rid for rid, e in self.regions.items() if e[3] == name and e[0]() is not None]
+        if not rids:
+            return
+        req = pb.Request()
+        req.attach.name = name
+        req.attach.access = pb.READ_ONLY
+        req.attach.resend_fd = True
+        fds = []
+        reply = self.call(req, "attach", fds)
+        a = reply.attach
+        try:
+            if not a.mapping.fd_attached or len(fds) != 1:
+                raise ProtocolError("the daemon did not send the read-only descriptor")
+            for rid in rids:
+                entry = self.regions[rid]
+                if entry[0]() is not None:
+                    try:
+                        _mem.remap_readonly(entry[1], entry[2], fds[0])
+                    except OSError as e:
+                        raise InternalError(
+                            f"cannot remap '{name}' read-only: {e.strerror}"
+                        ) from None
+                self.regions[rid] = entry[:3] + (None,)
+        finally:
+            close_fds(fds)
+            # The attachment was only for the descriptor; the read-only region is not mapped
+            # here unless it already was.
+            ro = a.mapping.region_id
+            d = pb.Request()
+            d.detach.attachment_id = a.attachment_id
+            d.detach.released_region_id = 0 if ro in self.regions else ro
+            self.call(d, "empty")
 
     def call(self, request, expect, fds_out=None):
         """One round trip, after any queued releases. Returns the Reply; raises the reply's
@@ -449,7 +509,8 @@ class Connection:
                         raise error_for(
                             cls, f"cannot map segment '{info.name}': {e.strerror}"
                         ) from None
-                    self.regions[rid] = (ref, base)
+                    own = info.name if writable and not m.shared else None
+                    self.regions[rid] = (ref, base, m.region_size, own)
                     if m.shared:
                         self.kept[rid] = view
                 else:
@@ -476,6 +537,7 @@ class Connection:
                         length = m.length
                     _mem.prefault(address, start, min(length, m.length - start), writable)
             anchor._conn = self
+            anchor._aid = aid
             append = self.pending.append
             self.anchors[aid] = weakref.ref(anchor, lambda _r, aid=aid: append(aid))
             done = True

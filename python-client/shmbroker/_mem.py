@@ -33,6 +33,7 @@ _PyBUF_READ = 0x100
 _PyBUF_WRITE = 0x200
 
 _MAP_FAILED = ctypes.c_void_p(-1).value
+_MAP_FIXED = 0x10  # the same on every Linux architecture; the mmap module does not export it
 # Linux 5.14; older kernels answer EINVAL, which is fine: the pages are reserved already.
 MADV_POPULATE_READ = 22
 MADV_POPULATE_WRITE = 23
@@ -67,6 +68,16 @@ def map_fd(fd, size, writable, on_unmap):
         raise
     ref = _track(view, addr, size, on_unmap)
     return view, addr, ref
+
+
+def remap_readonly(addr, size, fd):
+    """Replaces the mapping at [addr, addr+size) by a read-only shared mapping of ``fd`` (the
+    same memory, read-only descriptor) in place: arrays on it stay valid, and no writable
+    mapping of the memory is left (so the daemon can seal it)."""
+    got = _mmap(addr, size, mmap.PROT_READ, mmap.MAP_SHARED | _MAP_FIXED, fd, 0)
+    if got is None or got == _MAP_FAILED:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 def _track(view, addr, size, on_unmap, _munmap=_munmap, _live=_live):

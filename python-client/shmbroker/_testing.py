@@ -38,7 +38,7 @@ def reset_default_client():
 def live_region_mappings(client=None):
     """How many of the connection's cached region mappings are still mapped."""
     conn = connection(client)
-    return sum(1 for ref, _ in conn.regions.values() if ref() is not None)
+    return sum(1 for entry in conn.regions.values() if entry[0]() is not None)
 
 
 @contextlib.contextmanager

@@ -44,6 +44,10 @@ class SegmentInfo:
     # still map an unlinked segment without an attachment shows 0 attachments)
     holders: tuple = ()
     unlinked: bool = False  # from list(unlinked=True): lost its name, still in use
+    lifetime: str = "persistent"  # "persistent", "connection" or "refcount"
+    expires: datetime.datetime = None  # UTC, when its ttl unlinks it; None: never
+    sealed: bool = False  # immutable (seal)
+    in_flight: int = 0  # references of arrays pickled to another process, not attached yet
 
     @property
     def owner(self):
@@ -143,6 +147,10 @@ def dtype_of(name, text):
     return dt
 
 
+LIFETIMES = {"persistent": pb.PERSISTENT, "connection": pb.CONNECTION, "refcount": pb.REFCOUNT}
+LIFETIME_NAMES = {v: k for k, v in LIFETIMES.items()}
+
+
 def info_from_wire(w):
     dtype = dtype_of(w.name, w.dtype)
     return SegmentInfo(
@@ -163,6 +171,10 @@ def info_from_wire(w):
             Holder(h.pid, h.uid, h.client_name, h.attachments, h.writable) for h in w.holders
         ),
         unlinked=w.unlinked,
+        lifetime=LIFETIME_NAMES.get(w.lifetime, str(w.lifetime)),
+        expires=utc(w.expires_unix_ns) if w.expires_unix_ns else None,
+        sealed=w.sealed,
+        in_flight=w.in_flight,
     )
 
 

@@ -21,8 +21,9 @@ __all__ = ["SharedArray", "UnavailableArray", "segment_name"]
 class Anchor(np.ndarray):
     """The bytes of one attachment, as uint8. Internal to the package."""
 
-    # The connection, kept open while the attachment is in use (as the C++ Segment does).
-    __slots__ = ("_conn",)
+    # The connection, kept open while the attachment is in use (as the C++ Segment does), and
+    # the attachment's id on it.
+    __slots__ = ("_conn", "_aid")
 
     def __reduce_ex__(self, protocol):
         return np.asarray(self).__reduce_ex__(protocol)
@@ -32,14 +33,16 @@ class SegmentRef:
     """What a SharedArray knows about the segment its memory belongs to. Internal to the
     package."""
 
-    __slots__ = ("name", "socket", "anchor", "address", "nbytes")
+    __slots__ = ("name", "socket", "anchor", "address", "nbytes", "client", "refcount")
 
-    def __init__(self, name, socket, anchor, address, nbytes):
+    def __init__(self, name, socket, anchor, address, nbytes, client=None, refcount=False):
         self.name = name
         self.socket = socket  # None: the default socket path resolution finds the daemon.
         self.anchor = anchor  # weakref: copies of an array must not keep the mapping alive
         self.address = address
         self.nbytes = nbytes
+        self.client = client  # weakref to the Client that mapped it
+        self.refcount = refcount  # a refcount segment: pickling takes a ticket
 
     def locate(self, arr):
         """Byte offset of ``arr``'s data in the segment, or None when ``arr`` does not use the
@@ -142,13 +145,34 @@ class SharedArray(np.ndarray):
                     self.strides,
                     _dtype_token(self.dtype),
                 )
-                if ref.socket is not None:
+                ticket = 0
+                if ref.refcount:
+                    # The receiver may attach after every array here is gone: the daemon holds
+                    # the segment for the array in flight until it does.
+                    client = ref.client() if ref.client is not None else None
+                    anchor = ref.anchor()
+                    if client is not None and anchor is not None:
+                        ticket = client._lend(anchor)
+                if ref.socket is not None or ticket:
                     args += (ref.socket,)
+                if ticket:
+                    args += (ticket,)
                 return (_rebuild, args)
         return np.asarray(self).__reduce_ex__(protocol)
 
     def __reduce__(self):
         return self.__reduce_ex__(2)
+
+    def seal(self):
+        """Seals this array's segment (see :meth:`Client.seal`) and makes this array read-only.
+        Returns the segment's :class:`SegmentInfo`."""
+        ref = self._shm
+        client = ref.client() if ref is not None and ref.client is not None else None
+        if client is None or ref.locate(self) is None:
+            raise ValueError("this array's memory is not a segment this process mapped")
+        info = client.seal(ref.name)
+        self.flags.writeable = False
+        return info
 
 
 class UnavailableArray:
@@ -205,6 +229,8 @@ def set_unpickler(fn):
     _unpickler = fn
 
 
-def _rebuild(name, writable, offset, shape, strides, dtype, socket=None):
+def _rebuild(name, writable, offset, shape, strides, dtype, socket=None, ticket=0):
     # Unpickling (this function is what pickles name): attach in this process.
-    return _unpickler(name, writable, offset, tuple(shape), tuple(strides), np.dtype(dtype), socket)
+    return _unpickler(
+        name, writable, offset, tuple(shape), tuple(strides), np.dtype(dtype), socket, ticket
+    )

@@ -7,8 +7,11 @@ result types are _types.py; the arrays are array.py.
 """
 
 import datetime
+import itertools
+import math
 import operator
 import os
+import secrets
 import sys
 import threading
 import weakref
@@ -23,6 +26,7 @@ from ._connection import (
     uid_of,
 )
 from ._types import (
+    LIFETIMES,
     DaemonLimits,
     DaemonStats,
     Holder,
@@ -53,6 +57,7 @@ __all__ = [
     "connect",
     "default_client",
     "resolve_socket_path",
+    "scope",
 ]
 
 
@@ -90,6 +95,35 @@ def _check_shape(shape):
     if any(d < 0 for d in shape):
         raise InvalidArgumentError(f"shape {shape} has a negative dimension")
     return shape
+
+
+def _check_lifetime(lifetime):
+    try:
+        return LIFETIMES[lifetime]
+    except (KeyError, TypeError):
+        raise InvalidArgumentError(
+            f"lifetime must be 'persistent', 'connection' or 'refcount', not {lifetime!r}"
+        ) from None
+
+
+_TEN_YEARS = 10 * 365 * 86400
+_DAY = 86400
+
+
+def _milliseconds(value, what, most):
+    """Whole milliseconds (rounded up) of ``value`` seconds, in (0, most] seconds."""
+    if isinstance(value, datetime.timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{what} is a number of seconds or a timedelta, not {value!r}")
+    if not (value > 0 and value <= most):  # also refuses NaN
+        raise InvalidArgumentError(
+            f"{what} {value!r} is out of range: more than 0 and at most {most} seconds"
+        )
+    return max(1, math.ceil(value * 1000))
+
+
+_names = itertools.count(1)
 
 
 def _check_order(order):
@@ -130,6 +164,9 @@ class Client:
         self._trusted_uid = trusted_uid
         self._client_name = client_name
         self._prefault = prefault
+        # scope() makes clients whose segments are connection-lifetime by default.
+        self._lifetime = "persistent"
+        self._prefix = "auto/"
         self._lock = threading.Lock()
         self._conn = None
         self._closed = False
@@ -176,8 +213,31 @@ class Client:
         arr = np.ndarray.__new__(
             SharedArray, shape, dtype, buffer=anchor, offset=offset, strides=strides, order=order
         )
-        arr._shm = SegmentRef(info.name, self._socket, weakref.ref(anchor), address, info.nbytes)
+        arr._shm = SegmentRef(
+            info.name, self._socket, weakref.ref(anchor), address, info.nbytes,
+            weakref.ref(self), info.lifetime == "refcount",
+        )
         return arr
+
+    def _generate_name(self):
+        # pid and counter make it unique here; the random part makes it unguessable, so nobody
+        # can take the name first.
+        return f"{self._prefix}{os.getpid()}-{next(_names)}-{secrets.token_hex(6)}"
+
+    def _lend(self, anchor):
+        """A ticket for an array about to be pickled: the daemon holds its segment until the
+        receiver attaches (or --in-flight-timeout). Sent pipelined, before the pickled bytes
+        leave. 0 when the array's connection is gone (the receiver then attaches by name)."""
+        with self._lock:
+            conn = self._conn
+            if conn is None or conn is not getattr(anchor, "_conn", None) or not conn.usable():
+                return 0
+            ticket = secrets.randbits(64) or 1
+            req = pb.Request()
+            req.ticket.attachment_id = anchor._aid
+            req.ticket.ticket = ticket
+            conn.send_pipelined(req)
+            return ticket
 
     @property
     def socket_path(self):
@@ -217,15 +277,25 @@ class Client:
     # -- API --
 
     def create(self, name, shape, dtype=np.float64, *, order="C", mode=0o600, attrs=None,
-               prefault=None):
+               prefault=None, lifetime=None, ttl=None):
         """Creates segment ``name`` holding an array of ``shape`` and ``dtype`` and returns it
         mapped read-write (zero-filled). AlreadyExistsError if the name is taken,
         ResourceExhaustedError when the memory cannot be reserved.
 
+        ``name`` None: a unique name is generated (``auto/<pid>-<n>-<random>``; see
+        :func:`segment_name`).
+
+        ``lifetime``: when the daemon unlinks it by itself. ``"persistent"`` (the default):
+        never, until unlinked. ``"connection"``: when this client's connection closes (close(),
+        exit, crash or SIGKILL). ``"refcount"``: when its last reference anywhere goes (every
+        array on it in every process released; an array pickled to another process counts
+        until it is unpickled there). ``ttl``: unlinked that many seconds after creation
+        (a number or a timedelta), whatever the lifetime.
+
         ``prefault``: fill the page tables at once (arrays of 256 KiB and up), which pays when
         the whole array is written next; False leaves it to page faults (a sparse fill, or a
         huge array touched in parts). None: the client's default."""
-        name = _check_name(name)
+        name = self._generate_name() if name is None else _check_name(name)
         shape = _check_shape(shape)
         dt = _check_dtype(dtype)
         order = _check_order(order)
@@ -243,6 +313,9 @@ class Client:
         if not 0 <= mode <= 0xFFFFFFFF:
             raise InvalidArgumentError(f"mode {mode:#o} is out of range")
         c.mode = mode
+        c.lifetime = _check_lifetime(self._lifetime if lifetime is None else lifetime)
+        if ttl is not None:
+            c.ttl_ms = _milliseconds(ttl, "ttl", _TEN_YEARS)
         if attrs:
             for k, v in dict(attrs).items():
                 if not isinstance(k, str) or not isinstance(v, str):
@@ -251,7 +324,8 @@ class Client:
         mapped = self._map(req, (0, None), prefault)
         return self._array(mapped, shape, dt, order)
 
-    def attach(self, name, *, writable=False, prefault=None, owner=None):
+    def attach(self, name, *, writable=False, prefault=None, owner=None, wait=None,
+               sealed=False):
         """Maps segment ``name`` and returns it as an array with its stored shape, dtype and
         order. NotFoundError (also a KeyError and FileNotFoundError) if there is no such
         segment.
@@ -265,34 +339,66 @@ class Client:
 
         ``owner`` (a user name or uid): fail with PermissionDeniedError unless the segment
         belongs to that user. Any user may create a name outside ``~USER/`` first; a consumer
-        that knows who its producer is says so (or uses names under ``~producer/``)."""
+        that knows who its producer is says so (or uses names under ``~producer/``).
+
+        ``wait`` (seconds, at most a day): if there is no such segment yet, wait for it in the
+        daemon (no polling) instead of failing; DeadlineExceededError (also a TimeoutError)
+        when the time runs out. ``sealed=True``: only a sealed segment will do (see
+        :meth:`seal`): with ``wait``, wait for the seal too; without, FailedPreconditionError
+        if it is not sealed."""
         req = pb.Request()
         req.attach.name = _check_name(name)
         req.attach.access = pb.READ_WRITE if writable else pb.READ_ONLY
         if owner is not None:
             req.attach.owner_uid = uid_of(owner)
+        if wait is not None:
+            req.attach.wait_ms = _milliseconds(wait, "wait", _DAY)
+        req.attach.sealed = bool(sealed)
         mapped = self._map(req, (0, None), prefault)
         info = mapped[2]
         return self._array(mapped, info.shape, info.dtype, info.order)
 
-    def share(self, arr, name, *, mode=0o600, attrs=None):
-        """Copies ``arr`` into a new segment ``name`` and returns the shared copy (in Fortran
-        order when ``arr`` is Fortran-contiguous, else C order)."""
+    def share(self, arr, name=None, *, mode=0o600, attrs=None, lifetime=None, ttl=None):
+        """Copies ``arr`` into a new segment ``name`` (generated when None) and returns the
+        shared copy (in Fortran order when ``arr`` is Fortran-contiguous, else C order).
+        ``lifetime`` and ``ttl`` as for :meth:`create`."""
         arr = np.asanyarray(arr)
         order = "F" if arr.flags.f_contiguous and not arr.flags.c_contiguous else "C"
-        out = self.create(name, arr.shape, arr.dtype, order=order, mode=mode, attrs=attrs)
+        out = self.create(name, arr.shape, arr.dtype, order=order, mode=mode, attrs=attrs,
+                          lifetime=lifetime, ttl=ttl)
         try:
             np.copyto(out, arr, casting="no")
         except BaseException:
-            self.unlink(name)
+            self.unlink(out.shm_name)
             raise
         return out
 
-    def _view(self, name, writable, offset, shape, strides, dtype):
-        # Unpickling: attach and rebuild the exact view that was pickled.
+    def seal(self, name):
+        """Makes segment ``name`` immutable, enforced by the kernel: once this returns, nobody
+        can change a byte of it (this process, a writable attachment, root reopening its
+        descriptor). Returns its :class:`SegmentInfo`.
+
+        This client's own writable mappings of it become read-only (writing through an array
+        made before then kills the process with SIGSEGV, as the kernel enforces it; use
+        :meth:`SharedArray.seal` to also mark the array read-only). FailedPreconditionError
+        while other processes hold writable attachments (the message says how many) or
+        inherited a writable mapping; PermissionDeniedError without write access. A small
+        segment is moved to memory of its own: arrays attached before keep the old copy."""
+        name = _check_name(name)
+        req = pb.Request()
+        req.seal.name = name
+        with self._lock:
+            conn = self._connection()
+            conn.remap_readonly(name)
+            return info_from_wire(conn.call(req, "stat").stat)
+
+    def _view(self, name, writable, offset, shape, strides, dtype, ticket=0):
+        # Unpickling: attach and rebuild the exact view that was pickled (redeeming the
+        # sender's ticket, if it took one).
         req = pb.Request()
         req.attach.name = name
         req.attach.access = pb.READ_WRITE if writable else pb.READ_ONLY
+        req.attach.ticket = ticket
         lo, hi = _extent(offset, shape, strides, dtype.itemsize)
         mapped = self._map(req, (lo, hi - lo))
         try:
@@ -433,6 +539,27 @@ _by_socket = {}
 _default_lock = threading.Lock()
 
 
+def scope(prefix=None, *, socket=None, client_name=None):
+    """A new client whose segments are connection-lifetime: everything made through it
+    (``create``, ``share``; names generated when None, under ``prefix``, default ``auto/``) is
+    unlinked when it is closed, when the ``with`` block ends, or when the process dies however
+    it dies. Arrays pickled to other processes while it is open attach normally; arrays keep
+    their memory after it closes, only the names go::
+
+        with shmbroker.scope() as s:
+            a = s.share(data)             # auto/<pid>-<n>-<random>
+            pool.map(work, [a[i::4] for i in range(4)])
+        # every segment made in the block is unlinked here
+    """
+    if prefix is not None and not isinstance(prefix, str):
+        raise TypeError(f"prefix is a str, not {prefix!r}")
+    c = Client(socket, client_name=client_name)
+    c._lifetime = "connection"
+    if prefix is not None:
+        c._prefix = prefix
+    return c
+
+
 def connect(socket=None, *, client_name=None, prefault=True, trusted_uid=None):
     """Connects to the daemon now and returns a new :class:`Client`. UnavailableError, naming
     the path tried, when no daemon answers or the one that does is not trusted (see
@@ -465,11 +592,13 @@ def _client_for_socket(socket):
     return c
 
 
-def _unpickle(name, writable, offset, shape, strides, dtype, socket):
+def _unpickle(name, writable, offset, shape, strides, dtype, socket, ticket=0):
     # The unpickling entry point (array._rebuild calls it). A failure is deferred to the first use
     # of the result: see UnavailableArray for why.
     try:
-        return _client_for_socket(socket)._view(name, writable, offset, shape, strides, dtype)
+        return _client_for_socket(socket)._view(
+            name, writable, offset, shape, strides, dtype, ticket
+        )
     except Error as e:
         return UnavailableArray(name, e)
 

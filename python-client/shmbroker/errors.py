@@ -21,6 +21,7 @@ __all__ = [
     "ProtocolError",
     "InternalError",
     "UnavailableError",
+    "DeadlineExceededError",
 ]
 
 
@@ -37,6 +38,7 @@ class Code(enum.IntEnum):
     PROTOCOL_ERROR = pb.PROTOCOL_ERROR
     INTERNAL = pb.INTERNAL
     UNAVAILABLE = pb.UNAVAILABLE
+    DEADLINE_EXCEEDED = pb.DEADLINE_EXCEEDED
 
 
 class Error(Exception):
@@ -124,6 +126,13 @@ class UnavailableError(Error, ConnectionError):
     code = Code.UNAVAILABLE
 
 
+class DeadlineExceededError(Error, TimeoutError):
+    """A wait ran out: ``attach(name, wait=...)`` saw no such segment (or, with
+    ``sealed=True``, no seal) in time. Also the builtin TimeoutError."""
+
+    code = Code.DEADLINE_EXCEEDED
+
+
 _BY_CODE = {
     cls.code: cls
     for cls in (
@@ -136,6 +145,7 @@ _BY_CODE = {
         ProtocolError,
         InternalError,
         UnavailableError,
+        DeadlineExceededError,
     )
 }
 

@@ -36,7 +36,8 @@ TEST(Status, EveryCodeHasItsWireName) {
                          "FAILED_PRECONDITION",
                          "PROTOCOL_ERROR",
                          "INTERNAL",
-                         "UNAVAILABLE"};
+                         "UNAVAILABLE",
+                         "DEADLINE_EXCEEDED"};
   ASSERT_EQ(std::size(names), static_cast<std::size_t>(kMaxCode) + 1);
   for (int c = 0; c <= kMaxCode; ++c) EXPECT_EQ(CodeName(static_cast<Code>(c)), names[c]);
   EXPECT_EQ(CodeName(static_cast<Code>(kMaxCode + 1)), "UNKNOWN");

@@ -28,6 +28,7 @@ enum class Code : int {
   kProtocolError = 7,       // The peer sent something that is not the protocol.
   kInternal = 8,            // A bug or unexpected system error.
   kUnavailable = 9,         // Client side: the daemon could not be reached or hung up.
+  kDeadlineExceeded = 10,   // A wait ran out (attach with a wait).
 };
 
 // The code's wire name, e.g. "NOT_FOUND".
@@ -53,11 +54,13 @@ constexpr std::string_view CodeName(Code code) {
       return "INTERNAL";
     case Code::kUnavailable:
       return "UNAVAILABLE";
+    case Code::kDeadlineExceeded:
+      return "DEADLINE_EXCEEDED";
   }
   return "UNKNOWN";
 }
 
-inline constexpr int kMaxCode = static_cast<int>(Code::kUnavailable);
+inline constexpr int kMaxCode = static_cast<int>(Code::kDeadlineExceeded);
 
 class [[nodiscard]] Status {
  public:
@@ -79,6 +82,7 @@ class [[nodiscard]] Status {
   static Status ProtocolError(std::string m) { return {Code::kProtocolError, std::move(m)}; }
   static Status Internal(std::string m) { return {Code::kInternal, std::move(m)}; }
   static Status Unavailable(std::string m) { return {Code::kUnavailable, std::move(m)}; }
+  static Status DeadlineExceeded(std::string m) { return {Code::kDeadlineExceeded, std::move(m)}; }
 
   bool ok() const { return code_ == Code::kOk; }
   Code code() const { return code_; }
