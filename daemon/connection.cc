@@ -81,6 +81,7 @@ void Connection::OnReadable() {
     }
     if (outcome.deferred) {
       awaiting_ = true;  // Complete() goes on from here.
+      WatchHangup();
       return;
     }
     bool yield = outcome.yield;
@@ -89,6 +90,19 @@ void Connection::OnReadable() {
   }
   // Let other connections have a turn; the reactor reports us readable again at once if so.
   WaitReadable();
+}
+
+void Connection::WatchHangup() {
+  socket_.async_wait(
+      SeqPacket::socket::wait_read, [self = shared_from_this()](const asio::error_code& ec) {
+        if (self->stopped_ || !self->awaiting_) return;
+        if (ec) return self->Finish();
+        char c;
+        ssize_t n = ::recv(self->socket_.native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
+        if (n > 0) return;  // More requests, read after the reply.
+        if (n < 0 && (errno == EAGAIN || errno == EINTR)) return self->WatchHangup();
+        self->Finish();  // Hung up: a long wait must not keep its connection.
+      });
 }
 
 void Connection::Complete(Outcome outcome) {

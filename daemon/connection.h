@@ -42,6 +42,8 @@ class Connection : public std::enable_shared_from_this<Connection>, public Reply
   const Session& session() const { return session_; }
 
  private:
+  // While a reply is deferred (a long wait): close if the client hangs up meanwhile.
+  void WatchHangup();
   void WaitReadable();
   void OnReadable();
   // Serializes and sends `outcome`; false when it has to wait for the socket (or the connection

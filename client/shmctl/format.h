@@ -29,6 +29,7 @@ class JsonWriter {
   JsonWriter& Number(std::int64_t v);
   JsonWriter& Number(double v);
   JsonWriter& Bool(bool v);
+  JsonWriter& Null();
   const std::string& str() const { return out_; }
 
  private:

@@ -12,6 +12,25 @@ std::chrono::seconds Age(const SegmentInfo& s, const RenderContext& ctx) {
   return std::chrono::duration_cast<std::chrono::seconds>(ctx.now - s.created);
 }
 
+std::string_view LifetimeName(Lifetime l) {
+  switch (l) {
+    case Lifetime::kConnection:
+      return "connection";
+    case Lifetime::kRefcount:
+      return "refcount";
+    case Lifetime::kPersistent:
+      break;
+  }
+  return "persistent";
+}
+
+// "in 5m" (or "due" once past) when a ttl unlinks it, "-" when nothing does.
+std::string ExpiresString(const SegmentInfo& s, const RenderContext& ctx) {
+  if (!s.expires) return "-";
+  auto left = std::chrono::duration_cast<std::chrono::seconds>(*s.expires - ctx.now);
+  return left.count() <= 0 ? "due" : "in " + HumanAge(left);
+}
+
 std::string AttrsString(const std::map<std::string, std::string>& attrs) {
   std::string s;
   for (const auto& [k, v] : attrs) {
@@ -44,6 +63,16 @@ void SegmentJson(JsonWriter& j, const SegmentInfo& s, const RenderContext& ctx,
   j.Key("created").String(Iso8601(s.created));
   j.Key("created_unix").Number(created);
   j.Key("age_seconds").Number(age < 0 ? 0.0 : age);
+  j.Key("lifetime").String(LifetimeName(s.lifetime));
+  if (s.expires) {
+    j.Key("expires").String(Iso8601(*s.expires));
+    j.Key("expires_unix").Number(static_cast<double>(UnixMillis(*s.expires)) / 1000);
+  } else {
+    j.Key("expires").Null();
+    j.Key("expires_unix").Null();
+  }
+  j.Key("sealed").Bool(s.sealed);
+  j.Key("in_flight").Number(std::uint64_t{s.in_flight});
   j.Key("attrs").BeginObject();
   for (const auto& [k, v] : s.attrs) j.Key(k).String(v);
   j.EndObject();
@@ -89,12 +118,14 @@ std::string Table(const std::vector<std::vector<std::string>>& rows, bool bold_h
 std::string ListText(const std::vector<SegmentInfo>& segments, bool long_format,
                      const RenderContext& ctx) {
   std::vector<std::vector<std::string>> rows;
-  rows.push_back({"NAME", "DTYPE", "SHAPE", "SIZE", "OWNER", "MODE", "ATTACHED", "AGE"});
+  rows.push_back({"NAME", "DTYPE", "SHAPE", "SIZE", "OWNER", "MODE", "LIFETIME", "EXPIRES",
+                  "SEALED", "ATTACHED", "AGE"});
   if (long_format) rows[0].insert(rows[0].end(), {"PID", "CREATED", "ATTRS"});
   for (const auto& s : segments) {
     rows.push_back({Printable(s.name), Printable(s.dtype), ShapeString(s.shape),
                     HumanBytes(s.nbytes), ctx.user_name(s.uid), ModeString(s.mode),
-                    std::to_string(s.attachments), HumanAge(Age(s, ctx))});
+                    std::string(LifetimeName(s.lifetime)), ExpiresString(s, ctx),
+                    s.sealed ? "yes" : "-", std::to_string(s.attachments), HumanAge(Age(s, ctx))});
     if (long_format) {
       rows.back().insert(rows.back().end(),
                          {std::to_string(s.creator_pid), Iso8601(s.created), AttrsString(s.attrs)});
@@ -166,7 +197,11 @@ std::string InfoText(const SegmentInfo& s, const RenderContext& ctx) {
       {"owner:", ctx.user_name(s.uid) + " (uid " + std::to_string(s.uid) + ", gid " +
                      std::to_string(s.gid) + ")"},
       {"mode:", ModeString(s.mode)},
-      {"attached:", std::to_string(s.attachments)},
+      {"lifetime:", std::string(LifetimeName(s.lifetime))},
+      {"expires:", s.expires ? Iso8601(*s.expires) + " (" + ExpiresString(s, ctx) + ")" : "-"},
+      {"sealed:", s.sealed ? "yes" : "no"},
+      {"attached:", std::to_string(s.attachments) +
+                        (s.in_flight ? " (+" + std::to_string(s.in_flight) + " in flight)" : "")},
       {"creator:",
        "pid " + std::to_string(s.creator_pid) + (s.creator_connected ? " (connected)" : " (gone)")},
       {"created:", Iso8601(s.created) + " (" + HumanAge(Age(s, ctx)) + " ago)"},

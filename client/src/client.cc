@@ -150,6 +150,14 @@ SegmentInfo FromWire(const wire::SegmentInfo& w) {
   }
   info.holders_truncated = w.holders_truncated();
   info.unlinked = w.unlinked();
+  info.lifetime = static_cast<Lifetime>(w.lifetime());
+  if (w.expires_unix_ns() != 0) {
+    info.expires = std::chrono::system_clock::time_point(
+        std::chrono::duration_cast<std::chrono::system_clock::duration>(
+            std::chrono::nanoseconds(w.expires_unix_ns())));
+  }
+  info.sealed = w.sealed();
+  info.in_flight = w.in_flight();
   return info;
 }
 
@@ -337,6 +345,11 @@ Result<Segment> Client::Create(const CreateOptions& o) {
   c->set_order(o.order == Order::kF ? wire::ORDER_F : wire::ORDER_C);
   c->set_mode(o.mode);
   c->mutable_attrs()->insert(o.attrs.begin(), o.attrs.end());
+  c->set_lifetime(static_cast<wire::Lifetime>(static_cast<int>(o.lifetime)));
+  if (o.ttl) {
+    if (o.ttl->count() <= 0) return Status::InvalidArgument("a ttl must be positive");
+    c->set_ttl_ms(static_cast<std::uint64_t>(o.ttl->count()));
+  }
   return core_->Map(req, o.prefault);
 }
 
@@ -350,7 +363,20 @@ Result<Segment> Client::Attach(std::string_view name, const AttachOptions& o) {
   req.mutable_attach()->set_access(o.access == Access::kReadWrite ? wire::READ_WRITE
                                                                   : wire::READ_ONLY);
   if (o.owner_uid) req.mutable_attach()->set_owner_uid(*o.owner_uid);
+  if (o.wait) {
+    if (o.wait->count() < 0) return Status::InvalidArgument("a wait cannot be negative");
+    req.mutable_attach()->set_wait_ms(static_cast<std::uint64_t>(o.wait->count()));
+  }
+  req.mutable_attach()->set_sealed(o.sealed);
   return core_->Map(req, o.prefault);
+}
+
+Result<SegmentInfo> Client::Seal(std::string_view name) {
+  wire::Request req;
+  req.mutable_seal()->set_name(std::string(name));
+  auto reply = core_->Call(req, wire::Reply::kStat);
+  if (!reply.ok()) return reply.status();
+  return internal::FromWire(reply->stat());
 }
 
 Status Client::Unlink(std::string_view name) {

@@ -22,6 +22,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <string>
@@ -34,6 +35,15 @@ namespace shmbroker {
 namespace {
 
 using namespace std::chrono_literals;
+
+bool Eventually(const std::function<bool()>& pred) {
+  auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(10ms);
+  }
+  return true;
+}
 using Clock = std::chrono::steady_clock;
 
 std::vector<std::string> Lines(const std::string& s) {
@@ -314,6 +324,94 @@ TEST(SystemdSupervisor, SegmentsSurviveSigkillThroughTheFdStore) {
   }
   ASSERT_TRUE(client->Unlink("restart/seg0").ok());
   EXPECT_TRUE(sd.PumpUntil([&] { return sd.Count("meta-") == 99; }));
+}
+
+// Lifetimes, ttl and seals come back with their segments. Connection and refcount segments
+// stay while their creator runs (its connection died with the old daemon, not necessarily the
+// creator) and go once it exits.
+TEST(SystemdSupervisor, LifetimesTtlAndSealsSurviveARestart) {
+  FakeSystemd sd;
+  sd.Start();
+  ASSERT_TRUE(sd.PumpUntil([&] { return sd.ready_; })) << "no READY=1";
+  int go[2];
+  ASSERT_EQ(::pipe(go), 0);
+  pid_t creator = ::fork();
+  ASSERT_GE(creator, 0);
+  if (creator == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    auto c = sd.Connect();
+    if (!c.ok()) ::_exit(1);
+    std::vector<Segment> held;
+    for (auto [name, lifetime] : {std::pair{"lt/conn", Lifetime::kConnection}}) {
+      for (std::uint64_t n : {100u, 300'000u}) {
+        auto s = c->Create(
+            {.name = std::string(name) + std::to_string(n), .shape = {n}, .lifetime = lifetime});
+        if (!s.ok()) ::_exit(2);
+      }
+    }
+    if (::write(go[1], "r", 1) != 1) ::_exit(3);
+    for (;;) ::pause();  // Until killed.
+  }
+  ::close(go[1]);  // A creator that fails ends the read below.
+  struct Reaper {
+    pid_t pid;
+    ~Reaper() {
+      if (pid > 0 && ::kill(pid, SIGKILL) == 0) ::waitpid(pid, nullptr, 0);
+    }
+  } reaper{creator};
+  char r;
+  ASSERT_EQ(::read(go[0], &r, 1), 1);
+  {
+    auto client = sd.Connect();
+    ASSERT_TRUE(client.ok());
+    for (std::uint64_t n : {100u, 300'000u}) {
+      std::string name = "lt/sealed" + std::to_string(n);
+      {
+        auto s = client->Create({.name = name, .shape = {n}});
+        ASSERT_TRUE(s.ok());
+        std::memset(s->mutable_bytes().value().data(), 5, n);
+      }
+      ASSERT_TRUE(client->Seal(name).ok());
+    }
+    ASSERT_TRUE(client->Create({.name = "lt/ttl", .shape = {10}, .ttl = 5s}).ok());
+  }
+  ASSERT_TRUE(sd.PumpUntil([&] { return sd.Count("meta-") == 5 && sd.Count("seg-") == 2; }))
+      << [&] {
+           std::string names;
+           for (const auto& e : sd.store_) names += e.first + " ";
+           return names;
+         }();
+  sd.Kill(SIGKILL);
+
+  sd.Start();
+  ASSERT_TRUE(sd.PumpUntil([&] { return sd.ready_; })) << "no READY=1 after restart";
+  auto client = sd.Connect();
+  ASSERT_TRUE(client.ok());
+  for (std::uint64_t n : {100u, 300'000u}) {
+    std::string sealed = "lt/sealed" + std::to_string(n);
+    auto info = client->Stat(sealed);
+    ASSERT_TRUE(info.ok()) << sealed;
+    EXPECT_TRUE(info->sealed) << sealed;
+    EXPECT_EQ(client->Attach(sealed, Access::kReadWrite).status().code(),
+              Code::kFailedPrecondition);
+    auto seg = client->Attach(sealed);
+    ASSERT_TRUE(seg.ok());
+    EXPECT_EQ(seg->bytes()[n - 1], std::byte{5});
+    EXPECT_EQ(client->Stat("lt/conn" + std::to_string(n))->lifetime, Lifetime::kConnection);
+  }
+  auto ttl = client->Stat("lt/ttl");
+  ASSERT_TRUE(ttl.ok() && ttl->expires);
+  EXPECT_TRUE(Eventually([&] { return !client->Stat("lt/ttl").ok(); }));
+  // All were blocks; sealing moved the two sealed ones to memory of their own (seg-).
+  // The creator still runs: its connection segments stay, and go when it dies.
+  EXPECT_TRUE(client->Stat("lt/conn100").ok());
+  EXPECT_TRUE(client->Stat("lt/conn300000").ok());
+  ::kill(creator, SIGKILL);
+  ASSERT_EQ(::waitpid(creator, nullptr, 0), creator);
+  reaper.pid = -1;
+  EXPECT_TRUE(Eventually(
+      [&] { return !client->Stat("lt/conn100").ok() && !client->Stat("lt/conn300000").ok(); }));
+  ::close(go[0]);
 }
 
 // memfd_create takes labels of at most 249 bytes: names of 240-255 bytes once failed to create

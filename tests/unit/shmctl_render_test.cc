@@ -29,12 +29,35 @@ SegmentInfo Seg(std::string name, std::uint64_t nbytes) {
 }
 
 TEST(ShmctlRender, ListTextIsAnAlignedTable) {
-  std::string out = ListText({Seg("a", 8), Seg("job/bb", 4096)}, false, Ctx());
+  SegmentInfo b = Seg("job/bb", 4096);
+  b.lifetime = Lifetime::kRefcount;
+  b.expires = Ctx().now + std::chrono::minutes(5);
+  b.sealed = true;
+  std::string out = ListText({Seg("a", 8), b}, false, Ctx());
   EXPECT_EQ(out,
-            "NAME    DTYPE  SHAPE   SIZE     OWNER  MODE  ATTACHED  AGE\n"
-            "a       <f8    (1,)    8 B      root   0644  0         90s\n"
-            "job/bb  <f8    (512,)  4.0 KiB  root   0644  0         90s\n");
-  EXPECT_EQ(ListText({}, false, Ctx()), "NAME  DTYPE  SHAPE  SIZE  OWNER  MODE  ATTACHED  AGE\n");
+            "NAME    DTYPE  SHAPE   SIZE     OWNER  MODE  LIFETIME    EXPIRES  SEALED  ATTACHED  "
+            "AGE\n"
+            "a       <f8    (1,)    8 B      root   0644  persistent  -        -       0         "
+            "90s\n"
+            "job/bb  <f8    (512,)  4.0 KiB  root   0644  refcount    in 5m    yes     0         "
+            "90s\n");
+  EXPECT_EQ(ListText({}, false, Ctx()),
+            "NAME  DTYPE  SHAPE  SIZE  OWNER  MODE  LIFETIME  EXPIRES  SEALED  ATTACHED  AGE\n");
+}
+
+TEST(ShmctlRender, JsonHasLifetimeExpiresAndSealed) {
+  SegmentInfo b = Seg("b", 8);
+  b.lifetime = Lifetime::kConnection;
+  std::string out = ListJson({b}, Ctx());
+  EXPECT_NE(out.find("\"lifetime\":\"connection\",\"expires\":null,\"expires_unix\":null,"
+                     "\"sealed\":false,\"in_flight\":0"),
+            std::string::npos)
+      << out;
+  b.expires = Ctx().now + std::chrono::seconds(30);
+  b.sealed = true;
+  out = ListJson({b}, Ctx());
+  EXPECT_NE(out.find("\"expires\":\"2027-01-15T08:00:30.000Z\""), std::string::npos) << out;
+  EXPECT_NE(out.find("\"sealed\":true"), std::string::npos) << out;
 }
 
 TEST(ShmctlRender, ListLongAddsPidCreatedAndAttrs) {

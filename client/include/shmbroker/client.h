@@ -55,6 +55,11 @@ struct CreateOptions {
   // Fill the page tables at once: pays when the whole segment is written next; costs when only
   // parts of a huge one are. Unset: ClientOptions::prefault.
   std::optional<bool> prefault;
+  // When the daemon unlinks it by itself (see Lifetime): kConnection when this client's
+  // connection closes, kRefcount when its last attachment anywhere is released.
+  Lifetime lifetime = Lifetime::kPersistent;
+  // Unlinked this long after creation, whatever the lifetime (1 ms to ten years).
+  std::optional<std::chrono::milliseconds> ttl;
 };
 
 struct AttachOptions {
@@ -64,6 +69,11 @@ struct AttachOptions {
   std::optional<uid_t> owner_uid;
   // As for CreateOptions: pays when the whole segment is read next. Unset: the client's default.
   std::optional<bool> prefault;
+  // Wait up to this long (at most a day) in the daemon for the segment to exist (and, with
+  // `sealed`, to be sealed) instead of failing with NOT_FOUND; DEADLINE_EXCEEDED past it.
+  std::optional<std::chrono::milliseconds> wait;
+  // Only a sealed segment will do: FAILED_PRECONDITION (without `wait`) when it is not.
+  bool sealed = false;
 };
 
 // What the daemon said in the handshake.
@@ -173,6 +183,12 @@ class Client {
   // Removes the name at once (owner or root). Processes that have it mapped keep their mapping;
   // the memory returns to the system when the last mapping goes.
   Status Unlink(std::string_view name);
+
+  // Makes the segment immutable, enforced by the kernel (F_SEAL_WRITE): afterwards nobody can
+  // change a byte of it. Needs write access. FAILED_PRECONDITION while other connections hold
+  // writable attachments (the message says how many) or while a writable mapping of it remains,
+  // this client's included: let writable Segments of it go first. Sealing twice is no error.
+  Result<SegmentInfo> Seal(std::string_view name);
 
   // Everything about one segment, including which connections hold it (SegmentInfo::holders).
   Result<SegmentInfo> Stat(std::string_view name);

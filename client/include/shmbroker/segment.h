@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -53,6 +54,11 @@ struct SegmentInfo {
   std::vector<Holder> holders;
   bool holders_truncated = false;
   bool unlinked = false;  // From ListUnlinked: it has lost its name but is still in use.
+  Lifetime lifetime = Lifetime::kPersistent;
+  // When its ttl unlinks it; unset: never.
+  std::optional<std::chrono::system_clock::time_point> expires;
+  bool sealed = false;          // Immutable (Client::Seal).
+  std::uint32_t in_flight = 0;  // Arrays pickled to another process, not attached there yet.
 };
 
 // The NumPy type string of C++ type T in this machine's byte order, e.g. DtypeOf<float>() is
