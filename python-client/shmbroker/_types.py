@@ -44,6 +44,7 @@ class SegmentInfo:
     # still map an unlinked segment without an attachment shows 0 attachments)
     holders: tuple = ()
     unlinked: bool = False  # from list(unlinked=True): lost its name, still in use
+    holders_truncated: bool = False  # more holders than ``holders`` lists
 
     @property
     def owner(self):
@@ -124,8 +125,13 @@ class PurgeResult:
     skipped_not_owner: int
 
 
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+
+
 def utc(ns):
-    return datetime.datetime.fromtimestamp(ns / 1e9, tz=datetime.timezone.utc)
+    # Exact, floored to datetime's microseconds: a float of ns / 1e9 rounds, and may cross the
+    # millisecond that shmctl shows.
+    return _EPOCH + datetime.timedelta(microseconds=ns // 1000)
 
 
 _dtypes = {}
@@ -163,6 +169,7 @@ def info_from_wire(w):
             Holder(h.pid, h.uid, h.client_name, h.attachments, h.writable) for h in w.holders
         ),
         unlinked=w.unlinked,
+        holders_truncated=w.holders_truncated,
     )
 
 
