@@ -163,13 +163,13 @@ int PurgeCommand(const GlobalOptions& g, PurgeOptions p, const std::string& owne
   return kOk;
 }
 
-int StatsCommand(const GlobalOptions& g, bool json) {
+int StatsCommand(const GlobalOptions& g, bool json, bool prometheus) {
   auto client = Connect(g);
   if (!client.ok()) return Fail(client.status(), "connect");
   auto s = client->Stats();
   if (!s.ok()) return Fail(s.status(), "stats");
   RenderContext ctx = Context();
-  Print(json ? StatsJson(*s, ctx) : StatsText(*s, ctx));
+  Print(prometheus ? StatsPrometheus(*s, ctx) : json ? StatsJson(*s, ctx) : StatsText(*s, ctx));
   return kOk;
 }
 

@@ -46,6 +46,22 @@ std::string JsonString(std::string_view s) {
   return out + "\"";
 }
 
+std::string PrometheusLabelValue(std::string_view s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '\\') {
+      out += "\\\\";
+    } else if (c == '"') {
+      out += "\\\"";
+    } else if (c == '\n') {
+      out += "\\n";
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
 void JsonWriter::Comma() {
   if (after_key_) {
     after_key_ = false;

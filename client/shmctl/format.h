@@ -15,6 +15,9 @@ namespace shmbroker::shmctl {
 std::string ShapeString(const std::vector<std::uint64_t>& shape);
 // A JSON string literal with quotes.
 std::string JsonString(std::string_view s);
+// A Prometheus label value without quotes: backslash, double quote and newline escaped, as the
+// text exposition format requires.
+std::string PrometheusLabelValue(std::string_view s);
 
 // Builds one JSON document; keys and values are appended in order.
 class JsonWriter {

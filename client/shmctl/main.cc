@@ -37,7 +37,7 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("shmctl ") + SHMBROKER_VERSION);
 
   std::vector<std::string> patterns, names;
-  bool json = false, long_format = false, names_only = false, unlinked = false;
+  bool json = false, long_format = false, names_only = false, unlinked = false, prometheus = false;
   std::string info_name, owner, older_than;
   shmbroker::PurgeOptions purge;
 
@@ -72,6 +72,8 @@ int main(int argc, char** argv) {
 
   auto* stats = app.add_subcommand("stats", "Daemon version, uptime, memory, clients, counters");
   stats->add_flag("--json", json, "One JSON document (see README)");
+  stats->add_flag("--prometheus", prometheus,
+                  "Prometheus text format, for node_exporter's textfile collector");
 
   // CLI11 would take the next argument as the value of a bare "--socket=".
   for (int i = 1; i < argc; ++i) {
@@ -105,6 +107,9 @@ int main(int argc, char** argv) {
   if (info->parsed()) return InfoCommand(global, info_name, json);
   if (unlink->parsed()) return UnlinkCommand(global, names);
   if (purge_cmd->parsed()) return PurgeCommand(global, purge, owner, older_than, json);
-  if (stats->parsed()) return StatsCommand(global, json);
+  if (stats->parsed() && json && prometheus) {
+    return UsageError("--json and --prometheus cannot be used together: choose one format");
+  }
+  if (stats->parsed()) return StatsCommand(global, json, prometheus);
   return kUsage;
 }

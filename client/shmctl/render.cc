@@ -1,6 +1,8 @@
 #include "render.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <utility>
 
 #include "common/text.h"
 #include "format.h"
@@ -353,6 +355,86 @@ std::string StatsJson(const DaemonStats& s, const RenderContext& ctx) {
   j.EndObject();
   j.EndObject();
   return j.str() + "\n";
+}
+
+std::string StatsPrometheus(const DaemonStats& s, const RenderContext& ctx) {
+  using Labels = std::vector<std::pair<std::string, std::string>>;
+  std::string out;
+  std::string family;
+  // HELP and TYPE once per family, then its samples (the format wants a family's lines together).
+  auto begin = [&](const std::string& name, const char* type, const char* help) {
+    family = "shmbroker_" + name;
+    out += "# HELP " + family + " " + help + "\n# TYPE " + family + " " + type + "\n";
+  };
+  auto sample = [&](const std::string& value, const Labels& labels = {}) {
+    out += family;
+    for (std::size_t i = 0; i < labels.size(); ++i) {
+      out += (i == 0 ? "{" : ",") + labels[i].first + "=\"" +
+             PrometheusLabelValue(labels[i].second) + "\"";
+    }
+    out += (labels.empty() ? " " : "} ") + value + "\n";
+  };
+  auto seconds = [](double v) {
+    char buf[40];
+    std::snprintf(buf, sizeof(buf), "%.3f", v);
+    return std::string(buf);
+  };
+  auto gauge = [&](const std::string& name, std::uint64_t v, const char* help) {
+    begin(name, "gauge", help);
+    sample(std::to_string(v));
+  };
+  auto by_label = [&](const std::string& name, const char* label,
+                      const std::map<std::string, std::uint64_t>& counts, const char* help) {
+    begin(name, "counter", help);
+    for (const auto& [k, v] : counts) sample(std::to_string(v), {{label, k}});
+  };
+  const DaemonLimits& l = s.limits;
+
+  begin("info", "gauge", "The daemon's version, pid and socket path; always 1");
+  sample("1", {{"version", s.version}, {"pid", std::to_string(s.pid)}, {"socket", s.socket_path}});
+  begin("start_time_seconds", "gauge", "When the daemon started, in seconds since the Unix epoch");
+  sample(seconds(static_cast<double>(UnixMillis(s.started)) / 1000));
+  double uptime = std::chrono::duration<double>(ctx.now - s.started).count();
+  begin("uptime_seconds", "gauge", "Seconds since the daemon started");
+  sample(seconds(uptime < 0 ? 0.0 : uptime));
+  gauge("segments", s.segments, "Named segments the daemon holds");
+  gauge("bytes_held", s.bytes_held,
+        "Bytes of segment memory held, including unlinked segments still in use");
+  gauge("unlinked_segments", s.unlinked_segments,
+        "Unlinked segments whose memory is still in use (attached or mapped)");
+  gauge("unlinked_bytes", s.unlinked_bytes,
+        "Bytes of unlinked segments still in use (counted in shmbroker_bytes_held)");
+  gauge("shared_regions", s.shared_regions, "Shared regions holding small segments");
+  gauge("shared_region_resident_bytes", s.shared_region_resident_bytes,
+        "Bytes of memory the shared regions hold");
+  gauge("shared_region_free_bytes", s.shared_region_free_bytes,
+        "Bytes of the shared regions in no segment's block, kept zeroed for reuse");
+  gauge("huge_page_bytes", s.huge_page_bytes, "Bytes of segment memory backed by 2 MiB pages");
+  gauge("clients", s.clients, "Connected clients");
+  by_label("requests_total", "op", s.requests, "Requests served, by operation");
+  by_label("errors_total", "code", s.errors,
+           "Requests answered with an error, by status code (RESOURCE_EXHAUSTED: refused at a "
+           "memory, segment or descriptor limit)");
+  begin("log_lines_dropped_total", "counter",
+        "Log lines dropped because the daemon's stderr did not keep up");
+  sample(std::to_string(s.log_lines_dropped));
+  gauge("max_memory_bytes", s.max_memory, "--max-memory: cap on all segments' bytes (0: none)");
+  gauge("max_memory_per_user_bytes", l.max_memory_per_user,
+        "--max-memory-per-user: cap on one owner's bytes (0: none)");
+  gauge("max_segments_per_user", l.max_segments_per_user,
+        "--max-segments-per-user: cap on one owner's segments (0: none)");
+  gauge("max_connections", l.max_connections, "--max-connections: clients connected at once");
+  gauge("max_connections_per_user", l.max_connections_per_user,
+        "--max-connections-per-user: clients of one uid at once");
+  gauge("max_attachments_per_connection", l.max_attachments_per_connection,
+        "--max-attachments-per-connection: attachments one connection holds");
+  begin("handshake_timeout_seconds", "gauge",
+        "--handshake-timeout: how long a new connection may take to say hello");
+  sample(seconds(static_cast<double>(l.handshake_timeout.count()) / 1000));
+  gauge("fd_limit", l.fd_limit, "The daemon's file descriptor limit (RLIMIT_NOFILE)");
+  gauge("fd_reserve", l.fd_reserve,
+        "File descriptors kept for connected clients and root at the limit");
+  return out;
 }
 
 }  // namespace shmbroker::shmctl

@@ -49,5 +49,8 @@ std::string PurgeJson(const PurgeResult& r, bool dry_run, const RenderContext& c
 // `shmctl stats`.
 std::string StatsText(const DaemonStats& s, const RenderContext& ctx);
 std::string StatsJson(const DaemonStats& s, const RenderContext& ctx);
+// `shmctl stats --prometheus`: every figure as Prometheus text exposition format 0.0.4 (for
+// node_exporter's textfile collector): names prefixed shmbroker_, each family with HELP and TYPE.
+std::string StatsPrometheus(const DaemonStats& s, const RenderContext& ctx);
 
 }  // namespace shmbroker::shmctl

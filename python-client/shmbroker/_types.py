@@ -44,6 +44,7 @@ class SegmentInfo:
     # still map an unlinked segment without an attachment shows 0 attachments)
     holders: tuple = ()
     unlinked: bool = False  # from list(unlinked=True): lost its name, still in use
+    holders_truncated: bool = False  # more holders than ``holders`` lists
     lifetime: str = "persistent"  # "persistent", "connection" or "refcount"
     expires: datetime.datetime = None  # UTC, when its ttl unlinks it; None: never
     sealed: bool = False  # immutable (seal)
@@ -128,8 +129,13 @@ class PurgeResult:
     skipped_not_owner: int
 
 
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+
+
 def utc(ns):
-    return datetime.datetime.fromtimestamp(ns / 1e9, tz=datetime.timezone.utc)
+    # Exact, floored to datetime's microseconds: a float of ns / 1e9 rounds, and may cross the
+    # millisecond that shmctl shows.
+    return _EPOCH + datetime.timedelta(microseconds=ns // 1000)
 
 
 _dtypes = {}
@@ -171,6 +177,7 @@ def info_from_wire(w):
             Holder(h.pid, h.uid, h.client_name, h.attachments, h.writable) for h in w.holders
         ),
         unlinked=w.unlinked,
+        holders_truncated=w.holders_truncated,
         lifetime=LIFETIME_NAMES.get(w.lifetime, str(w.lifetime)),
         expires=utc(w.expires_unix_ns) if w.expires_unix_ns else None,
         sealed=w.sealed,

@@ -14,7 +14,7 @@ import pytest
 import shmbroker
 from conftest import glob_escape
 from conftest import MAX_MEMORY
-from sbtest import run_python
+from sbtest import eventually, run_python
 
 
 def test_create_attach_roundtrip(names):
@@ -63,6 +63,34 @@ def test_stat_has_all_metadata(names):
     )
     assert holder.client_name.startswith("python:")
     assert shmbroker.list(name)[0].holders == ()  # stat only
+
+
+def test_stat_says_when_holders_are_cut_short(names):
+    name = names()
+    shmbroker.create(name, 8, "|u1")
+    clients = [shmbroker.connect() for _ in range(101)]
+    try:
+        arrays = [c.attach(name) for c in clients]
+        info = shmbroker.stat(name)
+        assert len(info.holders) == 100 and info.holders_truncated
+        del arrays
+    finally:
+        for c in clients:
+            c.close()
+    assert eventually(lambda: not shmbroker.stat(name).holders_truncated)
+
+
+def test_times_are_exact_and_floored():
+    # The daemon's nanoseconds, floored to datetime's microseconds: never rounded up into the
+    # next millisecond (or second) that shmctl would not show.
+    from shmbroker._types import utc
+
+    epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+    assert utc(1795000000999999999) == datetime.datetime(
+        2026, 11, 18, 11, 6, 40, 999999, tzinfo=datetime.timezone.utc
+    )
+    assert utc(0) == epoch
+    assert utc(-1) == epoch - datetime.timedelta(microseconds=1)
 
 
 def test_share_copies_and_keeps_layout(names):

@@ -27,6 +27,11 @@ done
 grep -qx "ExecStart=$tmp/prefix/bin/shmbrokerd --log-level info \$SHMBROKERD_OPTIONS" \
   "$tmp/prefix/lib/systemd/system/shmbroker.service" || { echo "wrong or missing ExecStart"; exit 1; }
 [ -e "$tmp/prefix/lib/systemd/system/shmbroker.socket" ] || { echo "no socket unit"; exit 1; }
+# The metrics service runs the installed shmctl; its timer comes with it.
+grep -qF "ExecStart=/bin/sh -c '$tmp/prefix/bin/shmctl stats --prometheus " \
+  "$tmp/prefix/lib/systemd/system/shmbroker-metrics.service" ||
+  { echo "wrong or missing ExecStart in shmbroker-metrics.service"; exit 1; }
+[ -e "$tmp/prefix/lib/systemd/system/shmbroker-metrics.timer" ] || { echo "no metrics timer"; exit 1; }
 [ -x "$tmp/prefix/bin/shmctl" ] || { echo "shmctl not installed"; exit 1; }
 # Every setting of the example configuration is one the daemon accepts.
 example="$tmp/prefix/share/doc/shmbroker/shmbrokerd.conf.example"

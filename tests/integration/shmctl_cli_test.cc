@@ -12,6 +12,9 @@
 #include <shmbroker/client.h>
 #include <chrono>
 #include <filesystem>
+#include <map>
+#include <regex>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -370,6 +373,102 @@ TEST_F(ShmctlTest, StatsTextAndJson) {
   EXPECT_NE(t.out.find("1000 B held"), std::string::npos) << t.out;
   EXPECT_NE(t.out.find("100000 segments, 256 of"), std::string::npos) << t.out;
   EXPECT_NE(t.out.find("0 segments (0 B) still in use"), std::string::npos) << t.out;
+}
+
+TEST_F(ShmctlTest, StatsPrometheusCountsWhatHappened) {
+  Segment small = Make("p/small", {1000}, "|u1");
+  Segment large = Make("p/large", {3 << 20}, "|u1");  // A region of its own.
+  { Segment gone = Make("p/gone", {8}, "|u1"); }
+  ASSERT_TRUE(client_->Unlink("p/gone").ok());
+  ASSERT_TRUE(client_->Unlink("p/large").ok());  // Still attached: unlinked but in use.
+  EXPECT_EQ(client_->Stat("p/missing").status().code(), Code::kNotFound);
+  Ran r = Ctl({"stats", "--prometheus"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.err, "");
+
+  // Every line is a HELP, a TYPE or a sample `name{labels} value` of the family typed last.
+  static const std::regex sample(
+      R"(([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\\n]|\\[\\"n])*",?)*\})? (-?[0-9]+(\.[0-9]+)?))");
+  static const std::regex comment(R"(# (HELP|TYPE) (shmbroker_[a-z0-9_]+) (.+))");
+  std::map<std::string, std::string> value, type;
+  std::set<std::string> help, sampled;
+  std::string typed_last;
+  for (const std::string& line : Lines(r.out)) {
+    std::smatch m;
+    if (std::regex_match(line, m, comment)) {
+      if (m[1] == "HELP") {
+        help.insert(m[2]);
+      } else {
+        type[m[2]] = m[3];
+        typed_last = m[2];
+      }
+    } else {
+      ASSERT_TRUE(std::regex_match(line, m, sample)) << line;
+      EXPECT_EQ(m[1], typed_last) << line;
+      sampled.insert(m[1]);
+      value[m[1].str() + m[2].str()] = m[5];
+    }
+  }
+  for (const auto& name : sampled) {
+    EXPECT_TRUE(help.count(name)) << name << " has no HELP";
+    EXPECT_TRUE(type[name] == "gauge" || type[name] == "counter") << name;
+  }
+  EXPECT_EQ(help.size(), sampled.size());
+
+  EXPECT_EQ(value["shmbroker_segments"], "1");
+  EXPECT_EQ(value["shmbroker_bytes_held"], std::to_string(1000 + (3 << 20)));
+  EXPECT_EQ(value["shmbroker_unlinked_segments"], "1");
+  EXPECT_EQ(value["shmbroker_unlinked_bytes"], std::to_string(3 << 20));
+  EXPECT_GE(std::stoi(value["shmbroker_clients"]), 2);  // Us and shmctl itself.
+  EXPECT_EQ(type["shmbroker_requests_total"], "counter");
+  EXPECT_EQ(value["shmbroker_requests_total{op=\"create\"}"], "3");
+  EXPECT_EQ(value["shmbroker_requests_total{op=\"unlink\"}"], "2");
+  EXPECT_EQ(value["shmbroker_requests_total{op=\"stat\"}"], "1");
+  EXPECT_EQ(type["shmbroker_errors_total"], "counter");
+  EXPECT_EQ(value["shmbroker_errors_total{code=\"NOT_FOUND\"}"], "1");
+  EXPECT_EQ(value["shmbroker_errors_total{code=\"RESOURCE_EXHAUSTED\"}"], "0");
+  std::string info = "shmbroker_info{version=\"" SHMBROKER_VERSION "\",pid=\"" +
+                     std::to_string(daemon_) + "\",socket=\"" + socket_ + "\"}";
+  EXPECT_EQ(value[info], "1") << r.out;
+  EXPECT_GE(std::stod(value["shmbroker_uptime_seconds"]), 0.0);
+
+  // The figures that do not move between two requests agree with --json's.
+  Ran j = Ctl({"stats", "--json"});
+  ASSERT_EQ(j.code, 0) << j.err;
+  for (const char* key : {"segments", "bytes_held", "unlinked_segments", "unlinked_bytes",
+                          "shared_regions", "shared_region_resident_bytes",
+                          "shared_region_free_bytes", "huge_page_bytes", "log_lines_dropped"}) {
+    std::string name = std::string("shmbroker_") + key;
+    if (!value.count(name)) name += "_total";
+    EXPECT_EQ(value[name], Py(j.out, std::string("d['") + key + "']")) << key;
+  }
+  for (const char* key : {"max_memory", "max_memory_per_user"}) {
+    EXPECT_EQ(value[std::string("shmbroker_") + key + "_bytes"],
+              Py(j.out, std::string("d['limits']['") + key + "']"))
+        << key;
+  }
+  for (const char* key : {"max_segments_per_user", "max_connections", "max_connections_per_user",
+                          "max_attachments_per_connection", "fd_limit", "fd_reserve"}) {
+    EXPECT_EQ(value[std::string("shmbroker_") + key],
+              Py(j.out, std::string("d['limits']['") + key + "']"))
+        << key;
+  }
+  EXPECT_EQ(value["shmbroker_handshake_timeout_seconds"],
+            Py(j.out, "'%.3f' % (d['limits']['handshake_timeout_ms'] / 1000)"));
+}
+
+TEST_F(ShmctlTest, StatsPrometheusAndJsonTogetherIsAUsageError) {
+  for (std::vector<std::string> args : std::vector<std::vector<std::string>>{
+           {"stats", "--prometheus", "--json"}, {"stats", "--json", "--prometheus"}}) {
+    Ran r = Ctl(args);
+    EXPECT_EQ(r.code, 2);
+    EXPECT_EQ(r.out, "");
+    EXPECT_NE(r.err.find("--json and --prometheus cannot be used together"), std::string::npos)
+        << r.err;
+  }
+  Ran list = Ctl({"list", "--prometheus"});
+  EXPECT_EQ(list.code, 2);
+  EXPECT_NE(list.err.find("'--prometheus' for 'list'"), std::string::npos) << list.err;
 }
 
 TEST_F(ShmctlTest, ListUnlinkedShowsWhoStillHoldsMemory) {

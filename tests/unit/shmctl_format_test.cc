@@ -23,5 +23,11 @@ TEST(ShmctlFormat, JsonIsEscapedAndWellFormed) {
   EXPECT_EQ(j.str(), R"({"n":3,"list":["x",true,{}],"empty":[],"f":1.500})");
 }
 
+TEST(ShmctlFormat, PrometheusLabelValueEscapesBackslashQuoteAndNewline) {
+  EXPECT_EQ(PrometheusLabelValue("plain/é"), "plain/é");
+  EXPECT_EQ(PrometheusLabelValue("a\\b\"c\nd\te"), R"(a\\b\"c\nd)"
+                                                   "\te");
+}
+
 }  // namespace
 }  // namespace shmbroker::shmctl

@@ -3,6 +3,11 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
+#include <regex>
+#include <set>
+#include <sstream>
+
 namespace shmbroker::shmctl {
 namespace {
 
@@ -185,6 +190,130 @@ TEST(ShmctlRender, ClientStringsAreEscapedInText) {
   EXPECT_NE(InfoText(s, Ctx()).find("'py\\x0a2026 info forged line'"), std::string::npos);
   // The JSON keeps the exact bytes, escaped the JSON way.
   EXPECT_NE(ListJson({s}, Ctx()).find("x\\nevil"), std::string::npos);
+}
+
+DaemonStats SampleStats() {
+  DaemonStats st;
+  st.version = "0.1.0";
+  st.pid = 4242;
+  st.socket_path = "/run/shmbroker/shmbroker.sock";
+  st.started = kNow - 25s;
+  st.segments = 3;
+  st.bytes_held = 10'000;
+  st.max_memory = 8ull << 30;
+  st.clients = 2;
+  st.requests = {{"create", 3}, {"list", 0}};
+  st.errors = {{"NOT_FOUND", 1}, {"RESOURCE_EXHAUSTED", 2}};
+  st.unlinked_segments = 1;
+  st.unlinked_bytes = 4096;
+  st.log_lines_dropped = 5;
+  st.shared_regions = 1;
+  st.shared_region_resident_bytes = 64 << 20;
+  st.shared_region_free_bytes = 1 << 20;
+  st.huge_page_bytes = 2 << 20;
+  st.limits = {.max_memory_per_user = 1 << 30,
+               .max_segments_per_user = 100000,
+               .max_connections = 4096,
+               .max_connections_per_user = 256,
+               .max_attachments_per_connection = 65536,
+               .handshake_timeout = 10s,
+               .fd_limit = 524288,
+               .fd_reserve = 26214};
+  return st;
+}
+
+// The exposition's samples by "name{labels}", and its HELP and TYPE lines by family name.
+struct Exposition {
+  std::map<std::string, std::string> samples;
+  std::map<std::string, std::string> help, type;
+  std::vector<std::string> bad_lines;
+};
+
+Exposition ParseExposition(const std::string& text) {
+  static const std::regex sample(
+      R"(([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\\n]|\\[\\"n])*",?)*\})? (-?[0-9]+(\.[0-9]+)?))");
+  static const std::regex comment(R"(# (HELP|TYPE) ([a-zA-Z_:][a-zA-Z0-9_:]*) (.+))");
+  Exposition e;
+  std::istringstream in(text);
+  std::string current;  // The family whose TYPE came last.
+  for (std::string line; std::getline(in, line);) {
+    std::smatch m;
+    if (std::regex_match(line, m, comment)) {
+      (m[1] == "HELP" ? e.help : e.type)[m[2]] = m[3];
+      if (m[1] == "TYPE") current = m[2];
+    } else if (std::regex_match(line, m, sample) && m[1] == current) {
+      e.samples[m[1].str() + m[2].str()] = m[5];
+    } else {
+      e.bad_lines.push_back(line);
+    }
+  }
+  return e;
+}
+
+TEST(ShmctlRender, PrometheusHasEveryFigure) {
+  Exposition e = ParseExposition(StatsPrometheus(SampleStats(), Ctx()));
+  EXPECT_TRUE(e.bad_lines.empty()) << e.bad_lines.front();
+  std::map<std::string, std::string> want = {
+      {"shmbroker_info{version=\"0.1.0\",pid=\"4242\",socket=\"/run/shmbroker/shmbroker.sock\"}",
+       "1"},
+      {"shmbroker_start_time_seconds", "1799999975.000"},
+      {"shmbroker_uptime_seconds", "25.000"},
+      {"shmbroker_segments", "3"},
+      {"shmbroker_bytes_held", "10000"},
+      {"shmbroker_unlinked_segments", "1"},
+      {"shmbroker_unlinked_bytes", "4096"},
+      {"shmbroker_shared_regions", "1"},
+      {"shmbroker_shared_region_resident_bytes", "67108864"},
+      {"shmbroker_shared_region_free_bytes", "1048576"},
+      {"shmbroker_huge_page_bytes", "2097152"},
+      {"shmbroker_clients", "2"},
+      {"shmbroker_requests_total{op=\"create\"}", "3"},
+      {"shmbroker_requests_total{op=\"list\"}", "0"},
+      {"shmbroker_errors_total{code=\"NOT_FOUND\"}", "1"},
+      {"shmbroker_errors_total{code=\"RESOURCE_EXHAUSTED\"}", "2"},
+      {"shmbroker_log_lines_dropped_total", "5"},
+      {"shmbroker_max_memory_bytes", "8589934592"},
+      {"shmbroker_max_memory_per_user_bytes", "1073741824"},
+      {"shmbroker_max_segments_per_user", "100000"},
+      {"shmbroker_max_connections", "4096"},
+      {"shmbroker_max_connections_per_user", "256"},
+      {"shmbroker_max_attachments_per_connection", "65536"},
+      {"shmbroker_handshake_timeout_seconds", "10.000"},
+      {"shmbroker_fd_limit", "524288"},
+      {"shmbroker_fd_reserve", "26214"},
+  };
+  EXPECT_EQ(e.samples, want);
+}
+
+TEST(ShmctlRender, PrometheusFamiliesHaveHelpTypeAndConventionalNames) {
+  std::string text = StatsPrometheus(SampleStats(), Ctx());
+  Exposition e = ParseExposition(text);
+  std::set<std::string> families;
+  for (const auto& [key, value] : e.samples) families.insert(key.substr(0, key.find('{')));
+  for (const auto& f : families) {
+    EXPECT_EQ(f.rfind("shmbroker_", 0), 0u) << f;
+    EXPECT_FALSE(e.help[f].empty()) << f;
+    ASSERT_TRUE(e.type.count(f)) << f;
+    bool total = f.size() > 6 && f.compare(f.size() - 6, 6, "_total") == 0;
+    EXPECT_EQ(e.type[f], total ? "counter" : "gauge") << f;
+  }
+  EXPECT_EQ(e.type.size(), families.size()) << "a TYPE without samples";
+  // Each family once, its samples right after its TYPE line (ParseExposition checks the
+  // order); the document ends with a newline.
+  EXPECT_EQ(text.back(), '\n');
+  std::size_t types = 0;
+  for (std::size_t p = 0; (p = text.find("# TYPE ", p)) != std::string::npos; ++p) ++types;
+  EXPECT_EQ(types, families.size());
+}
+
+TEST(ShmctlRender, PrometheusEscapesLabelValues) {
+  DaemonStats st = SampleStats();
+  st.socket_path = "/tmp/a \"b\"\\c\nd.sock";
+  st.requests = {{"odd\"op", 1}};
+  std::string text = StatsPrometheus(st, Ctx());
+  EXPECT_NE(text.find(R"(socket="/tmp/a \"b\"\\c\nd.sock"})"), std::string::npos) << text;
+  EXPECT_NE(text.find("shmbroker_requests_total{op=\"odd\\\"op\"} 1\n"), std::string::npos) << text;
+  EXPECT_TRUE(ParseExposition(text).bad_lines.empty());
 }
 
 }  // namespace
