@@ -1,8 +1,11 @@
 // The cost of shmbroker's operations as ratios to a floor measured in the same run: a bare
 // AF_UNIX SOCK_SEQPACKET request/reply between two processes. Absolute times on a shared machine
 // mean little; the ratio says how much the broker adds to the one round trip it cannot avoid.
+// Large creates are reported in milliseconds, cold against warm, with 2 MiB pages and without.
 #include <benchmark/benchmark.h>
+#include <sched.h>
 #include <signal.h>
+#include <sys/epoll.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -11,6 +14,7 @@
 #include <shmbroker/client.h>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -21,45 +25,156 @@
 
 namespace {
 
-using shmbroker::Access;
 using shmbroker::Client;
+using shmbroker::Segment;
 
-std::string g_socket;
-std::optional<Client> g_client;
+// A shmbrokerd this process started, and a connection to it.
+struct Daemon {
+  pid_t pid = -1;
+  std::string socket;
+  std::optional<Client> client;
+};
+Daemon g_auto;   // --huge-pages auto (the default): every benchmark but the large "never" ones.
+Daemon g_never;  // --huge-pages never.
+
+// --peer_cpu=N: the daemons and the echo process run on CPU N (else where this process may run).
+int g_peer_cpu = -1;
+
+// In a forked child (a daemon, the echo process): moves it to --peer_cpu's CPU.
+void PinPeer() {
+  if (g_peer_cpu < 0) return;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(g_peer_cpu, &set);
+  if (::sched_setaffinity(0, sizeof(set), &set) != 0) {
+    std::perror("shmbroker_bench: sched_setaffinity(--peer_cpu)");
+    ::_exit(126);
+  }
+}
 
 // --- The floor: a bare SEQPACKET round trip to an echo process ----------------------------------
 
-void BM_SeqpacketRoundTrip(benchmark::State& state) {
+// An echo process (on --peer_cpu's CPU when given). `loop`: it waits as the daemon does, in
+// epoll_wait, reads until EAGAIN and re-arms the socket with EPOLL_CTL_MOD (what Asio's async_wait
+// does every time); otherwise it blocks in recv. Returns our end, or -1.
+int StartEcho(bool loop, pid_t* pid) {
   int sv[2];
-  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
-    state.SkipWithError("socketpair");
-    return;
-  }
-  pid_t echo = ::fork();
-  if (echo == 0) {
+  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) return -1;
+  *pid = ::fork();
+  if (*pid == 0) {
+    PinPeer();
     ::close(sv[0]);
+    const int fd = sv[1];
     char buf[256];
     ssize_t n;
-    while ((n = ::recv(sv[1], buf, sizeof(buf), 0)) > 0) ::send(sv[1], buf, n, MSG_NOSIGNAL);
-    ::_exit(0);
+    if (!loop) {
+      while ((n = ::recv(fd, buf, sizeof(buf), 0)) > 0) ::send(fd, buf, n, MSG_NOSIGNAL);
+      ::_exit(0);
+    }
+    int ep = ::epoll_create1(EPOLL_CLOEXEC);
+    epoll_event ev{};
+    ev.events = EPOLLIN | EPOLLET;
+    ::epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+    for (;;) {
+      epoll_event ready[4];
+      if (::epoll_wait(ep, ready, 4, -1) < 0) ::_exit(1);
+      while ((n = ::recv(fd, buf, sizeof(buf), MSG_DONTWAIT)) > 0) {
+        ::send(fd, buf, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+      }
+      if (n == 0) ::_exit(0);
+      ::epoll_ctl(ep, EPOLL_CTL_MOD, fd, &ev);
+    }
   }
   ::close(sv[1]);
+  return sv[0];
+}
+
+int g_echo = -1;  // The floor's echo process, for the whole run.
+pid_t g_echo_pid = -1;
+
+// One 64-byte request and its reply on `fd`.
+void RoundTrip(int fd) {
   char msg[64] = {1}, reply[256];
-  for (auto _ : state) {
-    ::send(sv[0], msg, sizeof(msg), MSG_NOSIGNAL);
-    benchmark::DoNotOptimize(::recv(sv[0], reply, sizeof(reply), 0));
-  }
-  ::close(sv[0]);
-  ::waitpid(echo, nullptr, 0);
+  ::send(fd, msg, sizeof(msg), MSG_NOSIGNAL);
+  benchmark::DoNotOptimize(::recv(fd, reply, sizeof(reply), 0));
+}
+
+void BM_SeqpacketRoundTrip(benchmark::State& state) {
+  for (auto _ : state) RoundTrip(g_echo);
 }
 BENCHMARK(BM_SeqpacketRoundTrip)->UseRealTime();
 
-// --- The broker ----------------------------------------------------------------------------------
+// Times an operation next to the floor, so that a drift of the machine moves both sides of the
+// ratio: before every 32nd operation, a burst of 32 bare round trips (timed apart, after one
+// untimed that wakes the echo process: both sides are measured as steady loops). The operation's
+// time is the benchmark's. Counters: floor_us, the mean bare round trip of the repetition, and
+// x_floor, the operation's mean time over it.
+class Paired {
+ public:
+  explicit Paired(benchmark::State& state) : state_(state) {}
+  ~Paired() {
+    if (floor_n_ == 0 || ops_ == 0) return;
+    double floor = floor_ns_ / static_cast<double>(floor_n_);
+    state_.counters["floor_us"] = floor / 1000;
+    state_.counters["x_floor"] = op_ns_ / static_cast<double>(ops_) / floor;
+  }
+  // Runs `op` (which returns false to stop) timed.
+  template <typename Op>
+  bool Time(Op&& op) {
+    if (ops_ % kBurst == 0) Floor();
+    auto t0 = Clock::now();
+    bool ok = op();
+    double took = std::chrono::duration<double, std::nano>(Clock::now() - t0).count();
+    state_.SetIterationTime(took / 1e9);
+    op_ns_ += took;
+    ++ops_;
+    return ok;
+  }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  static constexpr int kBurst = 32;
+  void Floor() {
+    RoundTrip(g_echo);
+    auto t0 = Clock::now();
+    for (int i = 0; i < kBurst; ++i) RoundTrip(g_echo);
+    floor_ns_ += std::chrono::duration<double, std::nano>(Clock::now() - t0).count();
+    floor_n_ += kBurst;
+  }
+  benchmark::State& state_;
+  double floor_ns_ = 0, op_ns_ = 0;
+  std::uint64_t floor_n_ = 0, ops_ = 0;
+};
+
+// What an event loop costs by itself: a round trip to an echo that waits as the daemon does
+// (epoll, read until EAGAIN, Asio's re-arm), next to the bare floor.
+void BM_EventLoopRoundTrip(benchmark::State& state) {
+  pid_t pid = -1;
+  int fd = StartEcho(/*loop=*/true, &pid);
+  if (fd < 0) {
+    state.SkipWithError("socketpair");
+    return;
+  }
+  {
+    Paired paired(state);
+    for (auto _ : state) {
+      paired.Time([&] {
+        RoundTrip(fd);
+        return true;
+      });
+    }
+  }
+  ::close(fd);
+  ::waitpid(pid, nullptr, 0);
+}
+BENCHMARK(BM_EventLoopRoundTrip)->UseManualTime();
+
+// --- Small segments: blocks of a shared region the client already maps -------------------------
 
 // Creates `name`; on failure reports it on `state`, which then ends the benchmark.
-std::optional<shmbroker::Segment> CreateOrSkip(benchmark::State& state, const std::string& name,
-                                               std::uint64_t size) {
-  auto seg = g_client->Create({.name = name, .shape = {size}});
+std::optional<Segment> CreateOrSkip(benchmark::State& state, Client& client,
+                                    const std::string& name, std::uint64_t size) {
+  auto seg = client.Create({.name = name, .shape = {size}});
   if (!seg.ok()) {
     state.SkipWithError(seg.status().ToString().c_str());
     return std::nullopt;
@@ -68,157 +183,344 @@ std::optional<shmbroker::Segment> CreateOrSkip(benchmark::State& state, const st
   return std::move(seg).value();
 }
 
-// Create() alone: one round trip, plus memfd_create, sizing, sealing, fallocate in the daemon and
-// the mapping in the client. The detach and unlink that follow are not timed.
-void BM_Create(benchmark::State& state) {
-  const std::uint64_t size = static_cast<std::uint64_t>(state.range(0));
-  for (auto _ : state) {
-    auto seg = CreateOrSkip(state, "bench/create", size);
-    if (!seg) return;
-    state.PauseTiming();
-    seg.reset();
-    bool unlinked = g_client->Unlink("bench/create").ok();
-    state.ResumeTiming();
-    if (!unlinked) {
-      state.SkipWithError("unlink");
-      return;
+// Unlinks `name`; on failure reports it on `state`.
+bool UnlinkOrSkip(benchmark::State& state, Client& client, const std::string& name) {
+  shmbroker::Status s = client.Unlink(name);
+  if (!s.ok()) state.SkipWithError(s.ToString().c_str());
+  return s.ok();
+}
+
+// Attach(); on failure reports it on `state`.
+std::optional<Segment> AttachOrSkip(benchmark::State& state, Client& client,
+                                    const std::string& name) {
+  auto seg = client.Attach(name);
+  if (!seg.ok()) {
+    state.SkipWithError(seg.status().ToString().c_str());
+    return std::nullopt;
+  }
+  benchmark::DoNotOptimize(seg->bytes().data());
+  return std::move(seg).value();
+}
+
+// Create() alone of a segment up to --shared-max: one round trip; the daemon hands out a block
+// of a shared region, the client finds it in its mapping of that region (kept for the
+// connection's life; `keeper` makes sure it is mapped before timing starts). No descriptor, no
+// mmap. The detach and unlink that follow are not timed.
+void BM_SmallCreate(benchmark::State& state) {
+  const auto size = static_cast<std::uint64_t>(state.range(0));
+  Client& c = *g_auto.client;
+  const std::string keeper_name = "bench/keeper-" + std::to_string(size);
+  auto keeper = CreateOrSkip(state, c, keeper_name, size);
+  if (!keeper) return;
+  {
+    Paired paired(state);
+    for (auto _ : state) {
+      std::optional<Segment> seg;
+      if (!paired.Time(
+              [&] { return (seg = CreateOrSkip(state, c, "bench/create", size)).has_value(); })) {
+        break;
+      }
+      seg.reset();
+      if (!UnlinkOrSkip(state, c, "bench/create")) break;
     }
   }
+  keeper.reset();
+  (void)c.Unlink(keeper_name);
 }
-BENCHMARK(BM_Create)->Arg(4096)->Arg(1 << 20)->UseRealTime();
+BENCHMARK(BM_SmallCreate)->Arg(4096)->Arg(64 << 10)->UseManualTime();
 
-// Attach() alone: one round trip. With the region cached (another Segment of the same memory
-// stays alive on this client) no fd travels and nothing is mapped; without, every attach
-// receives the fd and maps it (the detach that unmaps and releases it is not timed).
-void Attach(benchmark::State& state, bool cached) {
-  const std::uint64_t size = static_cast<std::uint64_t>(state.range(0));
-  std::string name = "bench/attach-" + std::to_string(size);
-  auto owner = CreateOrSkip(state, name, size);
+// Attach() alone, read-only, of a small segment whose shared region this client maps already
+// (`keep`, attached once before timing): one round trip, no descriptor, no mmap. The detach is
+// not timed.
+void BM_SmallAttach(benchmark::State& state) {
+  const auto size = static_cast<std::uint64_t>(state.range(0));
+  Client& c = *g_auto.client;
+  const std::string name = "bench/attach-" + std::to_string(size);
+  auto owner = CreateOrSkip(state, c, name, size);
   if (!owner) return;
-  std::optional<shmbroker::Segment> keep;
-  if (cached) keep.emplace(std::move(g_client->Attach(name)).value());
-  for (auto _ : state) {
-    auto seg = g_client->Attach(name);
-    if (!seg.ok()) {
-      state.SkipWithError(seg.status().ToString().c_str());
-      return;
+  auto keep = AttachOrSkip(state, c, name);
+  if (keep) {
+    Paired paired(state);
+    for (auto _ : state) {
+      std::optional<Segment> seg;
+      if (!paired.Time([&] { return (seg = AttachOrSkip(state, c, name)).has_value(); })) break;
     }
-    benchmark::DoNotOptimize(seg->bytes().data());
-    state.PauseTiming();
-    seg = shmbroker::Status::Internal("released");
-    state.ResumeTiming();
   }
   keep.reset();
   owner.reset();
-  (void)g_client->Unlink(name);
+  (void)c.Unlink(name);
 }
-void BM_AttachCached(benchmark::State& state) { Attach(state, true); }
-void BM_AttachUncached(benchmark::State& state) { Attach(state, false); }
-BENCHMARK(BM_AttachCached)->Arg(4096)->UseRealTime();
-BENCHMARK(BM_AttachUncached)->Arg(4096)->Arg(1 << 20)->UseRealTime();
+BENCHMARK(BM_SmallAttach)->Arg(4096)->Arg(64 << 10)->UseManualTime();
+
+// Attach() of a segment above --shared-max, so in a region of its own: every attach receives the
+// descriptor, maps it and prefaults it (the detach that unmaps and releases it is not timed).
+void BM_AttachOwnRegion(benchmark::State& state) {
+  const auto size = static_cast<std::uint64_t>(state.range(0));
+  Client& c = *g_auto.client;
+  const std::string name = "bench/own-" + std::to_string(size);
+  auto owner = CreateOrSkip(state, c, name, size);
+  if (!owner) return;
+  {
+    Paired paired(state);
+    for (auto _ : state) {
+      std::optional<Segment> seg;
+      if (!paired.Time([&] { return (seg = AttachOrSkip(state, c, name)).has_value(); })) break;
+    }
+  }
+  owner.reset();
+  (void)c.Unlink(name);
+}
+BENCHMARK(BM_AttachOwnRegion)->Arg(4 << 20)->UseManualTime();
 
 // What a user pays for a whole cycle: Create() + destroying the Segment (detach) + Unlink().
 void BM_CreateDetachUnlink(benchmark::State& state) {
-  const std::uint64_t size = static_cast<std::uint64_t>(state.range(0));
+  const auto size = static_cast<std::uint64_t>(state.range(0));
+  Client& c = *g_auto.client;
+  Paired paired(state);
   for (auto _ : state) {
-    if (!CreateOrSkip(state, "bench/cycle", size)) return;  // Destroyed at once: detached.
-    if (!g_client->Unlink("bench/cycle").ok()) {
-      state.SkipWithError("unlink");
-      return;
-    }
+    bool ok = paired.Time([&] {
+      if (!CreateOrSkip(state, c, "bench/cycle", size)) return false;  // Detached at once.
+      return UnlinkOrSkip(state, c, "bench/cycle");
+    });
+    if (!ok) break;
   }
 }
-BENCHMARK(BM_CreateDetachUnlink)->Arg(4096)->UseRealTime();
+BENCHMARK(BM_CreateDetachUnlink)->Arg(4096)->UseManualTime();
 
-// --- The daemon and the report -------------------------------------------------------------------
+// --- Large segments: regions of their own -------------------------------------------------------
 
-pid_t StartDaemon() {
-  std::string dir =
-      std::filesystem::temp_directory_path() / ("shmbroker-bench-" + std::to_string(::getpid()));
+// Create() of `bytes` (a region of its own): the daemon makes the memfd and reserves every page
+// (with huge:1, on a daemon with --huge-pages auto, collapsing them into 2 MiB pages first), the
+// client maps it and prefaults it (MADV_POPULATE_WRITE), as BM_Create always measured.
+//   warm:0 (cold): every segment of the repetition stays alive, so each create takes memory the
+//          daemon did not just give back.
+//   warm:1: each create follows right after the detach and unlink of one of the same size (the
+//          first after an untimed create and unlink). The daemon keeps no pool today, so its
+//          memory went back to the kernel and comes from the kernel again.
+// Counter huge: the share of the live segments' memory on 2 MiB pages (stats).
+void BM_LargeCreate(benchmark::State& state) {
+  const auto size = static_cast<std::uint64_t>(state.range(0));
+  Daemon& d = state.range(1) != 0 ? g_auto : g_never;
+  const bool warm = state.range(2) != 0;
+  Client& c = *d.client;
+  std::vector<std::pair<std::string, Segment>> alive;
+  int n = 0;
+  auto release = [&] {
+    bool ok = true;
+    for (auto& [name, seg] : alive) {
+      seg = Segment();
+      ok = UnlinkOrSkip(state, c, name) && ok;
+    }
+    alive.clear();
+    return ok;
+  };
+  auto create = [&] {
+    std::string name = "bench/large-" + std::to_string(n++);
+    auto seg = CreateOrSkip(state, c, name, size);
+    if (seg) alive.emplace_back(name, std::move(seg).value());
+    return seg.has_value();
+  };
+  if (warm && (!create() || !release())) return;
+  for (auto _ : state) {
+    if (warm) {
+      state.PauseTiming();
+      bool released = release();
+      state.ResumeTiming();
+      if (!released) break;
+    }
+    if (!create()) break;
+  }
+  auto stats = c.Stats();
+  if (stats.ok() && !alive.empty()) {
+    state.counters["huge"] =
+        static_cast<double>(stats->huge_page_bytes) / static_cast<double>(size * alive.size());
+  }
+  release();
+}
+// Cold keeps every segment of a repetition: 6 x 64 MiB, 2 x 512 MiB at most.
+BENCHMARK(BM_LargeCreate)
+    ->ArgNames({"bytes", "huge", "warm"})
+    ->ArgsProduct({{64 << 20}, {1, 0}, {0, 1}})
+    ->Iterations(6)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_LargeCreate)
+    ->ArgNames({"bytes", "huge", "warm"})
+    ->ArgsProduct({{512 << 20}, {1, 0}, {0, 1}})
+    ->Iterations(2)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+// --- The daemons and the report ------------------------------------------------------------------
+
+void StartDaemon(Daemon& d, const std::string& name, const char* huge_pages) {
+  std::string dir = std::filesystem::temp_directory_path() /
+                    ("shmbroker-bench-" + std::to_string(::getpid()) + "-" + name);
   std::filesystem::create_directories(dir);
-  g_socket = dir + "/s.sock";
-  pid_t pid = ::fork();
-  if (pid == 0) {
+  d.socket = dir + "/s.sock";
+  d.pid = ::fork();
+  if (d.pid == 0) {
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    ::execl(SHMBROKERD_PATH, SHMBROKERD_PATH, "--socket", g_socket.c_str(), "--log-level", "warn",
-            static_cast<char*>(nullptr));
+    PinPeer();
+    ::execl(SHMBROKERD_PATH, SHMBROKERD_PATH, "--socket", d.socket.c_str(), "--log-level", "warn",
+            "--huge-pages", huge_pages, static_cast<char*>(nullptr));
     ::_exit(127);
   }
   for (int i = 0; i < 500; ++i) {
-    auto c = Client::Connect({.socket_path = g_socket, .client_name = "bench"});
+    auto c = Client::Connect({.socket_path = d.socket, .client_name = "bench"});
     if (c.ok()) {
-      g_client.emplace(std::move(c).value());
-      return pid;
+      d.client.emplace(std::move(c).value());
+      return;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  std::fprintf(stderr, "shmbroker_bench: the daemon at %s did not start\n", g_socket.c_str());
+  std::fprintf(stderr, "shmbroker_bench: the daemon at %s did not start\n", d.socket.c_str());
   std::exit(1);
 }
 
-// Keeps the medians of every benchmark while printing as usual.
+void StopDaemon(Daemon& d) {
+  d.client.reset();
+  ::kill(d.pid, SIGTERM);
+  ::waitpid(d.pid, nullptr, 0);
+  std::filesystem::remove_all(std::filesystem::path(d.socket).parent_path());
+}
+
+// Keeps the medians of every benchmark (and of its counters) while printing as usual.
 class MedianReporter : public benchmark::ConsoleReporter {
  public:
+  using ConsoleReporter::ConsoleReporter;
   void ReportRuns(const std::vector<Run>& runs) override {
     for (const auto& r : runs) {
       if (r.run_type == Run::RT_Aggregate && r.aggregate_name == "median") {
-        medians_[r.run_name.function_name +
-                 (r.run_name.args.empty() ? "" : "/" + r.run_name.args)] = r.GetAdjustedRealTime();
+        std::string key =
+            r.run_name.function_name + (r.run_name.args.empty() ? "" : "/" + r.run_name.args);
+        // In nanoseconds whatever the benchmark's display unit.
+        medians_[key] =
+            r.GetAdjustedRealTime() / benchmark::GetTimeUnitMultiplier(r.time_unit) * 1e9;
+        for (const auto& [name, counter] : r.counters) counters_[key + "#" + name] = counter.value;
       }
     }
     ConsoleReporter::ReportRuns(runs);
   }
-  std::map<std::string, double> medians_;  // ns per iteration (time unit: ns).
+  std::map<std::string, double> medians_;   // ns per iteration.
+  std::map<std::string, double> counters_;  // "key#counter".
 };
 
-}  // namespace
+// Where this process, the daemons and the echo process run.
+std::string Placement() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (::sched_getaffinity(0, sizeof(set), &set) != 0) return "unknown";
+  std::string cpus;
+  for (int i = 0; i < CPU_SETSIZE; ++i) {
+    if (CPU_ISSET(i, &set)) cpus += (cpus.empty() ? "" : ",") + std::to_string(i);
+  }
+  if (g_peer_cpu >= 0) {
+    return "client on CPU " + cpus + ", daemons and echo process on CPU " +
+           std::to_string(g_peer_cpu);
+  }
+  return (CPU_COUNT(&set) == 1 ? "all on CPU " : "all unpinned, on CPUs ") + cpus;
+}
 
-int main(int argc, char** argv) {
-  // Medians need repetitions; keep the default run short on a small machine.
-  std::vector<char*> args(argv, argv + argc);
-  bool has_reps = false;
-  for (int i = 1; i < argc; ++i)
-    has_reps |= std::strstr(argv[i], "--benchmark_repetitions") != nullptr;
-  static char reps[] = "--benchmark_repetitions=7";
-  static char aggr[] = "--benchmark_report_aggregates_only=true";
-  static char min_time[] = "--benchmark_min_time=0.1";
-  if (!has_reps) args.insert(args.begin() + 1, {reps, aggr, min_time});
-  int n = static_cast<int>(args.size());
-  benchmark::Initialize(&n, args.data());
-  if (benchmark::ReportUnrecognizedArguments(n, args.data())) return 2;
-
-  pid_t daemon = StartDaemon();
-  MedianReporter reporter;
-  benchmark::RunSpecifiedBenchmarks(&reporter);
-  g_client.reset();
-  ::kill(daemon, SIGTERM);
-  ::waitpid(daemon, nullptr, 0);
-  std::filesystem::remove_all(std::filesystem::path(g_socket).parent_path());
-
-  auto floor = reporter.medians_.find("BM_SeqpacketRoundTrip");
-  if (floor == reporter.medians_.end()) return 0;
+void PrintSummary(const MedianReporter& reporter) {
+  const auto& m = reporter.medians_;
+  const auto& counters = reporter.counters_;
+  std::printf("\nplacement: %s\n", Placement().c_str());
   struct Row {
     const char* key;
     const char* what;
     int round_trips;
   };
   const Row rows[] = {
-      {"BM_SeqpacketRoundTrip", "floor: bare SEQPACKET request/reply", 1},
-      {"BM_AttachCached/4096", "attach 4 KiB, region cached", 1},
-      {"BM_AttachUncached/4096", "attach 4 KiB, fd sent + mmap", 1},
-      {"BM_AttachUncached/1048576", "attach 1 MiB, fd sent + mmap", 1},
-      {"BM_Create/4096", "create 4 KiB", 1},
-      {"BM_Create/1048576", "create 1 MiB", 1},
+      {"BM_EventLoopRoundTrip", "echo through an epoll loop (as Asio)", 1},
+      {"BM_SmallCreate/4096", "create 4 KiB, region mapped", 1},
+      {"BM_SmallCreate/65536", "create 64 KiB, region mapped", 1},
+      {"BM_SmallAttach/4096", "attach 4 KiB, region mapped", 1},
+      {"BM_SmallAttach/65536", "attach 64 KiB, region mapped", 1},
+      {"BM_AttachOwnRegion/4194304", "attach 4 MiB own region: fd+mmap", 1},
       {"BM_CreateDetachUnlink/4096", "create+detach+unlink 4 KiB", 3},
   };
-  std::printf("\n%-36s %10s %8s %6s %10s\n", "operation", "median us", "x floor", "RTs",
-              "x per RT");
-  for (const Row& r : rows) {
-    auto it = reporter.medians_.find(r.key);
-    if (it == reporter.medians_.end()) continue;
-    double ratio = it->second / floor->second;
-    std::printf("%-36s %10.1f %8.2f %6d %10.2f\n", r.what, it->second / 1000, ratio, r.round_trips,
-                ratio / r.round_trips);
+  // Medians over the repetitions; x floor is the median of each repetition's own ratio.
+  std::printf("\n%-38s %9s %9s %8s %4s %9s\n", "operation", "median us", "floor us", "x floor",
+              "RTs", "x per RT");
+  if (auto floor = m.find("BM_SeqpacketRoundTrip"); floor != m.end()) {
+    std::printf("%-38s %9.1f %9s %8s %4d %9s\n", "floor: bare SEQPACKET request/reply",
+                floor->second / 1000, "", "1.00", 1, "1.00");
   }
+  for (const Row& r : rows) {
+    auto it = m.find(r.key);
+    auto floor = counters.find(std::string(r.key) + "#floor_us");
+    auto ratio = counters.find(std::string(r.key) + "#x_floor");
+    if (it == m.end() || floor == counters.end() || ratio == counters.end()) continue;
+    std::printf("%-38s %9.1f %9.1f %8.2f %4d %9.2f\n", r.what, it->second / 1000, floor->second,
+                ratio->second, r.round_trips, ratio->second / r.round_trips);
+  }
+  bool header = false;
+  for (int mib : {64, 512}) {
+    for (int huge : {1, 0}) {
+      std::string key = "BM_LargeCreate/bytes:" + std::to_string(std::uint64_t(mib) << 20) +
+                        "/huge:" + std::to_string(huge) + "/warm:";
+      auto cold = m.find(key + "0"), warm = m.find(key + "1");
+      if (cold == m.end() && warm == m.end()) continue;
+      if (!header) {
+        std::printf("\n%-8s %-12s %9s %9s %10s %12s\n", "create", "--huge-pages", "cold ms",
+                    "warm ms", "warm/cold", "on 2 MiB pg");
+        header = true;
+      }
+      auto ms = [&](auto it) { return it == m.end() ? -1.0 : it->second / 1e6; };
+      auto share = counters.find(key + (cold != m.end() ? "0" : "1") + "#huge");
+      std::printf("%-8s %-12s %9.1f %9.1f %10.2f %11.0f%%\n",
+                  (std::to_string(mib) + " MiB").c_str(), huge ? "auto" : "never", ms(cold),
+                  ms(warm), cold != m.end() && warm != m.end() ? ms(warm) / ms(cold) : 0.0,
+                  share == counters.end() ? 0.0 : 100 * share->second);
+    }
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Our own flag first: Google Benchmark rejects what it does not know.
+  std::vector<char*> args;
+  for (int i = 0; i < argc; ++i) {
+    if (std::strncmp(argv[i], "--peer_cpu=", 11) == 0) {
+      g_peer_cpu = std::atoi(argv[i] + 11);
+    } else {
+      args.push_back(argv[i]);
+    }
+  }
+  // Medians need repetitions; keep the default run short on a small machine. Repetitions
+  // interleaved at random: the floor and each operation are sampled over the same stretch of
+  // time, so a drift of the machine moves both.
+  bool has_reps = false, has_interleave = false;
+  for (char* a : args) {
+    has_reps |= std::strstr(a, "--benchmark_repetitions") != nullptr;
+    has_interleave |= std::strstr(a, "--benchmark_enable_random_interleaving") != nullptr;
+  }
+  static char reps[] = "--benchmark_repetitions=7";
+  static char aggr[] = "--benchmark_report_aggregates_only=true";
+  static char min_time[] = "--benchmark_min_time=0.1";
+  static char interleave[] = "--benchmark_enable_random_interleaving=true";
+  if (!has_reps) args.insert(args.begin() + 1, {reps, aggr, min_time});
+  if (!has_interleave) args.insert(args.begin() + 1, interleave);
+  int n = static_cast<int>(args.size());
+  benchmark::Initialize(&n, args.data());
+  if (benchmark::ReportUnrecognizedArguments(n, args.data())) return 2;
+
+  g_echo = StartEcho(/*loop=*/false, &g_echo_pid);
+  if (g_echo < 0) {
+    std::perror("shmbroker_bench: socketpair");
+    return 1;
+  }
+  StartDaemon(g_auto, "auto", "auto");
+  StartDaemon(g_never, "never", "never");
+  MedianReporter reporter(::isatty(STDOUT_FILENO) ? benchmark::ConsoleReporter::OO_Defaults
+                                                  : benchmark::ConsoleReporter::OO_Tabular);
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+  StopDaemon(g_auto);
+  StopDaemon(g_never);
+  ::close(g_echo);
+  ::waitpid(g_echo_pid, nullptr, 0);
+  PrintSummary(reporter);
   return 0;
 }

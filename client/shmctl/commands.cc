@@ -30,7 +30,7 @@ RenderContext Context() {
   bool color = terminal && (no_color == nullptr || *no_color == '\0') &&
                (term == nullptr || std::string_view(term) != "dumb");
   return {.now = std::chrono::system_clock::now(),
-          .user_name = UserName,
+          .user_name = CachingUserNamer(UserName),
           .terminal = terminal,
           .bold_header = color};
 }

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <memory>
+#include <unordered_map>
 #include <utility>
 
 #include "common/text.h"
@@ -97,6 +99,15 @@ void SegmentJson(JsonWriter& j, const SegmentInfo& s, const RenderContext& ctx,
 }
 
 }  // namespace
+
+UserNamer CachingUserNamer(UserNamer namer) {
+  auto names = std::make_shared<std::unordered_map<std::uint32_t, std::string>>();
+  return [namer = std::move(namer), names](std::uint32_t uid) {
+    auto it = names->find(uid);
+    if (it == names->end()) it = names->emplace(uid, namer(uid)).first;
+    return it->second;
+  };
+}
 
 std::string Table(const std::vector<std::vector<std::string>>& rows, bool bold_header) {
   std::vector<std::size_t> width;

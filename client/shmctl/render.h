@@ -16,6 +16,11 @@ namespace shmbroker::shmctl {
 // A user's name for a uid (the uid as text when it has none).
 using UserNamer = std::function<std::string(std::uint32_t uid)>;
 
+// `namer`, asked once per uid. A lookup reads the user database (with NSS files: an open, reads
+// and a close of /etc/passwd each time), and a list of 100,000 segments names the same few owners
+// over and over. Not thread-safe.
+UserNamer CachingUserNamer(UserNamer namer);
+
 struct RenderContext {
   std::chrono::system_clock::time_point now;
   UserNamer user_name;

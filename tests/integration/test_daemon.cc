@@ -208,9 +208,10 @@ bool Eventually(const std::function<bool()>& pred, std::chrono::milliseconds tim
   return true;
 }
 
-std::size_t OpenFdCount() {
+std::size_t OpenFdCount(pid_t pid) {
+  std::string dir = pid == 0 ? "/proc/self/fd" : "/proc/" + std::to_string(pid) + "/fd";
   std::size_t n = 0;
-  for ([[maybe_unused]] auto& e : std::filesystem::directory_iterator("/proc/self/fd")) ++n;
+  for ([[maybe_unused]] auto& e : std::filesystem::directory_iterator(dir)) ++n;
   return n;
 }
 
@@ -238,10 +239,12 @@ std::size_t MappingSmapsBytes(const void* addr, std::string_view field) {
   return 0;
 }
 
-std::size_t ProcessRss(pid_t pid) {
+std::size_t ProcessRss(pid_t pid) { return ProcessStatusBytes(pid, "VmRSS:"); }
+
+std::size_t ProcessStatusBytes(pid_t pid, std::string_view field) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/status");
   for (std::string line; std::getline(in, line);) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
+    if (line.rfind(field, 0) == 0) return std::stoull(line.substr(field.size())) * 1024;
   }
   return 0;
 }

@@ -109,9 +109,9 @@ bool DropTo(int uid, int gid);
 bool Eventually(const std::function<bool()>& pred,
                 std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
-// This process's open fds, and its mappings of shmbroker memory (memfds the daemon made; other
-// mappings come and go with malloc and are not counted).
-std::size_t OpenFdCount();
+// This process's (or process `pid`'s) open fds, and this process's mappings of shmbroker memory
+// (memfds the daemon made; other mappings come and go with malloc and are not counted).
+std::size_t OpenFdCount(pid_t pid = 0);
 std::size_t SegmentMappingCount();
 // Bytes of the mapping containing `addr` that have page-table entries here (its smaps Rss).
 std::size_t MappingRss(const void* addr);
@@ -119,6 +119,8 @@ std::size_t MappingRss(const void* addr);
 std::size_t MappingSmapsBytes(const void* addr, std::string_view field);
 // Resident memory of process `pid` (VmRSS), in bytes.
 std::size_t ProcessRss(pid_t pid);
+// Any field of /proc/PID/status given in kB, in bytes, e.g. "RssAnon:" (0 if missing).
+std::size_t ProcessStatusBytes(pid_t pid, std::string_view field);
 
 constexpr int kNobody = 65534;
 

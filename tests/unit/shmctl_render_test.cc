@@ -316,5 +316,21 @@ TEST(ShmctlRender, PrometheusEscapesLabelValues) {
   EXPECT_TRUE(ParseExposition(text).bad_lines.empty());
 }
 
+TEST(ShmctlRender, CachingUserNamerLooksUpEachUidOnce) {
+  int lookups = 0;
+  UserNamer name = CachingUserNamer([&](std::uint32_t uid) {
+    ++lookups;
+    return "user" + std::to_string(uid);
+  });
+  std::vector<SegmentInfo> many(1000, Seg("a", 8));
+  for (std::size_t i = 0; i < many.size(); ++i) many[i].uid = i % 2 == 0 ? 0 : 1000;
+  std::string out = ListText(many, false, {.now = kNow, .user_name = name});
+  EXPECT_EQ(lookups, 2);
+  EXPECT_NE(out.find("user1000"), std::string::npos);
+  EXPECT_EQ(name(0), "user0");
+  EXPECT_EQ(name(7), "user7");
+  EXPECT_EQ(lookups, 3);
+}
+
 }  // namespace
 }  // namespace shmbroker::shmctl
