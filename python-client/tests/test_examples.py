@@ -20,6 +20,12 @@ EXAMPLES = os.path.join(CLIENT_ROOT, "examples")
         ("pool_chunks.py", ["2000000"], "filled 16 MB in place"),
         ("pool_chunks.py", ["400000", "spawn"], "filled 3 MB in place"),
         ("producer_consumer.py", ["32"], "read 32 frames"),
+        ("scope_manager.py", [], "after the block:"),
+        ("scope_manager.py", ["spawn"], "spawn: 4 workers filled 15 MB"),
+        ("pool_refcount.py", ["6"], "released: every segment freed"),
+        ("pool_refcount.py", ["4", "fork"], "got 4 arrays"),
+        ("seal_wait.py", [], "read 1000000 from the sealed segment"),
+        ("seal_wait.py", ["spawn"], "spawn: the consumer waited"),
     ],
     ids=lambda x: " ".join(x) if isinstance(x, list) else str(x),
 )
