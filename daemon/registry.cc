@@ -535,8 +535,7 @@ Result<std::shared_ptr<SegmentEntry>> Registry::Seal(std::string_view name,
     s->region_ = std::move(region);
     s->old_block_ = std::move(s->block_);
     s->block_.reset();
-    s->charge_.reset();  // The region charges the bytes now.
-    s->sealed_ = true;
+    s->charge_.reset();                                // The region charges the bytes now.
     if (options_.on_created) options_.on_created(*s);  // ...and keeps the new memory.
   } else if (::fcntl(s->memfd(), F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_SEAL) != 0) {
     if (errno == EBUSY) {

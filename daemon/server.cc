@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <limits>
 
 #include <spdlog/spdlog.h>
 
@@ -239,26 +240,12 @@ void Server::Accept() {
 }
 
 void Server::HoldUntilExit(std::uint32_t pid, std::vector<std::shared_ptr<SegmentEntry>> held) {
-  int fd = static_cast<int>(::syscall(SYS_pidfd_open, static_cast<pid_t>(pid), 0));
-  if (fd < 0) {
-    // ESRCH: gone already, nothing maps the blocks. Else (no pidfd before Linux 5.3) there is
-    // no way to learn when it exits: keep them for the daemon's life rather than risk it.
-    if (errno != ESRCH) {
-      spdlog::debug("pidfd_open({}): {}; keeping its blocks", pid, std::strerror(errno));
-      kept_forever_.insert(kept_forever_.end(), held.begin(), held.end());
-    }
-    return;
-  }
-  auto watch = std::make_shared<asio::posix::stream_descriptor>(io_, fd);
-  watch->async_wait(asio::posix::stream_descriptor::wait_read,
-                    [watch, held = std::move(held)](const asio::error_code&) {
-                      // Exited (or the daemon stops): the blocks go with `held`.
-                    });
-  exit_watches_.push_back(watch);
-  // Drop finished watches now and then, so the list stays as long as the live ones.
-  if (exit_watches_.size() > 2 * exit_watches_live_ + 16) {
-    std::erase_if(exit_watches_, [](const auto& w) { return w.use_count() == 1; });
-    exit_watches_live_ = exit_watches_.size();
+  auto blocks = std::make_shared<std::vector<std::shared_ptr<SegmentEntry>>>(std::move(held));
+  // The blocks go with the callback once the process exits (or the daemon stops). Without
+  // pidfd there is no way to learn when it exits: keep them for the daemon's life rather than
+  // risk it.
+  if (!WhenExited(pid, std::numeric_limits<std::int64_t>::max(), [blocks] {})) {
+    kept_forever_.insert(kept_forever_.end(), blocks->begin(), blocks->end());
   }
 }
 
@@ -292,13 +279,16 @@ bool Server::WhenExited(std::uint32_t pid, std::int64_t not_after_unix_ns,
                         std::function<void()> exited) {
   int fd = static_cast<int>(::syscall(SYS_pidfd_open, static_cast<pid_t>(pid), 0));
   if (fd < 0) {
-    if (errno != ESRCH) return false;
+    if (errno != ESRCH) {  // No pidfd before Linux 5.3.
+      spdlog::debug("pidfd_open({}): {}", pid, std::strerror(errno));
+      return false;
+    }
     exited();
     return true;
   }
   // btime is whole seconds: a second of slack.
   std::int64_t started = ProcessStartUnixNs(pid);
-  if (started != 0 && started > not_after_unix_ns + 1'000'000'000) {
+  if (started != 0 && started - 1'000'000'000 > not_after_unix_ns) {
     ::close(fd);
     exited();
     return true;
@@ -309,6 +299,11 @@ bool Server::WhenExited(std::uint32_t pid, std::int64_t not_after_unix_ns,
                       if (!ec && !stopped_) exited();
                     });
   exit_watches_.push_back(watch);
+  // Drop finished watches now and then, so the list stays as long as the live ones.
+  if (exit_watches_.size() > 2 * exit_watches_live_ + 16) {
+    std::erase_if(exit_watches_, [](const auto& w) { return w.use_count() == 1; });
+    exit_watches_live_ = exit_watches_.size();
+  }
   return true;
 }
 

@@ -115,7 +115,6 @@ def test_refcount_array_returned_by_an_exited_process(method, n):
     q = ctx.Queue()
     p = ctx.Process(target=_make_refcount, args=(q, n))
     p.start()
-    data = pickle.dumps(None)  # noqa: F841 (keeps pickle imported for clarity)
     p.join(timeout=60)
     assert p.exitcode == 0
     time.sleep(0.2)  # the child's connection is closed by now
