@@ -342,11 +342,13 @@ TEST(SystemdSupervisor, LifetimesTtlAndSealsSurviveARestart) {
     auto c = sd.Connect();
     if (!c.ok()) ::_exit(1);
     std::vector<Segment> held;
-    for (auto [name, lifetime] : {std::pair{"lt/conn", Lifetime::kConnection}}) {
+    for (auto [name, lifetime] :
+         {std::pair{"lt/conn", Lifetime::kConnection}, std::pair{"lt/ref", Lifetime::kRefcount}}) {
       for (std::uint64_t n : {100u, 300'000u}) {
         auto s = c->Create(
             {.name = std::string(name) + std::to_string(n), .shape = {n}, .lifetime = lifetime});
         if (!s.ok()) ::_exit(2);
+        held.push_back(*std::move(s));
       }
     }
     if (::write(go[1], "r", 1) != 1) ::_exit(3);
@@ -375,7 +377,7 @@ TEST(SystemdSupervisor, LifetimesTtlAndSealsSurviveARestart) {
     }
     ASSERT_TRUE(client->Create({.name = "lt/ttl", .shape = {10}, .ttl = 5s}).ok());
   }
-  ASSERT_TRUE(sd.PumpUntil([&] { return sd.Count("meta-") == 5 && sd.Count("seg-") == 2; }))
+  ASSERT_TRUE(sd.PumpUntil([&] { return sd.Count("meta-") == 7 && sd.Count("seg-") == 2; }))
       << [&] {
            std::string names;
            for (const auto& e : sd.store_) names += e.first + " ";
@@ -398,19 +400,32 @@ TEST(SystemdSupervisor, LifetimesTtlAndSealsSurviveARestart) {
     ASSERT_TRUE(seg.ok());
     EXPECT_EQ(seg->bytes()[n - 1], std::byte{5});
     EXPECT_EQ(client->Stat("lt/conn" + std::to_string(n))->lifetime, Lifetime::kConnection);
+    EXPECT_EQ(client->Stat("lt/ref" + std::to_string(n))->lifetime, Lifetime::kRefcount);
   }
   auto ttl = client->Stat("lt/ttl");
   ASSERT_TRUE(ttl.ok() && ttl->expires);
   EXPECT_TRUE(Eventually([&] { return !client->Stat("lt/ttl").ok(); }));
   // All were blocks; sealing moved the two sealed ones to memory of their own (seg-).
-  // The creator still runs: its connection segments stay, and go when it dies.
-  EXPECT_TRUE(client->Stat("lt/conn100").ok());
-  EXPECT_TRUE(client->Stat("lt/conn300000").ok());
+  // The creator still runs: its connection and refcount segments stay (it counts as one
+  // reference of each refcount segment: it may still map them), and go when it dies.
+  for (const char* name : {"lt/conn100", "lt/conn300000", "lt/ref100", "lt/ref300000"}) {
+    EXPECT_TRUE(client->Stat(name).ok()) << name;
+  }
+  {
+    // A reader that comes and goes does not take the creator's reference with it.
+    auto seg = client->Attach("lt/ref300000");
+    ASSERT_TRUE(seg.ok());
+  }
+  EXPECT_TRUE(client->Stat("lt/ref300000").ok());
   ::kill(creator, SIGKILL);
   ASSERT_EQ(::waitpid(creator, nullptr, 0), creator);
   reaper.pid = -1;
-  EXPECT_TRUE(Eventually(
-      [&] { return !client->Stat("lt/conn100").ok() && !client->Stat("lt/conn300000").ok(); }));
+  EXPECT_TRUE(Eventually([&] {
+    for (const char* name : {"lt/conn100", "lt/conn300000", "lt/ref100", "lt/ref300000"}) {
+      if (client->Stat(name).ok()) return false;
+    }
+    return true;
+  }));
   ::close(go[0]);
 }
 
