@@ -18,7 +18,10 @@ same run (this VM is shared and noisy: absolute times drift by several times fro
 2. churn-pickle: the same, but the shmbroker array object itself goes through the Pipe
    (conn.send(arr): a reference; unpickling in the consumer attaches). The same three peers.
    When shmbroker.create accepts None as the name (generated names; detected once at start),
-   this variant uses it; otherwise unique names as in churn-name.
+   this variant uses it; otherwise unique names as in churn-name. With generated names a
+   second shmbroker row, "refcount", makes the array with lifetime="refcount" and never
+   unlinks: the ticket taken when it is pickled and both releases are pipelined, so its cycle
+   waits on two round trips (create, the consumer's attach) where the other waits on three.
    For each size: the median time per item (µs), arrays/s, and the ratio of that time to
    stdlib's and to the pickled-copy Pipe's (> 1: slower). Everything counts: make, fill,
    hand over, attach, read, answer, release. Each method has its own consumer; after 20
@@ -58,7 +61,7 @@ Progress goes to stderr, Markdown tables (one per benchmark per placement) to st
 --json PATH all results to a JSON file for bench/plot.py: {"meta": {...}, "placements": [{
 "placement", "where", "daemon", "churn-name": [rows], "churn-pickle": [rows], "seed": {"n",
 "runs": [{"run", "shmbroker_s", "stdlib_s", "ratio"}]}}]}, a churn row being {"size", "method"
-(shmbroker, stdlib, pickled-pipe, bare-pipe), "label", "items", "median_s", "q1_s", "q3_s",
+(shmbroker, shmbroker-refcount, stdlib, pickled-pipe, bare-pipe), "label", "items", "median_s", "q1_s", "q3_s",
 "per_s", "vs_stdlib", "vs_pickled_pipe"}.
 """
 
@@ -200,6 +203,15 @@ def produce_shmbroker_pickled(conn, n, v):
     return s, v * n
 
 
+def produce_shmbroker_refcount(conn, n, v):
+    # No unlink: the segment goes when the consumer's attachment and this array are released,
+    # and both releases ride in front of later requests (no waited round trip of their own).
+    a = shmbroker.create(None, n, np.float64, lifetime="refcount")
+    a.fill(v)
+    conn.send(a)  # takes a ticket, pipelined: the segment survives until the consumer attaches
+    return conn.recv(), v * n
+
+
 def produce_stdlib(conn, n, v):
     shm = mp_shm.SharedMemory(create=True, size=n * 8)
     a = np.ndarray((n,), np.float64, buffer=shm.buf)
@@ -240,6 +252,10 @@ def churn_methods(which):
         names = "generated names" if GENERATED_NAMES else "unique names"
         own = ("shmbroker", f"shmbroker (pickled array, {names})", consumer_shmbroker_pickled,
                produce_shmbroker_pickled)
+        if GENERATED_NAMES:
+            refcount = ("shmbroker-refcount", "shmbroker (pickled array, refcount)",
+                        consumer_shmbroker_pickled, produce_shmbroker_refcount)
+            return [own, refcount] + PEERS
     return [own] + PEERS
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import shmbroker
+from shmbroker import _testing
 from conftest import DAEMON
 from sbtest import eventually, run_python
 
@@ -173,6 +174,50 @@ def test_unpickling_twice_attaches_twice(names):
     gc.collect()
     shmbroker.flush()
     assert not exists(names("s"))
+
+
+def _waited_round_trips(client):
+    """A list that grows by one for each waited exchange with the daemon on ``client``'s
+    connection (pipelined requests ride in front of the next one and do not count), and the
+    context that counts."""
+    calls = []
+
+    def count(exchange, packets):
+        calls.append(len(packets))
+        return exchange(packets)
+
+    return calls, _testing.interpose_exchange(count, client)
+
+
+@pytest.mark.parametrize("n", [100, BIG])
+def test_refcount_adds_no_waited_round_trip(n):
+    # A producer's cycle: create, fill, pickle to a consumer (here the default client, its own
+    # connection), the consumer attaches and reads, both let go. Persistent needs an unlink on
+    # top; refcount needs nothing: the ticket and both releases are pipelined.
+    producer = shmbroker.connect()
+    shmbroker.list()  # the default client's connection exists, so it can be counted
+    producer.list()
+    waited = {}
+    for lifetime in ("persistent", "refcount"):
+        made, made_ctx = _waited_round_trips(producer)
+        used, used_ctx = _waited_round_trips(None)
+        with made_ctx, used_ctx:
+            a = producer.create(None, n, lifetime=lifetime)
+            a[:] = 2
+            name = shmbroker.segment_name(a)
+            b = pickle.loads(pickle.dumps(a))
+            assert isinstance(b, shmbroker.SharedArray) and b.sum() == 2 * n
+            del a, b
+            gc.collect()
+            if lifetime == "persistent":
+                producer.unlink(name)
+        waited[lifetime] = (len(made), len(used))
+        producer.flush()
+        shmbroker.flush()
+        assert not exists(name)
+    assert waited["refcount"] == (1, 1), waited  # the create; the attach
+    assert waited["persistent"] == (2, 1), waited  # the create and the unlink; the attach
+    producer.close()
 
 
 # --- ttl ------------------------------------------------------------------------------------
