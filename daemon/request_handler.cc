@@ -93,6 +93,10 @@ Outcome RequestHandler::Handle(Session& session, std::span<const std::byte> pack
   if (!session.greeted && request.body_case() != wire::Request::kHello) {
     return ProtocolError(session, "the first request must be hello");
   }
+  for (const wire::DetachRequest& release : request.releases()) {
+    ++requests_[wire::Request::kDetach];
+    Detach(session, release);  // An unknown id only counts in the stats (Error does).
+  }
   Outcome out = Dispatch(session, request);
   Reschedule();  // The request may have set a deadline (ttl, ticket, wait).
   return out;

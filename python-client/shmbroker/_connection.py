@@ -43,6 +43,8 @@ MAX_REPLY_BYTES = 96 * 1024
 # Requests in flight at once when flushing queued releases: far below what the socket buffers
 # hold, so neither side can block on a full buffer while the other waits.
 _PIPELINE = 32
+# Releases per packet when they ride on a request: ~12 bytes each, well within a packet.
+_RIDE = 1024
 # Room for a few descriptors: enough to see that the daemon sent more than expected (the kernel
 # closes what does not fit and sets MSG_CTRUNC).
 _CMSG_SPACE = _socket.CMSG_SPACE(16 * _array.array("i").itemsize)
@@ -303,7 +305,7 @@ class Connection:
         return error_for(reply.code, reply.message) if reply.code != Code.OK else None
 
     def _take_releases(self):
-        """Empties the release queue into DetachRequest packets."""
+        """Empties the release queue: [(attachment id, released region id)], 0 for none."""
         q = self.pending
         if not q:
             return []
@@ -325,20 +327,24 @@ class Connection:
                 if entry is not None and entry[0] is ref:
                     del self.regions[rid]
                     regions.append(rid)
-        packets = []
-        req = pb.Request()
-        d = req.detach
-        for i, aid in enumerate(attachments):
-            d.attachment_id = aid
-            d.released_region_id = regions[i] if i < len(regions) else 0
-            packets.append(req.SerializeToString())
         # A released region with no detach to ride on (rare): attachment 0 says "only the
-        # region", which the daemon acknowledges.
-        for rid in regions[len(attachments):]:
-            d.attachment_id = 0
+        # region".
+        n = max(len(attachments), len(regions))
+        attachments += [0] * (n - len(attachments))
+        regions += [0] * (n - len(regions))
+        return list(zip(attachments, regions))
+
+    @staticmethod
+    def _releases_field(releases):
+        """``releases`` encoded as Request.releases: appended to a serialized Request, protobuf
+        merges them into it (one packet carries the request and the releases before it)."""
+        carrier = pb.Request()
+        add = carrier.releases.add
+        for aid, rid in releases:
+            d = add()
+            d.attachment_id = aid
             d.released_region_id = rid
-            packets.append(req.SerializeToString())
-        return packets
+        return carrier.SerializeToString()
 
     def send_pipelined(self, request):
         """Sends ``request`` now without waiting for its reply, which the next exchange reads
@@ -402,9 +408,31 @@ class Connection:
                 raise InvalidArgumentError(
                     f"request of {len(payload)} bytes exceeds the protocol's {self.max_request}"
                 )
-        packets = self._take_releases()
-        if request is not None:
-            packets.append(payload)
+        releases = self._take_releases()
+        if request is None:
+            # A flush: the releases ride on a request of their own (a detach of the first).
+            if not releases:
+                return None
+            request = pb.Request()
+            request.detach.attachment_id, request.detach.released_region_id = releases.pop(0)
+            payload = request.SerializeToString()
+            expect = "empty"
+            flush = True
+        else:
+            flush = False
+        # The releases ride in the request's packet; only a backlog of more than _RIDE (or a
+        # request too big to carry them) needs packets of its own, sent first.
+        packets = []
+        while releases:
+            chunk, releases = releases[:_RIDE], releases[_RIDE:]
+            ride = self._releases_field(chunk)
+            if not releases and len(payload) + len(ride) <= self.max_request:
+                payload += ride
+                break
+            head = pb.Request()
+            head.detach.attachment_id, head.detach.released_region_id = chunk[0]
+            packets.append(head.SerializeToString() + self._releases_field(chunk[1:]))
+        packets.append(payload)
         reply = None
         fds = []
         for start in range(0, len(packets), _PIPELINE):
@@ -422,8 +450,8 @@ class Connection:
                     close_fds(fds)
                     self.close()
                     raise ProtocolError("the daemon's reply could not be parsed") from None
-        if request is None:
-            return None
+        if flush:
+            return None  # a release of an attachment the daemon already ended is no error
         try:
             if reply.code != Code.OK:
                 raise error_for(reply.code, reply.message)
@@ -447,30 +475,29 @@ class Connection:
     def map(self, request, prefault=None):
         """Create or attach: returns (anchor, address, SegmentInfo, writable). ``prefault`` is
         None, or (start, length) of the bytes about to be used (length None: all of them)."""
-        for _ in range(2):
-            fds = []
-            reply = self.call(request, "attach", fds)
-            try:
-                result = self._materialize(reply.attach, fds, prefault)
-            finally:
-                close_fds(fds)
-            if result is not None:
-                return result
-            # The region was unmapped after this request left (collected by another thread or
-            # in the middle of the request): give the attachment back, say the region is gone,
-            # and attach again, which brings the fd.
-            a = reply.attach
-            req = pb.Request()
-            req.detach.attachment_id = a.attachment_id
-            req.detach.released_region_id = a.mapping.region_id
-            try:
-                self.call(req, "empty")
-            except Error as e:
-                if e.code != Code.NOT_FOUND:
-                    raise
-            request = pb.Request()
-            request.attach.name = a.info.name
-            request.attach.access = a.mapping.access
+        held = []
+        try:
+            for _ in range(2):
+                fds = []
+                reply = self.call(request, "attach", fds)
+                try:
+                    result = self._materialize(reply.attach, fds, prefault)
+                finally:
+                    close_fds(fds)
+                if result is not None:
+                    return result
+                # The region was unmapped after this request left (collected by another thread
+                # or in the middle of the request), so the reply came without its descriptor.
+                # Attach again asking for it, and only then give this attachment back: it may
+                # be all that keeps a refcount segment alive.
+                a = reply.attach
+                held.append(a.attachment_id)
+                request = pb.Request()
+                request.attach.name = a.info.name
+                request.attach.access = a.mapping.access
+                request.attach.resend_fd = True
+        finally:
+            self.pending.extend(held)  # released with the next request
         raise ProtocolError("the daemon did not send the descriptor of a region not mapped here")
 
     def _materialize(self, a, fds, prefault):

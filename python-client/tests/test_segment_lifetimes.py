@@ -220,6 +220,37 @@ def test_refcount_adds_no_waited_round_trip(n):
     producer.close()
 
 
+def test_refcount_survives_its_region_collected_during_the_attach(names):
+    # The receiver had the region mapped, and it was unmapped while the attach was on its way,
+    # so the reply came without the descriptor. Getting it must not drop the only reference.
+    name = names("s")
+    producer = shmbroker.connect()
+    a = producer.create(name, BIG, lifetime="refcount")
+    a[:] = 4
+    blob = pickle.dumps(a)  # the ticket holds it from now on
+    del a
+    gc.collect()
+    producer.flush()
+    held = [shmbroker.attach(name, writable=True)]  # the pickled view is writable too
+
+    def exchange(original, packets):
+        if held:
+            held.clear()  # unmapped now; the daemon hears of it with the next request
+            gc.collect()
+        return original(packets)
+
+    with _testing.interpose_exchange(exchange):
+        b = pickle.loads(blob)
+    assert b.sum() == 4 * BIG
+    shmbroker.flush()
+    assert shmbroker.stat(name).attachments == 1
+    del b
+    gc.collect()
+    shmbroker.flush()
+    assert not exists(name)
+    producer.close()
+
+
 # --- ttl ------------------------------------------------------------------------------------
 
 

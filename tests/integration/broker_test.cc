@@ -580,6 +580,51 @@ TEST(Broker, RegionFdIsSentOncePerConnectionAndAgainAfterRelease) {
   EXPECT_EQ(std::memcmp(again->bytes().data(), seg->bytes().data(), 4096), 0);
 }
 
+// Releases riding on another request (Request.releases) end this connection's attachments before
+// the body runs, and nothing else: an unknown id, or another connection's, is only counted.
+TEST(Broker, ReleasesRideOnTheNextRequest) {
+  TestDaemon d;
+  Client owner = d.MustConnect();
+  auto seg = owner.Create({.name = "r", .shape = {4096}, .lifetime = Lifetime::kRefcount});
+  ASSERT_TRUE(seg.ok());
+  RawConnection raw(d.socket());
+  ASSERT_TRUE(raw.Hello());
+  wire::Request attach;
+  attach.mutable_attach()->set_name("r");
+  std::vector<UniqueFd> fds;
+  auto a = raw.Call(attach, &fds);
+  auto b = raw.Call(attach, &fds);
+  ASSERT_TRUE(a && a->code() == wire::OK && b && b->code() == wire::OK);
+  EXPECT_EQ(owner.Stat("r")->attachments, 3u);
+
+  wire::Request stat;
+  stat.mutable_stat()->set_name("r");
+  stat.add_releases()->set_attachment_id(a->attach().attachment_id());
+  stat.add_releases()->set_attachment_id(b->attach().attachment_id() + 1000);  // unknown
+  auto mine = raw.Call(stat);
+  ASSERT_TRUE(mine && mine->code() == wire::OK) << (mine ? mine->message() : "no reply");
+  EXPECT_EQ(mine->stat().attachments(), 2u);  // Released before the stat ran.
+
+  // Someone else's attachment ids are not this connection's to end.
+  wire::Request theirs;
+  theirs.mutable_stat()->set_name("r");
+  for (std::uint64_t id = 1; id < 64; ++id) {
+    if (id != b->attach().attachment_id()) theirs.add_releases()->set_attachment_id(id);
+  }
+  auto after = raw.Call(theirs);
+  ASSERT_TRUE(after && after->code() == wire::OK);
+  EXPECT_EQ(after->stat().attachments(), 2u);
+
+  // The last two references go in one packet: the refcount segment with them.
+  seg = Status::NotFound("dropped");
+  wire::Request last;
+  last.mutable_stats();
+  last.add_releases()->set_attachment_id(b->attach().attachment_id());
+  auto stats = raw.Call(last);
+  ASSERT_TRUE(stats && stats->code() == wire::OK);
+  EXPECT_EQ(owner.Stat("r").status().code(), Code::kNotFound);
+}
+
 TEST(Broker, ManyCyclesLeakNoFdsOrMappings) {
   TestDaemon d;
   Client c = d.MustConnect();
