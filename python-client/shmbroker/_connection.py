@@ -25,7 +25,7 @@ import weakref
 import numpy as np
 
 from . import _mem
-from ._types import info_from_wire, server_from_wire
+from ._types import map_info_from_wire, server_from_wire
 from ._wire import pb
 from .array import Anchor
 from .errors import (
@@ -336,15 +336,17 @@ class Connection:
 
     @staticmethod
     def _releases_field(releases):
-        """``releases`` encoded as Request.releases: appended to a serialized Request, protobuf
-        merges them into it (one packet carries the request and the releases before it)."""
-        carrier = pb.Request()
-        add = carrier.releases.add
+        """``releases`` encoded as Request.releases (field 16, DetachRequests): appended to a
+        serialized Request, protobuf merges them into it, so one packet carries the request and
+        the releases before it. Encoded by hand: a protobuf message per release cost more than
+        the rest of a release."""
+        out = bytearray()
         for aid, rid in releases:
-            d = add()
-            d.attachment_id = aid
-            d.released_region_id = rid
-        return carrier.SerializeToString()
+            inner = b"\x08" + _varint(aid)
+            if rid:
+                inner += b"\x10" + _varint(rid)
+            out += b"\x82\x01" + _varint(len(inner)) + inner
+        return bytes(out)
 
     def send_pipelined(self, request):
         """Sends ``request`` now without waiting for its reply, which the next exchange reads
@@ -473,7 +475,7 @@ class Connection:
         return lambda ref: append((rid, ref))
 
     def map(self, request, prefault=None):
-        """Create or attach: returns (anchor, address, SegmentInfo, writable). ``prefault`` is
+        """Create or attach: returns (anchor, address, MapInfo, writable). ``prefault`` is
         None, or (start, length) of the bytes about to be used (length None: all of them)."""
         held = []
         try:
@@ -507,7 +509,7 @@ class Connection:
         writable = m.access == pb.READ_WRITE
         done = False
         try:
-            info = info_from_wire(a.info)
+            info = map_info_from_wire(a.info)
             if (
                 m.length != info.nbytes
                 or m.offset > m.region_size
@@ -573,6 +575,17 @@ class Connection:
             if not done:
                 # Give the attachment back with the next request.
                 self.pending.append(aid)
+
+
+def _varint(n):
+    if n < 0x80:
+        return bytes((n,))
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 def prod(shape):

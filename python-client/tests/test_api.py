@@ -3,6 +3,7 @@
 import datetime
 import errno
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -443,3 +444,25 @@ def test_unlinked_but_held_memory_counts_until_released(names):
     s = shmbroker.stats()
     assert (s.unlinked_segments, s.unlinked_bytes) == (s0.unlinked_segments, s0.unlinked_bytes)
     assert shmbroker.list(n, unlinked=True) == []
+
+
+def test_releases_ride_encoded_as_protobuf_would():
+    # The hand encoding of Request.releases (appended to a serialized request) must parse as
+    # the same message protobuf would build.
+    from shmbroker._connection import Connection
+    from shmbroker._wire import pb
+
+    rng = random.Random(7)
+    values = [0, 1, 127, 128, 300, 2**32, 2**63, 2**64 - 1]
+    for _ in range(500):
+        releases = [(rng.choice(values), rng.choice(values)) for _ in range(rng.randint(0, 6))]
+        want = pb.Request()
+        want.stat.name = "x"
+        for aid, rid in releases:
+            d = want.releases.add()
+            d.attachment_id = aid
+            d.released_region_id = rid
+        base = pb.Request()
+        base.stat.name = "x"
+        got = pb.Request.FromString(base.SerializeToString() + Connection._releases_field(releases))
+        assert got == want, releases
