@@ -457,10 +457,10 @@ void Registry::Track(const std::shared_ptr<SegmentEntry>& s) {
   restored_creators_.push_back({s->creator_pid(), s->created_unix_ns(), s});
 }
 
-void Registry::AutoUnlink(const SegmentEntry& s) {
+void Registry::AutoUnlink(const SegmentEntry& s, AutoCause cause) {
   auto it = segments_.find(s.name());
   if (it == segments_.end() || it->second.get() != &s) return;  // Unlinked already.
-  ++auto_unlinked_;
+  ++auto_unlinked_[static_cast<int>(cause)];
   std::shared_ptr<SegmentEntry> keep = it->second;
   segments_.erase(it);
   Unnamed(keep);
@@ -468,7 +468,7 @@ void Registry::AutoUnlink(const SegmentEntry& s) {
 
 void Registry::CheckReferences(const SegmentEntry& s) {
   if (s.spec().lifetime == Lifetime::kRefcount && s.references() == 0 && !s.creator_alive_) {
-    AutoUnlink(s);
+    AutoUnlink(s, AutoCause::kRefcount);
   }
 }
 
@@ -481,14 +481,14 @@ void Registry::ConnectionClosed(std::uint64_t connection) {
     if (auto s = it->second.lock()) owned.push_back(std::move(s));
   }
   by_connection_.erase(first, last);
-  for (const auto& s : owned) AutoUnlink(*s);
+  for (const auto& s : owned) AutoUnlink(*s, AutoCause::kConnection);
 }
 
 void Registry::CreatorExited(const std::shared_ptr<SegmentEntry>& s) {
   if (!s->creator_alive_) return;
   s->creator_alive_ = false;
   if (s->spec().lifetime == Lifetime::kConnection) {
-    AutoUnlink(*s);
+    AutoUnlink(*s, AutoCause::kConnection);
   } else {
     CheckReferences(*s);
   }
@@ -605,13 +605,16 @@ std::int64_t Registry::Expire(std::int64_t now_unix_ns) {
   while (!expiries_.empty() && expiries_.begin()->first.first <= now_unix_ns) {
     std::shared_ptr<SegmentEntry> s = expiries_.begin()->second.lock();
     expiries_.erase(expiries_.begin());
-    if (s) AutoUnlink(*s);
+    if (s) AutoUnlink(*s, AutoCause::kTtl);
   }
   while (!ticket_lapses_.empty() && ticket_lapses_.front().first <= now_unix_ns) {
     auto [lapse, ticket] = ticket_lapses_.front();
     ticket_lapses_.pop_front();
     auto it = tickets_.find(ticket);
-    if (it != tickets_.end() && it->second.lapse_unix_ns == lapse) DropTicket(it);
+    if (it != tickets_.end() && it->second.lapse_unix_ns == lapse) {
+      if (it->second.segment != nullptr) ++tickets_lapsed_;
+      DropTicket(it);
+    }
   }
   std::int64_t next = 0;
   if (!expiries_.empty()) next = expiries_.begin()->first.first;

@@ -5,6 +5,7 @@
 
 #include <sys/types.h>
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -190,8 +191,16 @@ class Registry {
   void CreatorExited(const std::shared_ptr<SegmentEntry>& s);
   // A refcount segment with no reference left loses its name.
   void CheckReferences(const SegmentEntry& s);
-  // Segments the daemon unlinked by itself (ttl, connection, refcount), since start.
-  std::uint64_t auto_unlinked() const { return auto_unlinked_; }
+  // Why the daemon unlinked a segment by itself.
+  enum class AutoCause { kConnection, kRefcount, kTtl };
+  static constexpr std::string_view kAutoCauseNames[] = {"connection", "refcount", "ttl"};
+  // Segments the daemon unlinked by itself, since start.
+  std::uint64_t auto_unlinked(AutoCause cause) const {
+    return auto_unlinked_[static_cast<int>(cause)];
+  }
+  // Tickets not yet redeemed, and those that lapsed unredeemed since start.
+  std::uint64_t tickets_in_flight() const { return tickets_.size() - early_redeems_; }
+  std::uint64_t tickets_lapsed() const { return tickets_lapsed_; }
   bool IsConnectionOpen(std::uint64_t connection) const {
     return open_connections_.count(connection) != 0;
   }
@@ -226,7 +235,7 @@ class Registry {
   // `s` lost its name (unlink, purge): retire its region and remember it while it is in use.
   void Unnamed(const std::shared_ptr<SegmentEntry>& s);
   // The daemon unlinks `s` by itself, if it still has its name.
-  void AutoUnlink(const SegmentEntry& s);
+  void AutoUnlink(const SegmentEntry& s, AutoCause cause);
   // A new or restored segment: its ttl and lifetime bookkeeping.
   void Track(const std::shared_ptr<SegmentEntry>& s);
   void SweepUnlinked() const;
@@ -257,7 +266,8 @@ class Registry {
   std::unordered_map<std::uint32_t, std::size_t> tickets_per_uid_;
   std::size_t early_redeems_ = 0;  // Tickets with a null segment, bounded.
   std::vector<Creator> restored_creators_;
-  std::uint64_t auto_unlinked_ = 0;
+  std::array<std::uint64_t, 3> auto_unlinked_{};
+  std::uint64_t tickets_lapsed_ = 0;
   std::uint64_t next_id_ = 1;
 };
 

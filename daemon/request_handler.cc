@@ -555,6 +555,14 @@ Outcome RequestHandler::Stats(Session&) {
   r->set_shared_region_resident_bytes(arena.resident);
   r->set_shared_region_free_bytes(arena.resident - std::min(arena.resident, arena.allocated));
   r->set_huge_page_bytes(Region::huge_bytes_total());
+  for (int cause = 0; cause < 3; ++cause) {
+    auto* c = r->add_auto_unlinked();
+    c->set_name(std::string(Registry::kAutoCauseNames[cause]));
+    c->set_value(registry_.auto_unlinked(static_cast<Registry::AutoCause>(cause)));
+  }
+  r->set_tickets_in_flight(registry_.tickets_in_flight());
+  r->set_tickets_lapsed(registry_.tickets_lapsed());
+  r->set_waiters(static_cast<std::uint32_t>(waiters_.size()));
   auto* l = r->mutable_limits();
   l->set_max_memory_per_user(limits_.max_memory_per_user);
   l->set_max_segments_per_user(limits_.max_segments_per_user);
@@ -566,7 +574,7 @@ Outcome RequestHandler::Stats(Session&) {
     l->set_fd_limit(fds_->limit());
     l->set_fd_reserve(fds_->reserve());
   }
-  for (int op = wire::Request::kHello; op <= wire::Request::kPurge; ++op) {
+  for (int op = wire::Request::kHello; op <= wire::Request::kTicket; ++op) {
     auto* c = r->add_requests();
     c->set_name(std::string(kOpNames[op]));
     c->set_value(requests_[op]);

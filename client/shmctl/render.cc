@@ -309,6 +309,10 @@ std::string StatsText(const DaemonStats& s, const RenderContext& ctx) {
                        HumanBytes(s.shared_region_resident_bytes) + " (" +
                        HumanBytes(s.shared_region_free_bytes) + " free, kept for reuse)"},
       {"2M pages:", HumanBytes(s.huge_page_bytes) + " of segments on 2 MiB pages"},
+      {"lifetime:", "unlinked by the daemon: " + counters(s.auto_unlinked) + "; " +
+                        std::to_string(s.tickets_in_flight) + " tickets in flight (" +
+                        std::to_string(s.tickets_lapsed) + " lapsed); " +
+                        std::to_string(s.waiters) + " attaches waiting"},
       {"clients:", std::to_string(s.clients)},
       {"limits:", "per user " + none_or(s.limits.max_memory_per_user, HumanBytes) + " in " +
                       none_or(s.limits.max_segments_per_user, count) + " segments, " +
@@ -346,6 +350,12 @@ std::string StatsJson(const DaemonStats& s, const RenderContext& ctx) {
   j.Key("shared_region_resident_bytes").Number(s.shared_region_resident_bytes);
   j.Key("shared_region_free_bytes").Number(s.shared_region_free_bytes);
   j.Key("huge_page_bytes").Number(s.huge_page_bytes);
+  j.Key("auto_unlinked").BeginObject();
+  for (const auto& [k, v] : s.auto_unlinked) j.Key(k).Number(v);
+  j.EndObject();
+  j.Key("tickets_in_flight").Number(s.tickets_in_flight);
+  j.Key("tickets_lapsed").Number(s.tickets_lapsed);
+  j.Key("waiters").Number(std::uint64_t{s.waiters});
   const DaemonLimits& l = s.limits;
   j.Key("limits").BeginObject();
   j.Key("max_memory").Number(s.max_memory);
@@ -421,6 +431,17 @@ std::string StatsPrometheus(const DaemonStats& s, const RenderContext& ctx) {
   gauge("shared_region_free_bytes", s.shared_region_free_bytes,
         "Bytes of the shared regions in no segment's block, kept zeroed for reuse");
   gauge("huge_page_bytes", s.huge_page_bytes, "Bytes of segment memory backed by 2 MiB pages");
+  // Every cause always has its series, so a rate() sees it start from 0.
+  std::map<std::string, std::uint64_t> causes = {{"connection", 0}, {"refcount", 0}, {"ttl", 0}};
+  for (const auto& [k, v] : s.auto_unlinked) causes[k] = v;
+  by_label("auto_unlinked_total", "cause", causes,
+           "Segments the daemon unlinked by itself, by cause (connection, refcount, ttl)");
+  gauge("tickets_in_flight", s.tickets_in_flight,
+        "Refcount arrays pickled to another process and not yet unpickled there");
+  begin("tickets_lapsed_total", "counter",
+        "Pickled refcount arrays given up after --in-flight-timeout, never unpickled");
+  sample(std::to_string(s.tickets_lapsed));
+  gauge("waiters", s.waiters, "Attaches waiting in the daemon for a segment (attach wait=)");
   gauge("clients", s.clients, "Connected clients");
   by_label("requests_total", "op", s.requests, "Requests served, by operation");
   by_label("errors_total", "code", s.errors,

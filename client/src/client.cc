@@ -450,6 +450,10 @@ Result<DaemonStats> Client::Stats() {
   d.shared_region_resident_bytes = s.shared_region_resident_bytes();
   d.shared_region_free_bytes = s.shared_region_free_bytes();
   d.huge_page_bytes = s.huge_page_bytes();
+  for (const auto& c : s.auto_unlinked()) d.auto_unlinked[c.name()] = c.value();
+  d.tickets_in_flight = s.tickets_in_flight();
+  d.tickets_lapsed = s.tickets_lapsed();
+  d.waiters = s.waiters();
   const auto& l = s.limits();
   d.limits = {.max_memory_per_user = l.max_memory_per_user(),
               .max_segments_per_user = l.max_segments_per_user(),

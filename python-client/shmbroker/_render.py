@@ -447,6 +447,12 @@ def stats_text(s, ctx):
             f"({human_bytes(s.shared_region_free_bytes)} free, kept for reuse)",
         ],
         ["2M pages:", f"{human_bytes(s.huge_page_bytes)} of segments on 2 MiB pages"],
+        [
+            "lifetime:",
+            f"unlinked by the daemon: {counters(s.auto_unlinked)}; "
+            f"{s.tickets_in_flight} tickets in flight ({s.tickets_lapsed} lapsed); "
+            f"{s.waiters} attaches waiting",
+        ],
         ["clients:", str(s.clients)],
         [
             "limits:",
@@ -485,6 +491,10 @@ def stats_json(s, ctx):
                 "shared_region_resident_bytes": s.shared_region_resident_bytes,
                 "shared_region_free_bytes": s.shared_region_free_bytes,
                 "huge_page_bytes": s.huge_page_bytes,
+                "auto_unlinked": dict(_by_bytes(s.auto_unlinked)),
+                "tickets_in_flight": s.tickets_in_flight,
+                "tickets_lapsed": s.tickets_lapsed,
+                "waiters": s.waiters,
                 "limits": {
                     "max_memory": s.max_memory,
                     "max_memory_per_user": lim.max_memory_per_user,
@@ -562,6 +572,25 @@ def stats_prometheus(s, ctx):
         "Bytes of the shared regions in no segment's block, kept zeroed for reuse",
     )
     gauge("huge_page_bytes", s.huge_page_bytes, "Bytes of segment memory backed by 2 MiB pages")
+    # Every cause always has its series, so a rate() sees it start from 0.
+    by_label(
+        "auto_unlinked_total",
+        "cause",
+        {"connection": 0, "refcount": 0, "ttl": 0, **s.auto_unlinked},
+        "Segments the daemon unlinked by itself, by cause (connection, refcount, ttl)",
+    )
+    gauge(
+        "tickets_in_flight",
+        s.tickets_in_flight,
+        "Refcount arrays pickled to another process and not yet unpickled there",
+    )
+    begin(
+        "tickets_lapsed_total",
+        "counter",
+        "Pickled refcount arrays given up after --in-flight-timeout, never unpickled",
+    )
+    sample(str(s.tickets_lapsed))
+    gauge("waiters", s.waiters, "Attaches waiting in the daemon for a segment (attach wait=)")
     gauge("clients", s.clients, "Connected clients")
     by_label("requests_total", "op", s.requests, "Requests served, by operation")
     by_label(

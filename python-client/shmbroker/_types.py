@@ -118,6 +118,11 @@ class DaemonStats:
     shared_region_resident_bytes: int = 0
     shared_region_free_bytes: int = 0
     huge_page_bytes: int = 0  # segment memory backed by 2 MiB pages
+    # Segments the daemon unlinked by itself, by cause: "connection", "refcount", "ttl".
+    auto_unlinked: dict = dataclasses.field(default_factory=dict)
+    tickets_in_flight: int = 0  # refcount arrays pickled and not yet unpickled
+    tickets_lapsed: int = 0  # of those, given up after --in-flight-timeout, since start
+    waiters: int = 0  # attaches waiting for a segment (attach wait=)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,6 +261,10 @@ def stats_from_wire(s):
         shared_region_resident_bytes=s.shared_region_resident_bytes,
         shared_region_free_bytes=s.shared_region_free_bytes,
         huge_page_bytes=s.huge_page_bytes,
+        auto_unlinked={c.name: c.value for c in s.auto_unlinked},
+        tickets_in_flight=s.tickets_in_flight,
+        tickets_lapsed=s.tickets_lapsed,
+        waiters=s.waiters,
     )
 
 

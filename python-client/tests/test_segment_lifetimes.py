@@ -86,6 +86,7 @@ def test_connection_segments_go_when_the_creator_is_sigkilled(names):
 
 def test_refcount_segment_goes_with_its_last_attachment(names):
     name = names("s")
+    before = shmbroker.stats().auto_unlinked["refcount"]
     a = shmbroker.create(name, BIG, lifetime="refcount")
     other = shmbroker.connect()
     b = other.attach(name)
@@ -98,6 +99,7 @@ def test_refcount_segment_goes_with_its_last_attachment(names):
     gc.collect()
     other.flush()
     assert not exists(name)
+    assert shmbroker.stats().auto_unlinked["refcount"] == before + 1
     other.close()
 
 

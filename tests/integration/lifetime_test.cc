@@ -182,9 +182,11 @@ TEST(Lifetime, KilledWaitersCostNothing) {
         kNobody));
     ASSERT_TRUE(waiters.back()->ready());
   }
-  for (auto& w : waiters) ASSERT_TRUE(w->Kill());
   Client c = d.MustConnect();
+  EXPECT_EQ(c.Stats()->waiters, 20u);
+  for (auto& w : waiters) ASSERT_TRUE(w->Kill());
   EXPECT_TRUE(Eventually([&] { return c.Stats()->clients == 1; }));
+  EXPECT_EQ(c.Stats()->waiters, 0u);
   ASSERT_TRUE(c.Create({.name = "awaited", .shape = {10}}).ok());
   EXPECT_TRUE(c.Attach("awaited").ok());
   EXPECT_TRUE(d.alive());
@@ -215,6 +217,55 @@ TEST(Lifetime, RefcountSegmentStaysWhileItsCreatorHoldsIt) {
   Client c = d.MustConnect();
   EXPECT_TRUE(Exists(c, "hold/100"));
   EXPECT_TRUE(Exists(c, "hold/300000"));
+}
+
+// What the daemon unlinked by itself, and the tickets of arrays in flight, show in the stats.
+TEST(Lifetime, StatsCountAutomaticUnlinksAndTickets) {
+  TestDaemon d({"--in-flight-timeout", "300ms"});
+  Client c = d.MustConnect();
+  {
+    Client creator = d.MustConnect("creator");
+    ASSERT_TRUE(
+        creator.Create({.name = "conn", .shape = {8}, .lifetime = Lifetime::kConnection}).ok());
+    ASSERT_TRUE(creator.Create({.name = "rc", .shape = {8}, .lifetime = Lifetime::kRefcount}).ok());
+  }
+  ASSERT_TRUE(c.Create({.name = "ttl", .shape = {8}, .ttl = 50ms}).ok());
+  EXPECT_TRUE(Eventually([&] { return !Exists(c, "conn") && !Exists(c, "ttl"); }));
+  auto st = c.Stats();
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ(st->auto_unlinked["connection"], 1u);
+  EXPECT_EQ(st->auto_unlinked["refcount"], 1u);
+  EXPECT_EQ(st->auto_unlinked["ttl"], 1u);
+
+  // A ticket taken and never redeemed: in flight, then lapsed, and its segment goes with it.
+  RawConnection raw(d.socket());
+  ASSERT_TRUE(raw.Hello());
+  wire::Request create;
+  auto* cr = create.mutable_create();
+  cr->set_name("lent");
+  cr->set_dtype("|u1");
+  cr->add_shape(8);
+  cr->set_mode(0600);
+  cr->set_lifetime(wire::REFCOUNT);
+  std::vector<UniqueFd> fds;
+  auto made = raw.Call(create, &fds);
+  ASSERT_TRUE(made && made->code() == wire::OK) << (made ? made->message() : "no reply");
+  wire::Request lend;
+  lend.mutable_ticket()->set_attachment_id(made->attach().attachment_id());
+  lend.mutable_ticket()->set_ticket(0x1234567);
+  wire::Request release;
+  release.mutable_detach()->set_attachment_id(made->attach().attachment_id());
+  auto lent = raw.Call(lend);
+  ASSERT_TRUE(lent && lent->code() == wire::OK);
+  ASSERT_TRUE(raw.Call(release));
+  EXPECT_TRUE(Exists(c, "lent"));
+  EXPECT_EQ(c.Stats()->tickets_in_flight, 1u);
+  EXPECT_TRUE(Eventually([&] { return !Exists(c, "lent"); }));
+  st = c.Stats();
+  EXPECT_EQ(st->tickets_in_flight, 0u);
+  EXPECT_EQ(st->tickets_lapsed, 1u);
+  EXPECT_EQ(st->auto_unlinked["refcount"], 2u);
+  EXPECT_GE(st->requests["ticket"], 1u);
 }
 
 }  // namespace

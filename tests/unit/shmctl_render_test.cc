@@ -211,6 +211,10 @@ DaemonStats SampleStats() {
   st.shared_region_resident_bytes = 64 << 20;
   st.shared_region_free_bytes = 1 << 20;
   st.huge_page_bytes = 2 << 20;
+  st.auto_unlinked = {{"refcount", 7}};
+  st.tickets_in_flight = 2;
+  st.tickets_lapsed = 1;
+  st.waiters = 4;
   st.limits = {.max_memory_per_user = 1 << 30,
                .max_segments_per_user = 100000,
                .max_connections = 4096,
@@ -266,6 +270,12 @@ TEST(ShmctlRender, PrometheusHasEveryFigure) {
       {"shmbroker_shared_region_resident_bytes", "67108864"},
       {"shmbroker_shared_region_free_bytes", "1048576"},
       {"shmbroker_huge_page_bytes", "2097152"},
+      {"shmbroker_auto_unlinked_total{cause=\"connection\"}", "0"},
+      {"shmbroker_auto_unlinked_total{cause=\"refcount\"}", "7"},
+      {"shmbroker_auto_unlinked_total{cause=\"ttl\"}", "0"},
+      {"shmbroker_tickets_in_flight", "2"},
+      {"shmbroker_tickets_lapsed_total", "1"},
+      {"shmbroker_waiters", "4"},
       {"shmbroker_clients", "2"},
       {"shmbroker_requests_total{op=\"create\"}", "3"},
       {"shmbroker_requests_total{op=\"list\"}", "0"},

@@ -122,6 +122,11 @@ struct DaemonStats {
   std::uint64_t shared_region_resident_bytes = 0;
   std::uint64_t shared_region_free_bytes = 0;
   std::uint64_t huge_page_bytes = 0;  // Segment memory backed by 2 MiB pages.
+  // Segments the daemon unlinked by itself, by cause: "connection", "refcount", "ttl".
+  std::map<std::string, std::uint64_t> auto_unlinked;
+  std::uint64_t tickets_in_flight = 0;  // Refcount arrays pickled and not yet unpickled.
+  std::uint64_t tickets_lapsed = 0;     // Of those, given up after --in-flight-timeout.
+  std::uint32_t waiters = 0;            // Attaches waiting for a segment.
 };
 
 // Which segments Client::Purge removes: those matching every selector that is set.
