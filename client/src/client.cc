@@ -35,10 +35,11 @@ Region::~Region() {
   if (addr != nullptr) ::munmap(addr, length);
 }
 
-ClientCore::ClientCore(UniqueFd sock, std::string path, bool prefault)
+ClientCore::ClientCore(UniqueFd sock, std::string path, bool prefault, bool pipeline_releases)
     : sock_(std::move(sock)),
       path_(std::move(path)),
       prefault_(prefault),
+      pipeline_releases_(pipeline_releases),
       buffer_(wire::kMaxReplyBytes + 1) {}
 
 Status ClientCore::Broken(const std::string& what) {
@@ -52,11 +53,23 @@ Result<wire::Reply> ClientCore::Call(const wire::Request& request, wire::Reply::
   return CallLocked(request, expected, fds);
 }
 
+Status ClientCore::DrainLocked() {
+  for (; unread_ > 0; --unread_) {
+    wire::RecvResult r = wire::RecvPacket(sock_.get(), buffer_, /*nonblocking=*/false);
+    if (r.status == wire::RecvStatus::kClosed) return Broken("the daemon closed the connection");
+    if (r.status != wire::RecvStatus::kOk) {
+      return Broken(std::string("cannot receive from the daemon: ") + std::strerror(r.error));
+    }
+  }
+  return Status::Ok();
+}
+
 Result<wire::Reply> ClientCore::CallLocked(const wire::Request& request,
                                            wire::Reply::BodyCase expected,
                                            std::vector<UniqueFd>* fds) {
   if (broken_)
     return Status::Unavailable("the connection to shmbrokerd at '" + path_ + "' was lost");
+  if (Status s = DrainLocked(); !s.ok()) return s;
   std::string bytes;
   if (!request.SerializeToString(&bytes)) return Status::Internal("cannot serialize a request");
   if (bytes.size() > wire::kMaxRequestBytes) {
@@ -230,7 +243,7 @@ Result<Segment> ClientCore::Map(const wire::Request& request, std::optional<bool
   return seg;
 }
 
-Status ClientCore::Release(Segment& segment) {
+Status ClientCore::Release(Segment& segment, bool wait) {
   std::lock_guard lock(mu_);
   wire::Request req;
   auto* d = req.mutable_detach();
@@ -244,8 +257,17 @@ Status ClientCore::Release(Segment& segment) {
       d->set_released_region_id(id);
     }
   }
-  auto reply = CallLocked(req, wire::Reply::kEmpty, nullptr);
-  return reply.status();
+  if (wait) return CallLocked(req, wire::Reply::kEmpty, nullptr).status();
+  if (broken_) return Status::Unavailable("the connection was lost");
+  if (unread_ >= kPipeline) {
+    if (Status s = DrainLocked(); !s.ok()) return s;
+  }
+  std::string bytes = req.SerializeAsString();
+  if (int err = wire::SendPacket(sock_.get(), std::as_bytes(std::span(bytes)), {}, false)) {
+    return Broken(std::string("cannot send to the daemon: ") + std::strerror(err));
+  }
+  ++unread_;
+  return Status::Ok();
 }
 
 }  // namespace internal
@@ -262,7 +284,7 @@ Segment::Segment(Segment&& o) noexcept
 
 Segment& Segment::operator=(Segment&& o) noexcept {
   if (this != &o) {
-    (void)Detach();
+    (void)Release(/*wait=*/core_ && !core_->pipeline_releases());
     core_ = std::move(o.core_);
     region_ = std::move(o.region_);
     data_ = std::exchange(o.data_, nullptr);
@@ -273,12 +295,14 @@ Segment& Segment::operator=(Segment&& o) noexcept {
   return *this;
 }
 
-Segment::~Segment() { (void)Detach(); }
+Segment::~Segment() { (void)Release(/*wait=*/core_ && !core_->pipeline_releases()); }
 
-Status Segment::Detach() {
+Status Segment::Detach() { return Release(/*wait=*/true); }
+
+Status Segment::Release(bool wait) {
   if (!core_) return Status::Ok();
   auto core = std::move(core_);
-  Status s = core->Release(*this);
+  Status s = core->Release(*this, wait);
   region_.reset();
   data_ = nullptr;
   attachment_id_ = 0;
@@ -328,7 +352,8 @@ Result<Client> Client::Connect(const ClientOptions& options) {
   Result<std::optional<uid_t>> trusted = TrustedUid(options.trusted_uid);
   if (!trusted.ok()) return trusted.status();
   if (Status s = CheckDaemonTrusted(fd->get(), path, *trusted); !s.ok()) return s;
-  auto core = std::make_shared<internal::ClientCore>(std::move(*fd), path, options.prefault);
+  auto core = std::make_shared<internal::ClientCore>(std::move(*fd), path, options.prefault,
+                                                     options.pipeline_releases);
   std::string name = options.client_name.empty()
                          ? std::string("cpp:") + program_invocation_short_name
                          : options.client_name;

@@ -29,7 +29,7 @@ struct Region {
 
 class ClientCore : public std::enable_shared_from_this<ClientCore> {
  public:
-  ClientCore(UniqueFd sock, std::string path, bool prefault);
+  ClientCore(UniqueFd sock, std::string path, bool prefault, bool pipeline_releases);
 
   Status Handshake(const std::string& client_name);
 
@@ -41,24 +41,32 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   // Create or attach: one round trip and the mapping. `prefault` unset: the client's default.
   Result<Segment> Map(const wire::Request& request, std::optional<bool> prefault);
 
-  // Called by ~Segment / Segment::Detach.
-  Status Release(Segment& segment);
+  // Called by ~Segment (`wait` false: the release is pipelined) and Segment::Detach (true).
+  Status Release(Segment& segment, bool wait);
 
   const ServerInfo& server() const { return server_; }
+  bool pipeline_releases() const { return pipeline_releases_; }
   const std::string& path() const { return path_; }
 
  private:
   Result<wire::Reply> CallLocked(const wire::Request& request, wire::Reply::BodyCase expected,
                                  std::vector<UniqueFd>* fds);
   Status Broken(const std::string& what);
+  // Reads the replies of pipelined releases (ignored: a failed release changes nothing here).
+  Status DrainLocked();
 
   std::mutex mu_;
   UniqueFd sock_;
   const std::string path_;
   const bool prefault_;
+  const bool pipeline_releases_;
   ServerInfo server_;
   bool broken_ = false;
   std::vector<std::byte> buffer_;
+  // Replies of pipelined releases not read yet. At most kPipeline, so that neither side can
+  // block on a full socket buffer while the other waits.
+  static constexpr int kPipeline = 32;
+  int unread_ = 0;
   std::unordered_map<std::uint64_t, std::weak_ptr<Region>> regions_;
   // Shared regions (small segments' blocks) stay mapped while the connection lives: later
   // segments in them need no descriptor and no mmap.

@@ -625,6 +625,35 @@ TEST(Broker, ReleasesRideOnTheNextRequest) {
   EXPECT_EQ(owner.Stat("r").status().code(), Code::kNotFound);
 }
 
+// With pipeline_releases, dropping a Segment waits for nothing, yet the client's next request
+// finds every release applied: more than the pipeline holds, refcount segments included.
+TEST(Broker, PipelinedReleasesAreAppliedBeforeTheNextRequest) {
+  TestDaemon d;
+  auto c = Client::Connect({.socket_path = d.socket(), .pipeline_releases = true});
+  ASSERT_TRUE(c.ok());
+  ASSERT_TRUE(c->Create({.name = "held", .shape = {100}}).ok());
+  for (int i = 0; i < 200; ++i) {
+    auto a = c->Attach("held");
+    ASSERT_TRUE(a.ok()) << i << ": " << a.status().ToString();
+    auto r = c->Create({.name = "rc/" + std::to_string(i),
+                        .shape = {i % 2 == 0 ? 100u : 300'000u},
+                        .lifetime = Lifetime::kRefcount});
+    ASSERT_TRUE(r.ok()) << i << ": " << r.status().ToString();
+  }
+  auto st = c->Stat("held");
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ(st->attachments, 0u);
+  auto left = c->List("rc/*");
+  ASSERT_TRUE(left.ok());
+  EXPECT_TRUE(left->empty()) << left->size() << " refcount segments left";
+  // Detach still waits: another connection sees it at once.
+  Client other = d.MustConnect();
+  auto w = c->Attach("held", Access::kReadWrite);
+  ASSERT_TRUE(w.ok());
+  ASSERT_TRUE(w->Detach().ok());
+  EXPECT_TRUE(other.Seal("held").ok());
+}
+
 TEST(Broker, ManyCyclesLeakNoFdsOrMappings) {
   TestDaemon d;
   Client c = d.MustConnect();

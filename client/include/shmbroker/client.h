@@ -39,6 +39,11 @@ struct ClientOptions {
   // kernels before 5.14): far cheaper than a page fault per 4 KiB when the data is read whole.
   // The default for Create and Attach, which can choose per call.
   bool prefault = true;
+  // Destroying a Segment sends its release without waiting for the daemon's answer (read with a
+  // later request): no round trip per Segment. The daemon then learns of it a little later, so
+  // another connection (a Seal, a Stat, a refcount segment's end) may not see it at once; keep
+  // false where that matters, or call Segment::Detach(), which always waits.
+  bool pipeline_releases = false;
   // A daemon is trusted when it runs as root or as this user, or when only root can have put its
   // socket where it is. Set this to also trust a daemon run by this uid (a deliberate cross-user
   // setup); unset, $SHMBROKER_TRUST_UID (a uid or user name) is used when set.

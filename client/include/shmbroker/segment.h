@@ -96,6 +96,8 @@ constexpr std::string_view DtypeOf() {
 // A segment mapped into this process. Move-only; owns its mapping and its attachment: when the
 // Segment is destroyed (or Detach() is called) the daemon is told and, once no Segment of this
 // client uses the memory, it is unmapped. Spans taken from a Segment must not outlive it.
+// With ClientOptions::pipeline_releases, destruction tells the daemon without waiting for its
+// answer (sent at once, the reply read with a later request): no round trip per Segment.
 //
 // The memory stays valid even if the segment is unlinked or the Client is destroyed: the Segment
 // keeps what it needs alive. A Segment may be used from any thread; concurrent writes to the
@@ -138,13 +140,15 @@ class Segment {
     return std::span<const T>(reinterpret_cast<const T*>(data_), size_bytes() / sizeof(T));
   }
 
-  // Releases the attachment now and reports whether the daemon acknowledged it. The Segment is
-  // empty afterwards. The destructor does the same and ignores failures.
+  // Releases the attachment now and waits for the daemon to acknowledge it. The Segment is
+  // empty afterwards. The destructor does the same (without waiting with
+  // ClientOptions::pipeline_releases) and ignores failures.
   Status Detach();
 
  private:
   friend class internal::ClientCore;
   Status CheckView(std::string_view dtype, bool write, std::size_t elem_size) const;
+  Status Release(bool wait);
 
   std::shared_ptr<internal::ClientCore> core_;
   std::shared_ptr<internal::Region> region_;
