@@ -37,6 +37,7 @@ Server::Server(asio::io_context& io, ServerOptions options)
                                 .max_segments_per_user = options_.limits.max_segments_per_user,
                                 .shared_max_bytes = options_.shared_max_bytes,
                                 .huge_pages = options_.huge_pages,
+                                .warm_pool = std::max(options_.warm_pool, options_.prealloc),
                                 .on_created =
                                     [this](const SegmentEntry& s) {
                                       if (FdStore* store = service_.fd_store()) store->Added(s);
@@ -52,6 +53,7 @@ Server::Server(asio::io_context& io, ServerOptions options)
       retry_timer_(io),
       sweep_timer_(io),
       tick_timer_(io),
+      pressure_timer_(io),
       signals_(io, SIGINT, SIGTERM),
       spare_(OpenSpare()),
       worker_(io) {
@@ -74,6 +76,10 @@ Server::Server(asio::io_context& io, ServerOptions options)
     });
   });
   handler_.set_offload([this](std::function<void()> job, std::function<void()> then) {
+    worker_.Run(std::move(job), std::move(then));
+  });
+  // The same worker: its jobs run in order, so a create queued after a zeroing finds it done.
+  registry_.pool().set_offload([this](std::function<void()> job, std::function<void()> then) {
     worker_.Run(std::move(job), std::move(then));
   });
   handler_.set_when_stored([this](std::function<void()> done) {
@@ -135,6 +141,8 @@ Status Server::Start() {
     io_.stop();
   });
   Sweep();
+  Prealloc();
+  WatchPressure();
   service_.Ready([this] { return StatusLine(); });
   return Status::Ok();
 }
@@ -320,9 +328,47 @@ void Server::WatchRestoredCreators() {
   }
 }
 
+void Server::Prealloc() {
+  std::uint64_t size = options_.prealloc;
+  if (size == 0) return;
+  struct Job {
+    Result<SegmentMemory> memory = Status::Internal("not run");
+    std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
+  };
+  auto job = std::make_shared<Job>();
+  // Off the loop: clients are served meanwhile (their creates miss the pool until it is filled).
+  worker_.Run(
+      [job, size, huge = options_.huge_pages] {
+        job->memory = CreateSegmentMemfd("shmbroker:warm-pool", size, huge, /*seal_size=*/false);
+      },
+      [this, job, size] {
+        if (!job->memory.ok()) {
+          spdlog::error("--prealloc {}: {}", HumanBytes(size), job->memory.status().message());
+          return;
+        }
+        auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+            std::chrono::steady_clock::now() - job->start);
+        spdlog::info("warm pool: preallocated {} ({} in 2 MiB pages) in {} ms", HumanBytes(size),
+                     HumanBytes(job->memory->huge_bytes), ms.count());
+        registry_.pool().PutUnowned(std::move(job->memory->fd), size, job->memory->huge_bytes);
+      });
+}
+
+void Server::WatchPressure() {
+  if (registry_.pool().max_bytes() == 0) return;
+  // MemAvailable moves slowly next to this: a look every 2 s costs ~20 us.
+  pressure_timer_.expires_after(std::chrono::seconds(2));
+  pressure_timer_.async_wait([this](const asio::error_code& ec) {
+    if (ec || stopped_) return;
+    registry_.RelievePressure();
+    WatchPressure();
+  });
+}
+
 void Server::Stop() {
   if (stopped_) return;
   stopped_ = true;
+  registry_.pool().Close();  // The worker is going: nothing more is zeroed or kept.
   // Clients may still map blocks that connections closing now release.
   registry_.arena().Freeze();
   std::size_t n = registry_.size();
@@ -340,6 +386,7 @@ void Server::Stop() {
   retry_timer_.cancel();
   sweep_timer_.cancel();
   tick_timer_.cancel();
+  pressure_timer_.cancel();
   connections_.StopAll();
   listener_.reset();  // Removes the socket file if it is still ours.
 }
