@@ -450,6 +450,11 @@ Result<DaemonStats> Client::Stats() {
   d.shared_region_resident_bytes = s.shared_region_resident_bytes();
   d.shared_region_free_bytes = s.shared_region_free_bytes();
   d.huge_page_bytes = s.huge_page_bytes();
+  d.pool_bytes = s.pool_bytes();
+  d.pool_segments = s.pool_segments();
+  d.pool_max_bytes = s.pool_max_bytes();
+  d.pool_reused = s.pool_reused();
+  d.pool_released_bytes = s.pool_released_bytes();
   const auto& l = s.limits();
   d.limits = {.max_memory_per_user = l.max_memory_per_user(),
               .max_segments_per_user = l.max_segments_per_user(),
@@ -487,6 +492,14 @@ Result<PurgeResult> Client::Purge(const PurgeOptions& o) {
     p->set_start_after(r.next_after());
   }
   return result;
+}
+
+Result<TrimResult> Client::Trim() {
+  wire::Request req;
+  req.mutable_trim();
+  auto reply = core_->Call(req, wire::Reply::kTrim);
+  if (!reply.ok()) return reply.status();
+  return TrimResult{reply->trim().bytes_released(), reply->trim().segments_released()};
 }
 
 const ServerInfo& Client::server() const { return core_->server(); }
