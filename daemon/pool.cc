@@ -37,6 +37,8 @@ Status CheckSeals(int fd) {
 
 }  // namespace
 
+std::size_t WarmPool::open_fds_ = 0;
+
 Result<std::uint64_t> ZeroMemfd(int fd, std::uint64_t size) {
   // A former holder may have punched holes (allowed under the size seals): reserve them again,
   // so that the next owner can never take a SIGBUS. Cheap where every page is there.
@@ -89,6 +91,7 @@ void WarmPool::Put(const ArenaKey& key, UniqueFd fd, std::uint64_t size, std::ui
   entry->key = key;
   entries_.push_back(entry);
   bytes_ += size;
+  ++open_fds_;
   auto zero = [entry] {
     auto huge = ZeroMemfd(entry->fd.get(), entry->size);
     if (huge.ok()) entry->huge_bytes = *huge;
@@ -118,6 +121,7 @@ void WarmPool::PutUnowned(UniqueFd fd, std::uint64_t size, std::uint64_t huge_by
   entry->state = PoolEntry::kReady;
   entries_.push_back(std::move(entry));
   bytes_ += size;
+  ++open_fds_;
 }
 
 std::shared_ptr<PoolEntry> WarmPool::Take(const ArenaKey& key, std::uint64_t size) {
@@ -139,6 +143,7 @@ std::shared_ptr<PoolEntry> WarmPool::Take(const ArenaKey& key, std::uint64_t siz
   if (best == entries_.end()) return nullptr;
   std::shared_ptr<PoolEntry> entry = *best;
   bytes_ -= entry->size;
+  --open_fds_;
   entries_.erase(best);
   return entry;
 }
@@ -146,11 +151,13 @@ std::shared_ptr<PoolEntry> WarmPool::Take(const ArenaKey& key, std::uint64_t siz
 void WarmPool::Return(std::shared_ptr<PoolEntry> entry) {
   if (closed_ || !entry || !entry->fd) return;
   bytes_ += entry->size;
+  ++open_fds_;
   entries_.push_back(std::move(entry));
 }
 
 void WarmPool::Remove(std::list<std::shared_ptr<PoolEntry>>::iterator it) {
   bytes_ -= (*it)->size;
+  --open_fds_;
   released_bytes_ += (*it)->size;
   // The zeroing job may still hold it: the fd closes with its last reference.
   entries_.erase(it);
@@ -178,6 +185,7 @@ WarmPool::Released WarmPool::Evict(std::uint64_t bytes, std::optional<std::uint3
 
 void WarmPool::Close() {
   closed_ = true;
+  open_fds_ -= entries_.size();
   entries_.clear();
   bytes_ = 0;
 }

@@ -89,6 +89,8 @@ class WarmPool {
   std::uint64_t reused() const { return reused_; }
   std::uint64_t released_bytes() const { return released_bytes_; }
   void CountReuse() { ++reused_; }
+  // Descriptors all pools hold now (for the daemon's fd budget; the event loop's thread only).
+  static std::size_t open_fds() { return open_fds_; }
 
  private:
   void Remove(std::list<std::shared_ptr<PoolEntry>>::iterator it);
@@ -101,6 +103,7 @@ class WarmPool {
   std::uint64_t bytes_ = 0;
   std::uint64_t reused_ = 0;
   std::uint64_t released_bytes_ = 0;
+  static std::size_t open_fds_;
 };
 
 // Zeroes memfd `fd` of `size` bytes through a mapping of its own (2 MiB-aligned, so its 2 MiB
