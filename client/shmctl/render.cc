@@ -324,13 +324,13 @@ std::string StatsText(const DaemonStats& s, const RenderContext& ctx) {
                        HumanBytes(s.shared_region_resident_bytes) + " (" +
                        HumanBytes(s.shared_region_free_bytes) + " free, kept for reuse)"},
       {"2M pages:", HumanBytes(s.huge_page_bytes) + " of segments on 2 MiB pages"},
-      {"warm pool:", s.pool_max_bytes == 0
-                         ? std::string("off")
-                         : HumanBytes(s.pool_bytes) + " in " + std::to_string(s.pool_segments) +
-                               " memfd" + (s.pool_segments == 1 ? "" : "s") + " of " +
-                               HumanBytes(s.pool_max_bytes) + "; reused " +
-                               std::to_string(s.pool_reused) + " times, released " +
-                               HumanBytes(s.pool_released_bytes)},
+      {"pool:", s.pool_max_bytes == 0
+                    ? std::string("off")
+                    : HumanBytes(s.pool_bytes) + " in " + std::to_string(s.pool_segments) +
+                          " memfd" + (s.pool_segments == 1 ? "" : "s") + ", at most " +
+                          HumanBytes(s.pool_max_bytes) + "; reused " +
+                          std::to_string(s.pool_reused) + " times, released " +
+                          HumanBytes(s.pool_released_bytes)},
       {"clients:", std::to_string(s.clients)},
       {"limits:", "per user " + none_or(s.limits.max_memory_per_user, HumanBytes) + " in " +
                       none_or(s.limits.max_segments_per_user, count) + " segments, " +

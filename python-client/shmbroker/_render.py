@@ -447,6 +447,14 @@ def stats_text(s, ctx):
             f"({human_bytes(s.shared_region_free_bytes)} free, kept for reuse)",
         ],
         ["2M pages:", f"{human_bytes(s.huge_page_bytes)} of segments on 2 MiB pages"],
+        [
+            "pool:",
+            "off"
+            if s.pool_max_bytes == 0
+            else f"{human_bytes(s.pool_bytes)} in {_plural(s.pool_segments, 'memfd')}, at most "
+            f"{human_bytes(s.pool_max_bytes)}; reused {s.pool_reused} times, released "
+            f"{human_bytes(s.pool_released_bytes)}",
+        ],
         ["clients:", str(s.clients)],
         [
             "limits:",
@@ -485,6 +493,11 @@ def stats_json(s, ctx):
                 "shared_region_resident_bytes": s.shared_region_resident_bytes,
                 "shared_region_free_bytes": s.shared_region_free_bytes,
                 "huge_page_bytes": s.huge_page_bytes,
+                "pool_bytes": s.pool_bytes,
+                "pool_segments": s.pool_segments,
+                "pool_max_bytes": s.pool_max_bytes,
+                "pool_reused": s.pool_reused,
+                "pool_released_bytes": s.pool_released_bytes,
                 "limits": {
                     "max_memory": s.max_memory,
                     "max_memory_per_user": lim.max_memory_per_user,
@@ -562,6 +575,21 @@ def stats_prometheus(s, ctx):
         "Bytes of the shared regions in no segment's block, kept zeroed for reuse",
     )
     gauge("huge_page_bytes", s.huge_page_bytes, "Bytes of segment memory backed by 2 MiB pages")
+    gauge(
+        "pool_bytes",
+        s.pool_bytes,
+        "Bytes of released segments' memory the warm pool keeps zeroed for reuse",
+    )
+    gauge("pool_segments", s.pool_segments, "Memfds in the warm pool")
+    gauge("pool_max_bytes", s.pool_max_bytes, "--warm-pool: what the pool may keep (0: no pool)")
+    begin("pool_reused_total", "counter", "Creates served from the warm pool")
+    sample(str(s.pool_reused))
+    begin(
+        "pool_released_bytes_total",
+        "counter",
+        "Bytes the warm pool gave back (caps, memory pressure, trim)",
+    )
+    sample(str(s.pool_released_bytes))
     gauge("clients", s.clients, "Connected clients")
     by_label("requests_total", "op", s.requests, "Requests served, by operation")
     by_label(

@@ -118,6 +118,13 @@ class DaemonStats:
     shared_region_resident_bytes: int = 0
     shared_region_free_bytes: int = 0
     huge_page_bytes: int = 0  # segment memory backed by 2 MiB pages
+    # The warm pool (--warm-pool, --prealloc): released large segments' memory kept, zeroed, for
+    # later creates; not in bytes_held, but counted with it against max_memory.
+    pool_bytes: int = 0
+    pool_segments: int = 0
+    pool_max_bytes: int = 0  # 0: no pool
+    pool_reused: int = 0  # creates served from the pool since start
+    pool_released_bytes: int = 0  # given back: caps, memory pressure, trim
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,6 +238,11 @@ def stats_from_wire(s):
         shared_region_resident_bytes=s.shared_region_resident_bytes,
         shared_region_free_bytes=s.shared_region_free_bytes,
         huge_page_bytes=s.huge_page_bytes,
+        pool_bytes=s.pool_bytes,
+        pool_segments=s.pool_segments,
+        pool_max_bytes=s.pool_max_bytes,
+        pool_reused=s.pool_reused,
+        pool_released_bytes=s.pool_released_bytes,
     )
 
 

@@ -211,6 +211,11 @@ DaemonStats SampleStats() {
   st.shared_region_resident_bytes = 64 << 20;
   st.shared_region_free_bytes = 1 << 20;
   st.huge_page_bytes = 2 << 20;
+  st.pool_bytes = 8 << 20;
+  st.pool_segments = 2;
+  st.pool_max_bytes = 1 << 30;
+  st.pool_reused = 7;
+  st.pool_released_bytes = 4 << 20;
   st.limits = {.max_memory_per_user = 1 << 30,
                .max_segments_per_user = 100000,
                .max_connections = 4096,
@@ -266,6 +271,11 @@ TEST(ShmctlRender, PrometheusHasEveryFigure) {
       {"shmbroker_shared_region_resident_bytes", "67108864"},
       {"shmbroker_shared_region_free_bytes", "1048576"},
       {"shmbroker_huge_page_bytes", "2097152"},
+      {"shmbroker_pool_bytes", "8388608"},
+      {"shmbroker_pool_segments", "2"},
+      {"shmbroker_pool_max_bytes", "1073741824"},
+      {"shmbroker_pool_reused_total", "7"},
+      {"shmbroker_pool_released_bytes_total", "4194304"},
       {"shmbroker_clients", "2"},
       {"shmbroker_requests_total{op=\"create\"}", "3"},
       {"shmbroker_requests_total{op=\"list\"}", "0"},
