@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 
 #include <spdlog/spdlog.h>
@@ -49,11 +50,14 @@ Result<std::uint64_t> ZeroMemfd(int fd, std::uint64_t size) {
   if (rc != 0) return PosixError("fallocate", errno);
   // memset through a mapping keeps the pages, 2 MiB ones included; punching and reserving again
   // would give them back and lose the 2 MiB pages (and the warmth) that the pool is for.
-  void* addr = MapAligned(fd, size, PROT_READ | PROT_WRITE, kHugePageBytes);
+  // Whole pages: smaps shows the mapping so, and PmdMappedBytes looks for exactly its range.
+  static const std::uint64_t page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+  std::size_t length = (size + page - 1) & ~(page - 1);
+  void* addr = MapAligned(fd, length, PROT_READ | PROT_WRITE, kHugePageBytes);
   if (addr == MAP_FAILED) return PosixError("mmap", errno);
   std::memset(addr, 0, size);
-  std::uint64_t huge = PmdMappedBytes(addr, size);
-  ::munmap(addr, size);
+  std::uint64_t huge = PmdMappedBytes(addr, length);
+  ::munmap(addr, length);
   return huge;
 }
 
@@ -93,7 +97,13 @@ void WarmPool::Put(const ArenaKey& key, UniqueFd fd, std::uint64_t size, std::ui
   bytes_ += size;
   ++open_fds_;
   auto zero = [entry] {
+    auto start = std::chrono::steady_clock::now();
     auto huge = ZeroMemfd(entry->fd.get(), entry->size);
+    spdlog::debug("warm pool: zeroed {} ({} on 2 MiB pages) in {} us", HumanBytes(entry->size),
+                  HumanBytes(huge.ok() ? *huge : 0),
+                  std::chrono::duration_cast<std::chrono::microseconds>(
+                      std::chrono::steady_clock::now() - start)
+                      .count());
     if (huge.ok()) entry->huge_bytes = *huge;
     entry->state.store(huge.ok() ? PoolEntry::kReady : PoolEntry::kFailed,
                        std::memory_order_release);

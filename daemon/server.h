@@ -70,7 +70,7 @@ class Server {
   // Returns false when it could not watch (then `exited` is not called).
   bool WhenExited(std::uint32_t pid, std::int64_t not_after_unix_ns, std::function<void()> exited);
   void WatchRestoredCreators();
-  // --prealloc: fills the warm pool on the worker, after start.
+  // --prealloc: fills the warm pool before serving.
   void Prealloc();
   // Every few seconds while the pool holds memory: give it back under memory pressure.
   void WatchPressure();

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 #include <string>
 
@@ -94,6 +95,38 @@ TEST(WarmPool, ReleasedMemoryGoesZeroedToTheNextCreateOfItsClass) {
   s = Stats(c);
   EXPECT_EQ(s.pool_reused, 1u);
   EXPECT_EQ(s.pool_segments, 1u);
+}
+
+// MADV_COLLAPSE needs Linux 6.1, and shmem_enabled must not be "deny" (as huge_page_test.cc).
+bool KernelCanCollapse() {
+  int major = 0, minor = 0;
+  std::ifstream rel("/proc/sys/kernel/osrelease");
+  char dot = 0;
+  rel >> major >> dot >> minor;
+  std::ifstream in("/sys/kernel/mm/transparent_hugepage/shmem_enabled");
+  std::string setting((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return (major > 6 || (major == 6 && minor >= 1)) && setting.find("[deny]") == std::string::npos;
+}
+
+TEST(WarmPool, ReusedMemoryKeepsItsTwoMiBPages) {
+  if (!KernelCanCollapse()) GTEST_SKIP() << "this kernel cannot collapse shmem to 2 MiB pages";
+  TestDaemon d({"--warm-pool", "64M"});
+  Client c = d.MustConnect();
+  constexpr std::uint64_t kOdd = kSize + 100;  // Not a whole number of pages.
+  {
+    auto seg = c.Create({.name = "pool/huge", .shape = {kOdd}});
+    ASSERT_TRUE(seg.ok());
+    std::memset(seg->mutable_bytes().value().data(), 0xcd, kOdd);
+    ASSERT_EQ(Stats(c).huge_page_bytes, kSize);
+    ASSERT_TRUE(c.Unlink("pool/huge").ok());
+  }
+  ASSERT_TRUE(Eventually([&] { return Stats(c).pool_segments == 1; }));
+  auto again = c.Create({.name = "pool/huge-again", .shape = {kOdd}});
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(Stats(c).pool_reused, 1u);
+  EXPECT_TRUE(AllZero(again->bytes()));
+  EXPECT_EQ(Stats(c).huge_page_bytes, kSize) << "zeroed in place, not punched and reserved again";
+  EXPECT_EQ(MappingSmapsBytes(again->bytes().data(), "ShmemPmdMapped:"), kSize);
 }
 
 TEST(WarmPool, AnotherClassNeverGetsUsedMemory) {
