@@ -1,7 +1,8 @@
 // The cost of shmbroker's operations as ratios to a floor measured in the same run: a bare
 // AF_UNIX SOCK_SEQPACKET request/reply between two processes. Absolute times on a shared machine
 // mean little; the ratio says how much the broker adds to the one round trip it cannot avoid.
-// Large creates are reported in milliseconds, cold against warm, with 2 MiB pages and without.
+// Large creates are reported in milliseconds, cold against warm, with 2 MiB pages and without,
+// and from the warm pool.
 #include <benchmark/benchmark.h>
 #include <sched.h>
 #include <signal.h>
@@ -12,6 +13,7 @@
 #include <unistd.h>
 
 #include <shmbroker/client.h>
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -36,6 +38,7 @@ struct Daemon {
 };
 Daemon g_auto;   // --huge-pages auto (the default): every benchmark but the large "never" ones.
 Daemon g_never;  // --huge-pages never.
+Daemon g_pool;   // --huge-pages auto --warm-pool 1G: BM_PoolCreate.
 
 // --peer_cpu=N: the daemons and the echo process run on CPU N (else where this process may run).
 int g_peer_cpu = -1;
@@ -295,13 +298,10 @@ BENCHMARK(BM_CreateDetachUnlink)->Arg(4096)->UseManualTime();
 //   warm:0 (cold): every segment of the repetition stays alive, so each create takes memory the
 //          daemon did not just give back.
 //   warm:1: each create follows right after the detach and unlink of one of the same size (the
-//          first after an untimed create and unlink). The daemon keeps no pool today, so its
-//          memory went back to the kernel and comes from the kernel again.
+//          first after an untimed create and unlink). These daemons keep no pool (--warm-pool
+//          0), so its memory went back to the kernel and comes from the kernel again.
 // Counter huge: the share of the live segments' memory on 2 MiB pages (stats).
-void BM_LargeCreate(benchmark::State& state) {
-  const auto size = static_cast<std::uint64_t>(state.range(0));
-  Daemon& d = state.range(1) != 0 ? g_auto : g_never;
-  const bool warm = state.range(2) != 0;
+void LargeCreate(benchmark::State& state, Daemon& d, std::uint64_t size, bool warm) {
   Client& c = *d.client;
   std::vector<std::pair<std::string, Segment>> alive;
   int n = 0;
@@ -337,6 +337,12 @@ void BM_LargeCreate(benchmark::State& state) {
   }
   release();
 }
+
+void BM_LargeCreate(benchmark::State& state) {
+  LargeCreate(state, state.range(1) != 0 ? g_auto : g_never,
+              static_cast<std::uint64_t>(state.range(0)), state.range(2) != 0);
+}
+
 // Cold keeps every segment of a repetition: 6 x 64 MiB, 2 x 512 MiB at most.
 BENCHMARK(BM_LargeCreate)
     ->ArgNames({"bytes", "huge", "warm"})
@@ -351,9 +357,38 @@ BENCHMARK(BM_LargeCreate)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 
+// As warm:1 above, on a daemon with --warm-pool 1G: the segment just released is zeroed on the
+// daemon's worker and given to the next create, which waits for the zeroing if it is not done.
+// Counter reused: the share of timed creates the pool served (stats).
+void BM_PoolCreate(benchmark::State& state) {
+  Client& c = *g_pool.client;
+  auto before = c.Stats();
+  LargeCreate(state, g_pool, static_cast<std::uint64_t>(state.range(0)), /*warm=*/true);
+  auto after = c.Stats();
+  if (before.ok() && after.ok() && state.iterations() > 0) {
+    // The untimed first create of a repetition may be served too (by the previous one's memory).
+    state.counters["reused"] =
+        std::min(1.0, static_cast<double>(after->pool_reused - before->pool_reused) /
+                          static_cast<double>(state.iterations()));
+  }
+}
+BENCHMARK(BM_PoolCreate)
+    ->ArgNames({"bytes"})
+    ->Arg(64 << 20)
+    ->Iterations(6)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_PoolCreate)
+    ->ArgNames({"bytes"})
+    ->Arg(512 << 20)
+    ->Iterations(2)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
 // --- The daemons and the report ------------------------------------------------------------------
 
-void StartDaemon(Daemon& d, const std::string& name, const char* huge_pages) {
+void StartDaemon(Daemon& d, const std::string& name, const char* huge_pages,
+                 const char* warm_pool = "0") {
   std::string dir = std::filesystem::temp_directory_path() /
                     ("shmbroker-bench-" + std::to_string(::getpid()) + "-" + name);
   std::filesystem::create_directories(dir);
@@ -363,7 +398,7 @@ void StartDaemon(Daemon& d, const std::string& name, const char* huge_pages) {
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     PinPeer();
     ::execl(SHMBROKERD_PATH, SHMBROKERD_PATH, "--socket", d.socket.c_str(), "--log-level", "warn",
-            "--huge-pages", huge_pages, static_cast<char*>(nullptr));
+            "--huge-pages", huge_pages, "--warm-pool", warm_pool, static_cast<char*>(nullptr));
     ::_exit(127);
   }
   for (int i = 0; i < 500; ++i) {
@@ -463,16 +498,25 @@ void PrintSummary(const MedianReporter& reporter) {
       auto cold = m.find(key + "0"), warm = m.find(key + "1");
       if (cold == m.end() && warm == m.end()) continue;
       if (!header) {
-        std::printf("\n%-8s %-12s %9s %9s %10s %12s\n", "create", "--huge-pages", "cold ms",
-                    "warm ms", "warm/cold", "on 2 MiB pg");
+        std::printf("\n%-8s %-12s %9s %9s %10s %12s %9s %10s\n", "create", "--huge-pages",
+                    "cold ms", "warm ms", "warm/cold", "on 2 MiB pg", "pool ms", "pool/cold");
         header = true;
       }
       auto ms = [&](auto it) { return it == m.end() ? -1.0 : it->second / 1e6; };
       auto share = counters.find(key + (cold != m.end() ? "0" : "1") + "#huge");
-      std::printf("%-8s %-12s %9.1f %9.1f %10.2f %11.0f%%\n",
+      // The pool's daemon has --huge-pages auto: its row is the auto one.
+      auto pool = huge ? m.find("BM_PoolCreate/bytes:" + std::to_string(std::uint64_t(mib) << 20))
+                       : m.end();
+      // The pool's columns only where it ran ("-" elsewhere).
+      char pool_ms[16] = "-", pool_ratio[16] = "-";
+      if (pool != m.end()) std::snprintf(pool_ms, sizeof(pool_ms), "%.1f", ms(pool));
+      if (pool != m.end() && cold != m.end()) {
+        std::snprintf(pool_ratio, sizeof(pool_ratio), "%.2f", ms(pool) / ms(cold));
+      }
+      std::printf("%-8s %-12s %9.1f %9.1f %10.2f %11.0f%% %9s %10s\n",
                   (std::to_string(mib) + " MiB").c_str(), huge ? "auto" : "never", ms(cold),
                   ms(warm), cold != m.end() && warm != m.end() ? ms(warm) / ms(cold) : 0.0,
-                  share == counters.end() ? 0.0 : 100 * share->second);
+                  share == counters.end() ? 0.0 : 100 * share->second, pool_ms, pool_ratio);
     }
   }
 }
@@ -514,11 +558,13 @@ int main(int argc, char** argv) {
   }
   StartDaemon(g_auto, "auto", "auto");
   StartDaemon(g_never, "never", "never");
+  StartDaemon(g_pool, "pool", "auto", "1G");
   MedianReporter reporter(::isatty(STDOUT_FILENO) ? benchmark::ConsoleReporter::OO_Defaults
                                                   : benchmark::ConsoleReporter::OO_Tabular);
   benchmark::RunSpecifiedBenchmarks(&reporter);
   StopDaemon(g_auto);
   StopDaemon(g_never);
+  StopDaemon(g_pool);
   ::close(g_echo);
   ::waitpid(g_echo_pid, nullptr, 0);
   PrintSummary(reporter);

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <filesystem>
 
+#include "pool.h"
 #include "region.h"
 
 namespace shmbroker::daemon {
@@ -35,7 +36,9 @@ FdBudget::FdBudget(std::uint64_t limit, std::uint64_t base) : limit_(limit), bas
   reserve_ = std::max<std::uint64_t>(32, limit_ / 20);
 }
 
-std::uint64_t FdBudget::in_use() const { return base_ + connections_ + Region::open_fds(); }
+std::uint64_t FdBudget::in_use() const {
+  return base_ + connections_ + Region::open_fds() + WarmPool::open_fds();
+}
 
 bool FdBudget::MayAccept(std::uint32_t uid) const {
   std::uint64_t ceiling = uid == 0 ? limit_ - std::min(limit_, kFloor) : limit_ - reserve_;

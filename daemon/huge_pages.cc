@@ -19,7 +19,6 @@
 #endif
 
 namespace shmbroker::daemon {
-namespace {
 
 // Bytes of [addr, addr+length) mapped with PMD entries, i.e. by 2 MiB pages, from the mapping's
 // entry in /proc/self/smaps (which must cover exactly that range). Reading smaps walks the page
@@ -45,8 +44,6 @@ std::uint64_t PmdMappedBytes(void* addr, std::size_t length) {
   }
   return kib * 1024;
 }
-
-}  // namespace
 
 Result<HugePages> ParseHugePages(std::string_view text) {
   if (text == "auto") return HugePages::kAuto;

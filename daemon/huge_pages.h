@@ -4,6 +4,7 @@
 // turns a memfd's reserved pages into 2 MiB pages whatever that setting says (except "deny").
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string_view>
 
@@ -34,6 +35,10 @@ Result<HugePages> ParseHugePages(std::string_view text);
 // (which reserves whatever was not collapsed, and reports ENOSPC as before). Blocks for that
 // long: call it off the event loop.
 std::uint64_t CollapseToHugePages(int fd, std::uint64_t size);
+
+// Bytes of this process's mapping [addr, addr+length) (a whole mapping) mapped with PMD entries,
+// i.e. by 2 MiB pages, from /proc/self/smaps; 0 when /proc is hidden.
+std::uint64_t PmdMappedBytes(void* addr, std::size_t length);
 
 // Whether CollapseToHugePages works on this kernel, found out on the first call (thread-safe) by
 // collapsing a 2 MiB memfd. A transient failure then (no free 2 MiB block) answers false for the

@@ -16,6 +16,7 @@
 #include "common/socket_path.h"
 #include "common/units.h"
 #include "memfd.h"
+#include "pool.h"
 #include "resource_limits.h"
 #include "server.h"
 #include "shmbroker/version.h"
@@ -96,6 +97,8 @@ int main(int argc, char** argv) {
   std::string in_flight_text = "60s";
   std::string shared_max_text = "1M";
   std::string huge_pages_text = "auto";
+  std::string warm_pool_text = "0";
+  std::string prealloc_text = "0";
   app.add_option("--socket", socket,
                  "Socket path (default: $SHMBROKER_SOCKET, else /run/shmbroker/shmbroker.sock "
                  "as root, else $XDG_RUNTIME_DIR/shmbroker/shmbroker.sock, else "
@@ -139,6 +142,14 @@ int main(int argc, char** argv) {
                  "where the kernel can (MADV_COLLAPSE, Linux 6.1+), else quietly 4 KiB pages; "
                  "never: 4 KiB pages only")
       ->check(CLI::IsMember({"auto", "never"}))
+      ->capture_default_str();
+  app.add_option("--warm-pool", warm_pool_text,
+                 "Keep up to this much memory of released large segments (zeroed) for later "
+                 "creates of the same owner, group, mode and size: a size, 0 = no pool")
+      ->capture_default_str();
+  app.add_option("--prealloc", prealloc_text,
+                 "Fill the warm pool with this much fresh memory at start, for the first create "
+                 "of up to that size by anyone (implies --warm-pool of at least as much)")
       ->capture_default_str();
   // Read when present and no --config is given: where a packaged service keeps its settings.
   const char* env_config = std::getenv("SHMBROKERD_CONFIG");
@@ -190,6 +201,21 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  std::uint64_t warm_pool = 0, prealloc = 0;
+  if (!ReadSize(warm_pool_text, "--warm-pool", warm_pool)) return 2;
+  if (!ReadSize(prealloc_text, "--prealloc", prealloc)) return 2;
+  if (limits.max_memory != 0 && std::max(warm_pool, prealloc) > limits.max_memory) {
+    std::fprintf(stderr,
+                 "shmbrokerd: --warm-pool and --prealloc must be at most --max-memory (%s)\n",
+                 HumanBytes(limits.max_memory).c_str());
+    return 2;
+  }
+  if (prealloc != 0 && prealloc < daemon::WarmPool::kMinBytes) {
+    std::fprintf(stderr, "shmbrokerd: --prealloc must be 0 or at least %s\n",
+                 HumanBytes(daemon::WarmPool::kMinBytes).c_str());
+    return 2;
+  }
+
   StartLogging(log_level);
   ::signal(SIGPIPE, SIG_IGN);
   RaiseFileLimit();
@@ -203,7 +229,9 @@ int main(int argc, char** argv) {
                                .notifier = daemon::Notifier::FromEnvironment(),
                                .inherited = std::move(inherited),
                                .shared_max_bytes = shared_max,
-                               .huge_pages = *daemon::ParseHugePages(huge_pages_text)});
+                               .huge_pages = *daemon::ParseHugePages(huge_pages_text),
+                               .warm_pool = warm_pool,
+                               .prealloc = prealloc});
     if (Status s = server.Start(); !s.ok()) {
       spdlog::critical("cannot start: {}", s.message());
       rc = 1;
@@ -211,11 +239,13 @@ int main(int argc, char** argv) {
       if (const CLI::Option* config = app.get_option("--config"); config->count() > 0) {
         spdlog::info("configuration read from {}", config->as<std::string>());
       }
-      spdlog::info("shmbrokerd {} listening on {} (max memory: {}, per user: {})",
+      spdlog::info("shmbrokerd {} listening on {} (max memory: {}, per user: {}, warm pool: {})",
                    SHMBROKER_VERSION, server.socket_path(),
                    limits.max_memory == 0 ? std::string("no cap") : HumanBytes(limits.max_memory),
                    limits.max_memory_per_user == 0 ? std::string("no cap")
-                                                   : HumanBytes(limits.max_memory_per_user));
+                                                   : HumanBytes(limits.max_memory_per_user),
+                   std::max(warm_pool, prealloc) == 0 ? std::string("none")
+                                                      : HumanBytes(std::max(warm_pool, prealloc)));
       io.run();
     }
   } catch (const std::exception& e) {

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -73,7 +74,7 @@ Status Reserve(int fd, std::uint64_t offset, std::uint64_t length, std::uint64_t
 }  // namespace
 
 Result<SegmentMemory> CreateSegmentMemfd(const std::string& label, std::uint64_t size,
-                                         HugePages huge) {
+                                         HugePages huge, bool seal_size) {
   UniqueFd fd(MemfdCreate(label));
   if (!fd) {
     int err = errno;
@@ -89,7 +90,7 @@ Result<SegmentMemory> CreateSegmentMemfd(const std::string& label, std::uint64_t
   }
   // No F_SEAL_SEAL: sealing a segment (F_SEAL_WRITE) comes later. Only holders of the read-write
   // fd could add seals, and they can change every byte anyway.
-  if (::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SHRINK) != 0) {
+  if (seal_size && ::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SHRINK) != 0) {
     return PosixError("F_ADD_SEALS", errno);
   }
   std::uint64_t huge_bytes = 0;
@@ -123,18 +124,26 @@ std::uint64_t PhysicalMemory() {
   return kib != 0 ? kib * 1024 : std::uint64_t{1} << 32;  // Unknowable: assume 4 GiB.
 }
 
+namespace {
+
+// This process's cgroup v2 directory ("0::/system.slice/shmbroker.service"), or "".
+std::string CgroupDir() {
+  std::string cg = Slurp("/proc/self/cgroup");
+  if (cg.rfind("0::", 0) != 0) return {};
+  std::string rel = cg.substr(3);
+  while (!rel.empty() && (rel.back() == '\n' || rel.back() == '\r')) rel.pop_back();
+  return "/sys/fs/cgroup" + (rel == "/" ? std::string() : rel);
+}
+
+}  // namespace
+
 std::uint64_t AvailableMemory() {
   std::string meminfo = Slurp("/proc/meminfo");
   // Unknowable (e.g. /proc hidden by a sandbox): let fallocate decide.
   if (meminfo.find("MemAvailable:") == std::string::npos) return ~std::uint64_t{0};
   std::uint64_t avail =
       (ReadMeminfoKiB(meminfo, "MemAvailable:") + ReadMeminfoKiB(meminfo, "SwapFree:")) * 1024;
-  // cgroup v2: "0::/system.slice/shmbroker.service"
-  std::string cg = Slurp("/proc/self/cgroup");
-  if (cg.rfind("0::", 0) == 0) {
-    std::string rel = cg.substr(3);
-    while (!rel.empty() && (rel.back() == '\n' || rel.back() == '\r')) rel.pop_back();
-    std::string dir = "/sys/fs/cgroup" + (rel == "/" ? std::string() : rel);
+  if (std::string dir = CgroupDir(); !dir.empty()) {
     std::string max = Slurp(dir + "/memory.max");
     std::string cur = Slurp(dir + "/memory.current");
     if (!max.empty() && max.rfind("max", 0) != 0 && !cur.empty()) {
@@ -145,6 +154,20 @@ std::uint64_t AvailableMemory() {
     }
   }
   return avail;
+}
+
+std::uint64_t MemoryLimit() {
+  std::string meminfo = Slurp("/proc/meminfo");
+  std::uint64_t total =
+      (ReadMeminfoKiB(meminfo, "MemTotal:") + ReadMeminfoKiB(meminfo, "SwapTotal:")) * 1024;
+  if (total == 0) total = PhysicalMemory();
+  if (std::string dir = CgroupDir(); !dir.empty()) {
+    std::string max = Slurp(dir + "/memory.max");
+    if (!max.empty() && max.rfind("max", 0) != 0) {
+      total = std::min<std::uint64_t>(total, std::strtoull(max.c_str(), nullptr, 10));
+    }
+  }
+  return total;
 }
 
 }  // namespace shmbroker::daemon

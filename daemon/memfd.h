@@ -22,8 +22,9 @@ struct SegmentMemory {
   UniqueFd fd;
   std::uint64_t huge_bytes = 0;  // Of it, backed by 2 MiB pages.
 };
+// `seal_size` false (--prealloc memory, cut to size when first used) leaves out the size seals.
 Result<SegmentMemory> CreateSegmentMemfd(const std::string& label, std::uint64_t size,
-                                         HugePages huge = HugePages::kNever);
+                                         HugePages huge = HugePages::kNever, bool seal_size = true);
 
 // memfd_create with sealing allowed, close-on-exec and (where the kernel has it) no exec; `label`
 // cut to the 249 bytes the kernel takes. An fd, or -1 with errno.
@@ -40,5 +41,8 @@ std::uint64_t AvailableMemory();
 
 // The machine's physical memory (MemTotal), for defaults such as --max-memory-per-user.
 std::uint64_t PhysicalMemory();
+
+// The memory this process may use: MemTotal + SwapTotal, or its cgroup's memory.max if lower.
+std::uint64_t MemoryLimit();
 
 }  // namespace shmbroker::daemon

@@ -21,8 +21,21 @@ Region::Region(std::uint64_t id, UniqueFd memfd, std::uint64_t size, std::shared
 
 Region::~Region() {
   huge_total_ -= huge_bytes_;
-  DropFds();
   if (ledger_) ledger_->Release(owner_, size_, retired_);
+  if (recycler_) {
+    UniqueFd fd = kept_ ? std::move(kept_) : std::move(rw_);
+    if (fd) --open_fds_;
+    Set(ro_, UniqueFd());
+    Set(rw_, UniqueFd());
+    if (fd) recycler_(std::move(fd), size_, huge_bytes_);
+    return;
+  }
+  DropFds();
+}
+
+void Region::clear_recycler() {
+  recycler_ = nullptr;
+  Set(kept_, UniqueFd());
 }
 
 void Region::Retire() {
@@ -71,6 +84,10 @@ Result<int> Region::Fd(Access access) {
 
 void Region::DropFds() {
   Set(ro_, UniqueFd());
+  if (recycler_ && rw_) {
+    kept_ = std::move(rw_);  // Still counted in open_fds_.
+    return;
+  }
   Set(rw_, UniqueFd());
 }
 

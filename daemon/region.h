@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 
 #include "common/unique_fd.h"
@@ -58,6 +59,15 @@ class Region {
     std::shared_ptr<Region> region_;
   };
 
+  // Where the read-write memfd goes when the region is destroyed, i.e. when nobody may map it
+  // any more, instead of being closed: the warm pool. `recycle(fd, size, huge_bytes)`. With one
+  // set, retiring closes only the read-only descriptor and keeps the other (never handed out
+  // again) for then. Cleared when the memory can never serve another segment (sealed).
+  using Recycler = std::function<void(UniqueFd, std::uint64_t, std::uint64_t)>;
+  void set_recycler(Recycler recycler) { recycler_ = std::move(recycler); }
+  void clear_recycler();
+  bool recyclable() const { return static_cast<bool>(recycler_); }
+
   // Descriptors all regions hold now (for the daemon's fd budget).
   static std::size_t open_fds() { return open_fds_; }
   // Of its memory, how much is backed by 2 MiB pages; and over all regions alive now.
@@ -70,6 +80,8 @@ class Region {
   const std::uint64_t id_;
   const std::uint64_t size_;
   UniqueFd rw_, ro_;
+  UniqueFd kept_;  // The read-write memfd of a retired region, for the recycler.
+  Recycler recycler_;
   std::shared_ptr<Ledger> ledger_;
   const std::uint32_t owner_;
   bool retired_ = false;

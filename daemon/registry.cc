@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <chrono>
 
+#include <spdlog/spdlog.h>
+
 #include "common/glob.h"
 #include "common/posix.h"
 #include "common/units.h"
@@ -24,8 +26,14 @@ constexpr std::uint64_t kCheckAvailableEvery = std::uint64_t{64} << 20;
 
 }  // namespace
 
-Registry::Registry(RegistryOptions options) : options_(std::move(options)), arena_(options_.arena) {
+Registry::Registry(RegistryOptions options)
+    : options_(std::move(options)),
+      arena_(options_.arena),
+      pool_(std::make_shared<WarmPool>(options_.warm_pool)) {
   options_.shared_max_bytes = std::min(options_.shared_max_bytes, options_.arena.region_bytes);
+  if (options_.pool_min_available == 0) {
+    options_.pool_min_available = std::max<std::uint64_t>(MemoryLimit() / 16, 64 << 20);
+  }
   if (!options_.make_memfd) {
     options_.make_memfd = [huge = options_.huge_pages](const std::string& label,
                                                        std::uint64_t size) {
@@ -33,6 +41,8 @@ Registry::Registry(RegistryOptions options) : options_(std::move(options)), aren
     };
   }
 }
+
+Registry::~Registry() { pool_->Close(); }
 
 bool Registry::Allowed(const SegmentEntry& s, Access access, const Credentials& creds) {
   if (creds.uid == 0) return true;
@@ -142,17 +152,30 @@ Result<Registry::Reservation> Registry::Reserve(SegmentSpec spec, const Credenti
   if (Status s = CheckNamespace(spec.name, creds); !s.ok()) return s;
   std::uint64_t size = *nbytes;
   if (Status s = CheckQuota(creds.uid, spec.name, size); !s.ok()) return s;
-  if (options_.max_memory != 0 &&
-      size > options_.max_memory - std::min(bytes_held(), options_.max_memory)) {
-    return Status::ResourceExhausted("creating " + Quoted(spec.name) + " needs " +
-                                     std::to_string(size) + " bytes; the daemon holds " +
-                                     std::to_string(bytes_held()) + " of its --max-memory " +
-                                     std::to_string(options_.max_memory));
+  // Pooled memory of the same class and size (or never handed out), taken out of the pool now:
+  // its bytes move from the pool to the new segment.
+  std::shared_ptr<PoolEntry> pooled;
+  if (!Shared(size) && size > 0) pooled = pool_->Take({creds.uid, creds.gid, spec.mode}, size);
+  if (options_.max_memory != 0) {
+    MakeRoom(size);  // The pool counts against --max-memory too, and goes first.
+    if (size > options_.max_memory - std::min(bytes_held(), options_.max_memory)) {
+      pool_->Return(std::move(pooled));
+      return Status::ResourceExhausted("creating " + Quoted(spec.name) + " needs " +
+                                       std::to_string(size) + " bytes; the daemon holds " +
+                                       std::to_string(bytes_held()) + " of its --max-memory " +
+                                       std::to_string(options_.max_memory));
+    }
   }
-  if (size > kCheckAvailableEvery || unchecked_bytes_ + size > kCheckAvailableEvery) {
+  // Pooled memory needs none of the machine's.
+  if (!pooled && (size > kCheckAvailableEvery || unchecked_bytes_ + size > kCheckAvailableEvery)) {
     unchecked_bytes_ = 0;
     // Keep one window free: the creates until the next look cannot then exhaust the machine.
     std::uint64_t avail = options_.available_memory();
+    std::uint64_t want = size + kCheckAvailableEvery;
+    if (avail < want && pool_->bytes() > 0) {
+      // The pool's memory goes back first (freed as its descriptors close).
+      avail += pool_->Evict(want - avail).bytes;
+    }
     if (size > avail || avail - size < kCheckAvailableEvery) {
       return Status::ResourceExhausted("creating " + Quoted(spec.name) + " needs " +
                                        std::to_string(size) + " bytes; the machine has " +
@@ -160,7 +183,7 @@ Result<Registry::Reservation> Registry::Reserve(SegmentSpec spec, const Credenti
                                        std::to_string(kCheckAvailableEvery) + " are kept free)");
     }
   }
-  unchecked_bytes_ += size;
+  if (!pooled) unchecked_bytes_ += size;
   // Until committed or cancelled, the name is taken and the memory counted.
   reserved_.insert(spec.name);
   ledger_->Charge(creds.uid, size);
@@ -170,12 +193,56 @@ Result<Registry::Reservation> Registry::Reserve(SegmentSpec spec, const Credenti
   r.connection = connection;
   r.size = size;
   r.label = "shmbroker:" + r.spec.name;
+  r.pooled = std::move(pooled);
   return r;
+}
+
+std::uint64_t Registry::MakeRoom(std::uint64_t bytes) {
+  std::uint64_t total = bytes_held() + pool_->bytes() + bytes;
+  if (options_.max_memory == 0 || total <= options_.max_memory || pool_->bytes() == 0) return 0;
+  return pool_->Evict(total - options_.max_memory).bytes;
+}
+
+std::uint64_t Registry::RelievePressure() {
+  if (pool_->bytes() == 0) return 0;
+  std::uint64_t avail = options_.available_memory();
+  if (avail >= options_.pool_min_available) return 0;
+  spdlog::info("warm pool: the machine has {} available, less than {}: giving memory back",
+               HumanBytes(avail), HumanBytes(options_.pool_min_available));
+  return pool_->Evict(options_.pool_min_available - avail).bytes;
+}
+
+WarmPool::Released Registry::Trim(std::uint32_t uid, bool everything) {
+  constexpr std::uint64_t kAll = ~std::uint64_t{0};
+  return everything ? pool_->Evict(kAll) : pool_->Evict(kAll, uid);
+}
+
+std::function<Result<SegmentMemory>()> Registry::MemoryJob(const Reservation& r) const {
+  return [make = options_.make_memfd, label = r.label, size = r.size,
+          pooled = r.pooled]() -> Result<SegmentMemory> {
+    if (pooled) {
+      auto memory = AdoptPooled(*pooled, size);
+      if (memory.ok()) return memory;
+      pooled->fd.reset();  // Unfit (sealed by a former holder, not zeroed): never reused.
+    }
+    return make(label, size);
+  };
+}
+
+void Registry::Recyclable(Region& region, const ArenaKey& key) {
+  if (!pool_->Keeps(region.size())) return;
+  region.set_recycler([pool = std::weak_ptr<WarmPool>(pool_), key](UniqueFd fd, std::uint64_t size,
+                                                                   std::uint64_t huge_bytes) {
+    auto p = pool.lock();
+    if (p && p->Keeps(size)) p->Put(key, std::move(fd), size, huge_bytes);
+  });
 }
 
 void Registry::Cancel(const Reservation& r) {
   reserved_.erase(r.spec.name);
   ledger_->Release(r.creds.uid, r.size, false);
+  // Pooled memory not used (its fd still there) goes back; used or unfit memory has none.
+  if (r.pooled && r.pooled->fd) pool_->Return(r.pooled);
 }
 
 Result<std::shared_ptr<SegmentEntry>> Registry::Commit(Reservation r,
@@ -190,6 +257,8 @@ Result<std::shared_ptr<SegmentEntry>> Registry::Commit(Reservation r,
   std::uint64_t id = next_id_++;
   auto region = std::make_shared<Region>(id, std::move(memory->fd), r.size, ledger_, r.creds.uid);
   region->set_huge_bytes(memory->huge_bytes);
+  Recyclable(*region, {r.creds.uid, r.creds.gid, r.spec.mode});
+  if (r.pooled && r.pooled->adopted) pool_->CountReuse();
   auto seg = std::make_shared<SegmentEntry>(id, std::move(r.spec), r.size, r.creds, r.connection,
                                             std::move(region));
   segments_.emplace(std::move(name), seg);
@@ -224,8 +293,9 @@ Result<std::shared_ptr<SegmentEntry>> Registry::Create(SegmentSpec spec, const C
   auto r = Reserve(std::move(spec), creds, connection);
   if (!r.ok()) return r.status();
   if (Shared(r->size)) return CommitShared(std::move(r).value());
-  auto fd = options_.make_memfd(r->label, r->size);
-  return Commit(std::move(r).value(), std::move(fd));
+  if (pooled_needs_offload(*r)) pool_->Return(std::exchange(r->pooled, nullptr));  // Not zero yet.
+  auto memory = MemoryJob(*r)();
+  return Commit(std::move(r).value(), std::move(memory));
 }
 
 Result<std::uint64_t> Registry::CheckRestored(const SegmentSpec& spec,
@@ -545,6 +615,8 @@ Result<std::shared_ptr<SegmentEntry>> Registry::Seal(std::string_view name,
           "remap it read-only first");
     }
     return PosixError("F_ADD_SEALS", errno);
+  } else {
+    s->region_->clear_recycler();  // Sealed memory can never hold another segment.
   }
   s->sealed_ = true;
   for (auto& h : s->holders_) h.writable = 0;  // What they map is read-only now.

@@ -25,6 +25,7 @@
 #include "credentials.h"
 #include "ledger.h"
 #include "memfd.h"
+#include "pool.h"
 #include "segment_entry.h"
 #include "shmbroker/status.h"
 #include "shmbroker/types.h"
@@ -83,6 +84,11 @@ struct RegistryOptions {
   std::function<Result<SegmentMemory>(const std::string&, std::uint64_t)> make_memfd;
   // The uid of a user name (for names under ~USER/), nullopt when there is no such user.
   std::function<std::optional<uid_t>(const std::string&)> user_uid = LookupUser;
+  // --warm-pool: bytes of released large segments' memory kept for reuse (see WarmPool); 0: none.
+  std::uint64_t warm_pool = 0;
+  // The pool gives memory back while the machine has less than this available (see
+  // AvailableMemory); 0: a sixteenth of MemoryLimit(), at least 64 MiB.
+  std::uint64_t pool_min_available = 0;
   // Told of every segment added by Create and removed by Unlink or Purge (not of restored ones),
   // e.g. to keep systemd's fd store in step.
   std::function<void(const SegmentEntry&)> on_created;
@@ -92,6 +98,9 @@ struct RegistryOptions {
 class Registry {
  public:
   explicit Registry(RegistryOptions options = {});
+  ~Registry();
+  Registry(const Registry&) = delete;
+  Registry& operator=(const Registry&) = delete;
 
   // Validates `spec`, reserves its memory and registers it. ALREADY_EXISTS if the name is taken,
   // RESOURCE_EXHAUSTED over the cap or out of memory, INVALID_ARGUMENT for a bad spec,
@@ -109,10 +118,21 @@ class Registry {
     std::uint64_t connection = 0;
     std::uint64_t size = 0;
     std::string label;  // For make_memfd.
+    // Memory from the warm pool, if one fitted: used by MakeMemory, given back by Cancel.
+    std::shared_ptr<PoolEntry> pooled;
   };
   Result<Reservation> Reserve(SegmentSpec spec, const Credentials& creds, std::uint64_t connection);
   Result<std::shared_ptr<SegmentEntry>> Commit(Reservation r, Result<SegmentMemory> memory);
   void Cancel(const Reservation& r);
+  // The slow part of a reserved create, safe to run off the event loop (it touches nothing the
+  // loop owns): the pooled memory if the reservation got some, else (or should that fail) new
+  // memory from make_memfd. A reservation with pooled memory must be made in a job queued after
+  // the pool's zeroing (see WarmPool::set_offload): pooled_needs_offload() says so.
+  std::function<Result<SegmentMemory>()> MemoryJob(const Reservation& r) const;
+  bool pooled_needs_offload(const Reservation& r) const {
+    return r.pooled != nullptr && pool_->offloaded() &&
+           r.pooled->state.load(std::memory_order_acquire) != PoolEntry::kReady;
+  }
   // Whether a segment of `size` bytes goes in a shared region: then Commit it with CommitShared,
   // which is quick (no memfd, no descriptor).
   bool Shared(std::uint64_t size) const { return size > 0 && size <= options_.shared_max_bytes; }
@@ -223,7 +243,20 @@ class Registry {
                          const std::function<bool(const SegmentEntry&)>& visit) const;
   std::uint64_t max_memory() const { return options_.max_memory; }
 
+  // --- The warm pool ---
+  WarmPool& pool() { return *pool_; }
+  const WarmPool& pool() const { return *pool_; }
+  // Memory pressure: while the machine has less than pool_min_available bytes available, pool
+  // memory goes back to the kernel, oldest first. Returns the bytes released.
+  std::uint64_t RelievePressure();
+  // trim: all of the pool for root (or `everything`), else the memory kept for `uid`'s segments.
+  WarmPool::Released Trim(std::uint32_t uid, bool everything);
+
  private:
+  // Makes a new region of its own recycle its memfd into the pool when it is destroyed.
+  void Recyclable(Region& region, const ArenaKey& key);
+  // Evicts pool memory until `bytes` more fit under --max-memory; the bytes released.
+  std::uint64_t MakeRoom(std::uint64_t bytes);
   // Checks a restored segment's spec and time; returns its size in bytes.
   Result<std::uint64_t> CheckRestored(const SegmentSpec& spec, std::int64_t created_unix_ns) const;
   // Validates a spec for a new segment (and that its name is free); returns its size in bytes.
@@ -269,6 +302,7 @@ class Registry {
   std::array<std::uint64_t, 3> auto_unlinked_{};
   std::uint64_t tickets_lapsed_ = 0;
   std::uint64_t next_id_ = 1;
+  std::shared_ptr<WarmPool> pool_;
 };
 
 }  // namespace shmbroker::daemon

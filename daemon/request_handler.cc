@@ -22,9 +22,11 @@ static_assert(static_cast<int>(Code::kUnavailable) == wire::UNAVAILABLE &&
                   static_cast<int>(Code::kNotFound) == wire::NOT_FOUND,
               "shmbroker::Code must match the wire codes");
 
-constexpr std::string_view kOpNames[] = {"none", "hello", "create", "attach", "detach", "unlink",
-                                         "stat", "list",  "stats",  "purge",  "seal",   "ticket"};
-static_assert(std::size(kOpNames) == wire::Request::kTicket + 1);
+// By body case.
+constexpr std::string_view kOpNames[] = {"none",   "hello",  "create", "attach", "detach",
+                                         "unlink", "stat",   "list",   "stats",  "purge",
+                                         "seal",   "ticket", "trim"};
+static_assert(std::size(kOpNames) == wire::Request::kTrim + 1);
 
 std::string Quoted(std::string_view name) { return "'" + std::string(name) + "'"; }
 
@@ -50,6 +52,11 @@ void RequestHandler::Closed(Session& session) {
     if (att.segment->shared()) held.push_back(att.segment);
   }
   session.attachments.clear();
+  // A region of its own that goes to the warm pool once released must not be reused while this
+  // process may still map it either.
+  for (auto& [id, seg] : session.regions_sent) {
+    if (seg && seg->region()->recyclable()) held.push_back(seg);
+  }
   if (!held.empty() && hold_until_exit_) hold_until_exit_(session.creds.pid, std::move(held));
   session.regions_sent.clear();
   EndWait(session.id);  // A waiter that hangs up costs nothing more.
@@ -126,6 +133,8 @@ Outcome RequestHandler::Dispatch(Session& session, const wire::Request& request)
       return Seal(session, request.seal());
     case wire::Request::kTicket:
       return Ticket(session, request.ticket());
+    case wire::Request::kTrim:
+      return Trim(session);
     case wire::Request::BODY_NOT_SET:
       break;
   }
@@ -264,8 +273,9 @@ Outcome RequestHandler::Create(Session& session, const wire::CreateRequest& req)
   if (registry_.Shared(reserved->size)) {
     return Created(session, registry_.CommitShared(std::move(reserved).value()));
   }
-  if (!offload_ || reserved->size < kOffLoopBytes) {
-    auto memory = registry_.options().make_memfd(reserved->label, reserved->size);
+  // Pooled memory still being zeroed is used by a job queued after the zeroing.
+  if (!offload_ || (reserved->size < kOffLoopBytes && !registry_.pooled_needs_offload(*reserved))) {
+    auto memory = registry_.MemoryJob(*reserved)();
     return Created(session, registry_.Commit(std::move(reserved).value(), std::move(memory)));
   }
   // Large: the event loop (and the watchdog) go on while a worker reserves the memory. The
@@ -275,11 +285,8 @@ Outcome RequestHandler::Create(Session& session, const wire::CreateRequest& req)
     Result<SegmentMemory> memory = Status::Internal("not run");
   };
   auto pending = std::make_shared<Pending>(Pending{std::move(reserved).value()});
-  auto make = registry_.options().make_memfd;
   offload_(
-      [pending, make] {
-        pending->memory = make(pending->reservation.label, pending->reservation.size);
-      },
+      [pending, make = registry_.MemoryJob(pending->reservation)] { pending->memory = make(); },
       [this, pending, id = session.id] {
         auto it = sessions_.find(id);
         if (it == sessions_.end()) {  // The client hung up: nobody to give it to.
@@ -563,6 +570,12 @@ Outcome RequestHandler::Stats(Session&) {
   r->set_tickets_in_flight(registry_.tickets_in_flight());
   r->set_tickets_lapsed(registry_.tickets_lapsed());
   r->set_waiters(static_cast<std::uint32_t>(waiters_.size()));
+  const WarmPool& pool = registry_.pool();
+  r->set_pool_bytes(pool.bytes());
+  r->set_pool_segments(pool.segments());
+  r->set_pool_max_bytes(pool.max_bytes());
+  r->set_pool_reused(pool.reused());
+  r->set_pool_released_bytes(pool.released_bytes());
   auto* l = r->mutable_limits();
   l->set_max_memory_per_user(limits_.max_memory_per_user);
   l->set_max_segments_per_user(limits_.max_segments_per_user);
@@ -574,7 +587,7 @@ Outcome RequestHandler::Stats(Session&) {
     l->set_fd_limit(fds_->limit());
     l->set_fd_reserve(fds_->reserve());
   }
-  for (int op = wire::Request::kHello; op <= wire::Request::kTicket; ++op) {
+  for (int op = wire::Request::kHello; op <= wire::Request::kTrim; ++op) {
     auto* c = r->add_requests();
     c->set_name(std::string(kOpNames[op]));
     c->set_value(requests_[op]);
@@ -584,6 +597,20 @@ Outcome RequestHandler::Stats(Session&) {
     c->set_name(std::string(CodeName(static_cast<Code>(code))));
     c->set_value(errors_[code]);
   }
+  return out;
+}
+
+Outcome RequestHandler::Trim(Session& session) {
+  // The pool is the daemon's: root and the daemon's own user trim all of it; anyone else only
+  // what is kept for their own segments (the rest is not theirs to give back).
+  bool everything = session.creds.uid == 0 || session.creds.uid == ::getuid();
+  WarmPool::Released released = registry_.Trim(session.creds.uid, everything);
+  spdlog::info("trim by uid {} pid {}: released {} of the warm pool", session.creds.uid,
+               session.creds.pid, HumanBytes(released.bytes));
+  Outcome out;
+  auto* r = out.reply.mutable_trim();
+  r->set_bytes_released(released.bytes);
+  r->set_segments_released(released.segments);
   return out;
 }
 

@@ -58,8 +58,9 @@ class RequestHandler {
   // Creates from this size up reserve their memory off the event loop (~0.5 ms per MiB inline).
   static constexpr std::uint64_t kOffLoopBytes = 16 << 20;
   void set_socket_path(std::string path) { info_.socket_path = std::move(path); }
-  // A connection closed without releasing blocks of shared regions: its process (`pid`) may
-  // still map them, so they must not be zeroed or reused before it exits. `hold(pid, segments)`
+  // A connection closed without releasing blocks of shared regions (or regions of their own that
+  // will go to the warm pool): its process (`pid`) may still map them, so they must not be
+  // zeroed or reused before it exits. `hold(pid, segments)`
   // keeps them until then. Unset (tests), they are released at once.
   using HoldUntilExit =
       std::function<void(std::uint32_t pid, std::vector<std::shared_ptr<SegmentEntry>>)>;
@@ -85,6 +86,7 @@ class RequestHandler {
   Outcome Purge(Session& session, const wire::PurgeRequest& req);
   Outcome Seal(Session& session, const wire::SealRequest& req);
   Outcome Ticket(Session& session, const wire::TicketRequest& req);
+  Outcome Trim(Session& session);
   // An attach that waits: its reply comes from Wake or Tick.
   Outcome Wait(Session& session, const wire::AttachRequest& req);
   // Segment `name` appeared or was sealed: the attaches waiting for it try again.
@@ -121,7 +123,7 @@ class RequestHandler {
   Throttle protocol_errors_{20, std::chrono::seconds(1)};
   std::uint32_t clients_ = 0;
   std::unordered_map<std::uint64_t, Session*> sessions_;  // Open ones, by id.
-  std::array<std::uint64_t, wire::Request::kTicket + 1> requests_{};
+  std::array<std::uint64_t, wire::Request::kTrim + 1> requests_{};
   struct Waiter {
     wire::AttachRequest request;
     std::int64_t deadline_unix_ns = 0;

@@ -33,6 +33,8 @@ struct ServerOptions {
   // --shared-max: segments up to this size are blocks of shared regions; 0: none.
   std::uint64_t shared_max_bytes = RegistryOptions::kDefaultSharedMaxBytes;
   HugePages huge_pages = HugePages::kAuto;  // --huge-pages
+  std::uint64_t warm_pool = 0;              // --warm-pool (at least prealloc)
+  std::uint64_t prealloc = 0;               // --prealloc
 };
 
 class Server {
@@ -68,6 +70,10 @@ class Server {
   // Returns false when it could not watch (then `exited` is not called).
   bool WhenExited(std::uint32_t pid, std::int64_t not_after_unix_ns, std::function<void()> exited);
   void WatchRestoredCreators();
+  // --prealloc: fills the warm pool before serving.
+  void Prealloc();
+  // Every few seconds while the pool holds memory: give it back under memory pressure.
+  void WatchPressure();
 
   asio::io_context& io_;
   ServerOptions options_;
@@ -82,6 +88,7 @@ class Server {
   asio::steady_timer retry_timer_;
   asio::steady_timer sweep_timer_;
   asio::steady_timer tick_timer_;  // RequestHandler::Tick: ttl, tickets, waits.
+  asio::steady_timer pressure_timer_;
   asio::signal_set signals_;
   UniqueFd spare_;  // Closed to accept one more when out of descriptors.
   Throttle refusals_{10, std::chrono::seconds(1)};

@@ -163,6 +163,15 @@ int PurgeCommand(const GlobalOptions& g, PurgeOptions p, const std::string& owne
   return kOk;
 }
 
+int TrimCommand(const GlobalOptions& g, bool json) {
+  auto client = Connect(g);
+  if (!client.ok()) return Fail(client.status(), "connect");
+  auto t = client->Trim();
+  if (!t.ok()) return Fail(t.status(), "trim");
+  Print(json ? TrimJson(*t) : TrimText(*t));
+  return kOk;
+}
+
 int StatsCommand(const GlobalOptions& g, bool json, bool prometheus) {
   auto client = Connect(g);
   if (!client.ok()) return Fail(client.status(), "connect");

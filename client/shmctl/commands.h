@@ -26,6 +26,7 @@ int UnlinkCommand(const GlobalOptions& g, const std::vector<std::string>& names)
 // `owner` is a user name or uid ("" for none); `older_than` a duration ("" for none).
 int PurgeCommand(const GlobalOptions& g, PurgeOptions p, const std::string& owner,
                  const std::string& older_than, bool json);
+int TrimCommand(const GlobalOptions& g, bool json);
 // `prometheus`: the exposition format for node_exporter instead of text (never with `json`).
 int StatsCommand(const GlobalOptions& g, bool json, bool prometheus);
 

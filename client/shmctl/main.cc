@@ -70,6 +70,12 @@ int main(int argc, char** argv) {
   purge_cmd->add_flag("--dry-run,-n", purge.dry_run, "Only print what would be removed");
   purge_cmd->add_flag("--json", json, "One JSON document (see README)");
 
+  auto* trim = app.add_subcommand(
+      "trim",
+      "Give the daemon's warm pool back to the kernel (root: all of it; others: what "
+      "it keeps for their own segments)");
+  trim->add_flag("--json", json, "One JSON document (see README)");
+
   auto* stats = app.add_subcommand("stats", "Daemon version, uptime, memory, clients, counters");
   stats->add_flag("--json", json, "One JSON document (see README)");
   stats->add_flag("--prometheus", prometheus,
@@ -95,18 +101,19 @@ int main(int argc, char** argv) {
     }
     if (command == nullptr) {
       return UsageError("unknown command '" + first +
-                        "' (commands: list, info, unlink, purge, stats)");
+                        "' (commands: list, info, unlink, purge, trim, stats)");
     }
     return UsageError("unexpected argument '" + first + "' for '" + command->get_name() + "'");
   }
   if (command == nullptr) {
-    return UsageError("a command is required: list, info, unlink, purge or stats");
+    return UsageError("a command is required: list, info, unlink, purge, trim or stats");
   }
   if (list->parsed() && unlinked) return UnlinkedCommand(global, patterns, json);
   if (list->parsed()) return ListCommand(global, patterns, json, long_format, names_only);
   if (info->parsed()) return InfoCommand(global, info_name, json);
   if (unlink->parsed()) return UnlinkCommand(global, names);
   if (purge_cmd->parsed()) return PurgeCommand(global, purge, owner, older_than, json);
+  if (trim->parsed()) return TrimCommand(global, json);
   if (stats->parsed() && json && prometheus) {
     return UsageError("--json and --prometheus cannot be used together: choose one format");
   }

@@ -279,6 +279,21 @@ std::string PurgeJson(const PurgeResult& r, bool dry_run, const RenderContext& c
   return j.str() + "\n";
 }
 
+std::string TrimText(const TrimResult& t) {
+  return "released " + HumanBytes(t.bytes_released) + " of the warm pool (" +
+         std::to_string(t.segments_released) + " memfd" + (t.segments_released == 1 ? "" : "s") +
+         ")\n";
+}
+
+std::string TrimJson(const TrimResult& t) {
+  JsonWriter j;
+  j.BeginObject();
+  j.Key("bytes_released").Number(t.bytes_released);
+  j.Key("segments_released").Number(t.segments_released);
+  j.EndObject();
+  return j.str() + "\n";
+}
+
 std::string StatsText(const DaemonStats& s, const RenderContext& ctx) {
   double uptime = std::chrono::duration<double>(ctx.now - s.started).count();
   // Text shows what happened; --json has every counter.
@@ -313,6 +328,13 @@ std::string StatsText(const DaemonStats& s, const RenderContext& ctx) {
                         std::to_string(s.tickets_in_flight) + " tickets in flight (" +
                         std::to_string(s.tickets_lapsed) + " lapsed); " +
                         std::to_string(s.waiters) + " attaches waiting"},
+      {"pool:", s.pool_max_bytes == 0
+                    ? std::string("off")
+                    : HumanBytes(s.pool_bytes) + " in " + std::to_string(s.pool_segments) +
+                          " memfd" + (s.pool_segments == 1 ? "" : "s") + ", at most " +
+                          HumanBytes(s.pool_max_bytes) + "; reused " +
+                          std::to_string(s.pool_reused) + " times, released " +
+                          HumanBytes(s.pool_released_bytes)},
       {"clients:", std::to_string(s.clients)},
       {"limits:", "per user " + none_or(s.limits.max_memory_per_user, HumanBytes) + " in " +
                       none_or(s.limits.max_segments_per_user, count) + " segments, " +
@@ -356,6 +378,11 @@ std::string StatsJson(const DaemonStats& s, const RenderContext& ctx) {
   j.Key("tickets_in_flight").Number(s.tickets_in_flight);
   j.Key("tickets_lapsed").Number(s.tickets_lapsed);
   j.Key("waiters").Number(std::uint64_t{s.waiters});
+  j.Key("pool_bytes").Number(s.pool_bytes);
+  j.Key("pool_segments").Number(s.pool_segments);
+  j.Key("pool_max_bytes").Number(s.pool_max_bytes);
+  j.Key("pool_reused").Number(s.pool_reused);
+  j.Key("pool_released_bytes").Number(s.pool_released_bytes);
   const DaemonLimits& l = s.limits;
   j.Key("limits").BeginObject();
   j.Key("max_memory").Number(s.max_memory);
@@ -442,6 +469,15 @@ std::string StatsPrometheus(const DaemonStats& s, const RenderContext& ctx) {
         "Pickled refcount arrays given up after --in-flight-timeout, never unpickled");
   sample(std::to_string(s.tickets_lapsed));
   gauge("waiters", s.waiters, "Attaches waiting in the daemon for a segment (attach wait=)");
+  gauge("pool_bytes", s.pool_bytes,
+        "Bytes of released segments' memory the warm pool keeps zeroed for reuse");
+  gauge("pool_segments", s.pool_segments, "Memfds in the warm pool");
+  gauge("pool_max_bytes", s.pool_max_bytes, "--warm-pool: what the pool may keep (0: no pool)");
+  begin("pool_reused_total", "counter", "Creates served from the warm pool");
+  sample(std::to_string(s.pool_reused));
+  begin("pool_released_bytes_total", "counter",
+        "Bytes the warm pool gave back (caps, memory pressure, trim)");
+  sample(std::to_string(s.pool_released_bytes));
   gauge("clients", s.clients, "Connected clients");
   by_label("requests_total", "op", s.requests, "Requests served, by operation");
   by_label("errors_total", "code", s.errors,

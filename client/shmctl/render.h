@@ -52,6 +52,11 @@ std::string PurgeText(const PurgeResult& r, bool dry_run);
 std::string PurgeJson(const PurgeResult& r, bool dry_run, const RenderContext& ctx);
 
 // `shmctl stats`.
+// "released 1.0 GiB of the warm pool (2 memfds)"; JSON
+// {"bytes_released":..,"segments_released":..}.
+std::string TrimText(const TrimResult& t);
+std::string TrimJson(const TrimResult& t);
+
 std::string StatsText(const DaemonStats& s, const RenderContext& ctx);
 std::string StatsJson(const DaemonStats& s, const RenderContext& ctx);
 // `shmctl stats --prometheus`: every figure as Prometheus text exposition format 0.0.4 (for

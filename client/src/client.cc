@@ -479,6 +479,11 @@ Result<DaemonStats> Client::Stats() {
   d.tickets_in_flight = s.tickets_in_flight();
   d.tickets_lapsed = s.tickets_lapsed();
   d.waiters = s.waiters();
+  d.pool_bytes = s.pool_bytes();
+  d.pool_segments = s.pool_segments();
+  d.pool_max_bytes = s.pool_max_bytes();
+  d.pool_reused = s.pool_reused();
+  d.pool_released_bytes = s.pool_released_bytes();
   const auto& l = s.limits();
   d.limits = {.max_memory_per_user = l.max_memory_per_user(),
               .max_segments_per_user = l.max_segments_per_user(),
@@ -516,6 +521,14 @@ Result<PurgeResult> Client::Purge(const PurgeOptions& o) {
     p->set_start_after(r.next_after());
   }
   return result;
+}
+
+Result<TrimResult> Client::Trim() {
+  wire::Request req;
+  req.mutable_trim();
+  auto reply = core_->Call(req, wire::Reply::kTrim);
+  if (!reply.ok()) return reply.status();
+  return TrimResult{reply->trim().bytes_released(), reply->trim().segments_released()};
 }
 
 const ServerInfo& Client::server() const { return core_->server(); }

@@ -453,6 +453,14 @@ def stats_text(s, ctx):
             f"{s.tickets_in_flight} tickets in flight ({s.tickets_lapsed} lapsed); "
             f"{s.waiters} attaches waiting",
         ],
+        [
+            "pool:",
+            "off"
+            if s.pool_max_bytes == 0
+            else f"{human_bytes(s.pool_bytes)} in {_plural(s.pool_segments, 'memfd')}, at most "
+            f"{human_bytes(s.pool_max_bytes)}; reused {s.pool_reused} times, released "
+            f"{human_bytes(s.pool_released_bytes)}",
+        ],
         ["clients:", str(s.clients)],
         [
             "limits:",
@@ -495,6 +503,11 @@ def stats_json(s, ctx):
                 "tickets_in_flight": s.tickets_in_flight,
                 "tickets_lapsed": s.tickets_lapsed,
                 "waiters": s.waiters,
+                "pool_bytes": s.pool_bytes,
+                "pool_segments": s.pool_segments,
+                "pool_max_bytes": s.pool_max_bytes,
+                "pool_reused": s.pool_reused,
+                "pool_released_bytes": s.pool_released_bytes,
                 "limits": {
                     "max_memory": s.max_memory,
                     "max_memory_per_user": lim.max_memory_per_user,
@@ -591,6 +604,21 @@ def stats_prometheus(s, ctx):
     )
     sample(str(s.tickets_lapsed))
     gauge("waiters", s.waiters, "Attaches waiting in the daemon for a segment (attach wait=)")
+    gauge(
+        "pool_bytes",
+        s.pool_bytes,
+        "Bytes of released segments' memory the warm pool keeps zeroed for reuse",
+    )
+    gauge("pool_segments", s.pool_segments, "Memfds in the warm pool")
+    gauge("pool_max_bytes", s.pool_max_bytes, "--warm-pool: what the pool may keep (0: no pool)")
+    begin("pool_reused_total", "counter", "Creates served from the warm pool")
+    sample(str(s.pool_reused))
+    begin(
+        "pool_released_bytes_total",
+        "counter",
+        "Bytes the warm pool gave back (caps, memory pressure, trim)",
+    )
+    sample(str(s.pool_released_bytes))
     gauge("clients", s.clients, "Connected clients")
     by_label("requests_total", "op", s.requests, "Requests served, by operation")
     by_label(

@@ -123,6 +123,13 @@ class DaemonStats:
     tickets_in_flight: int = 0  # refcount arrays pickled and not yet unpickled
     tickets_lapsed: int = 0  # of those, given up after --in-flight-timeout, since start
     waiters: int = 0  # attaches waiting for a segment (attach wait=)
+    # The warm pool (--warm-pool, --prealloc): released large segments' memory kept, zeroed, for
+    # later creates; not in bytes_held, but counted with it against max_memory.
+    pool_bytes: int = 0
+    pool_segments: int = 0
+    pool_max_bytes: int = 0  # 0: no pool
+    pool_reused: int = 0  # creates served from the pool since start
+    pool_released_bytes: int = 0  # given back: caps, memory pressure, trim
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,6 +272,11 @@ def stats_from_wire(s):
         tickets_in_flight=s.tickets_in_flight,
         tickets_lapsed=s.tickets_lapsed,
         waiters=s.waiters,
+        pool_bytes=s.pool_bytes,
+        pool_segments=s.pool_segments,
+        pool_max_bytes=s.pool_max_bytes,
+        pool_reused=s.pool_reused,
+        pool_released_bytes=s.pool_released_bytes,
     )
 
 

@@ -435,9 +435,11 @@ TEST_F(ShmctlTest, StatsPrometheusCountsWhatHappened) {
   // The figures that do not move between two requests agree with --json's.
   Ran j = Ctl({"stats", "--json"});
   ASSERT_EQ(j.code, 0) << j.err;
-  for (const char* key : {"segments", "bytes_held", "unlinked_segments", "unlinked_bytes",
-                          "shared_regions", "shared_region_resident_bytes",
-                          "shared_region_free_bytes", "huge_page_bytes", "log_lines_dropped"}) {
+  for (const char* key :
+       {"segments", "bytes_held", "unlinked_segments", "unlinked_bytes", "shared_regions",
+        "shared_region_resident_bytes", "shared_region_free_bytes", "huge_page_bytes",
+        "log_lines_dropped", "pool_bytes", "pool_segments", "pool_max_bytes", "pool_reused",
+        "pool_released_bytes"}) {
     std::string name = std::string("shmbroker_") + key;
     if (!value.count(name)) name += "_total";
     EXPECT_EQ(value[name], Py(j.out, std::string("d['") + key + "']")) << key;

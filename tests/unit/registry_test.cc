@@ -7,7 +7,9 @@
 #include <gtest/gtest.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <cstring>
 #include <limits>
 #include <string>
 #include <vector>
@@ -122,6 +124,79 @@ TEST(Registry, MachineMemoryIsCheckedForLargeCreates) {
   EXPECT_NE(big.status().message().find(std::to_string(200ull << 20)), std::string::npos);
   EXPECT_EQ(memfds, 0);
   EXPECT_TRUE(reg.Create(Spec("fits", {36ull << 20}, "|u1"), kAlice, 1).ok());
+}
+
+// The warm pool under memory pressure (the seam stands for MemAvailable): the timer's check gives
+// memory back below the threshold, and a create short of the machine's memory evicts it first.
+TEST(Registry, WarmPoolGivesMemoryBackUnderPressure) {
+  std::uint64_t avail = std::uint64_t{1} << 40;
+  RegistryOptions opts;
+  opts.warm_pool = 64 << 20;
+  opts.pool_min_available = 256 << 20;
+  opts.available_memory = [&] { return avail; };
+  opts.huge_pages = HugePages::kNever;
+  Registry reg(opts);
+  auto pooled = [&](const std::string& name, std::uint64_t bytes) {
+    ASSERT_TRUE(reg.Create(Spec(name, {bytes}, "|u1"), kAlice, 1).ok());
+    ASSERT_TRUE(reg.Unlink(name, kAlice).ok());  // Nothing else holds it: pooled (zeroed inline).
+  };
+  pooled("a", 8 << 20);
+  pooled("b", 16 << 20);
+  EXPECT_EQ(reg.pool().bytes(), 24u << 20);
+  EXPECT_EQ(reg.pool().segments(), 2u);
+  EXPECT_EQ(reg.bytes_held(), 0u);
+
+  EXPECT_EQ(reg.RelievePressure(), 0u) << "plenty available";
+  avail = (256 << 20) - (4 << 20);  // 4 MiB short: the oldest memfd (8 MiB) goes.
+  EXPECT_EQ(reg.RelievePressure(), 8u << 20);
+  EXPECT_EQ(reg.pool().bytes(), 16u << 20);
+
+  // A create of another size that the machine could not back (with 64 MiB kept free) without
+  // the pool's memory evicts it, and succeeds.
+  avail = 130 << 20;
+  auto big = reg.Create(Spec("big", {80ull << 20}, "|u1"), kAlice, 1);
+  EXPECT_TRUE(big.ok()) << big.status().ToString();
+  EXPECT_EQ(reg.pool().bytes(), 0u);
+  EXPECT_EQ(reg.pool().released_bytes(), 24u << 20);
+}
+
+// A used memfd goes only to its class and size; the pool's capacity evicts the oldest.
+TEST(Registry, WarmPoolReusesOnlyTheSameClassAndSize) {
+  RegistryOptions opts;
+  opts.warm_pool = 20 << 20;
+  opts.huge_pages = HugePages::kNever;
+  Registry reg(opts);
+  auto create = [&](const std::string& name, std::uint64_t bytes, const Credentials& who,
+                    std::uint32_t mode = 0600) {
+    auto s = reg.Create(Spec(name, {bytes}, "|u1", mode), who, 1);
+    EXPECT_TRUE(s.ok()) << s.status().ToString();
+    return s.ok() ? *s : nullptr;
+  };
+  {
+    auto a = create("a", 8 << 20, kAlice);
+    void* map = ::mmap(nullptr, 8 << 20, PROT_WRITE, MAP_SHARED, a->memfd(), 0);
+    ASSERT_NE(map, MAP_FAILED);
+    std::memset(map, 7, 1);
+    ::munmap(map, 8 << 20);
+  }
+  ASSERT_TRUE(reg.Unlink("a", kAlice).ok());
+  ASSERT_EQ(reg.pool().segments(), 1u);
+  EXPECT_NE(create("other-gid", 8 << 20, User(1000, 200)), nullptr);
+  EXPECT_NE(create("other-mode", 8 << 20, kAlice, 0640), nullptr);
+  EXPECT_NE(create("other-size", (8 << 20) + 4096, kAlice), nullptr);
+  EXPECT_EQ(reg.pool().reused(), 0u);
+  auto same = create("same", 8 << 20, kAlice);
+  EXPECT_EQ(reg.pool().reused(), 1u);
+  char byte = 1;
+  ASSERT_EQ(::pread(same->memfd(), &byte, 1, 0), 1);
+  EXPECT_EQ(byte, 0) << "zeroed before reuse";
+  same.reset();
+  // 8 + 8 + 8 MiB released into a 20 MiB pool: the oldest goes.
+  for (const char* name : {"same", "other-gid", "other-mode"}) {
+    ASSERT_TRUE(reg.Unlink(name, kRoot).ok());
+  }
+  EXPECT_EQ(reg.pool().segments(), 2u);
+  EXPECT_EQ(reg.pool().released_bytes(), 8u << 20);
 }
 
 TEST(Registry, ManySmallCreatesAreCheckedAgainstTheMachineToo) {

@@ -215,6 +215,11 @@ DaemonStats SampleStats() {
   st.tickets_in_flight = 2;
   st.tickets_lapsed = 1;
   st.waiters = 4;
+  st.pool_bytes = 8 << 20;
+  st.pool_segments = 2;
+  st.pool_max_bytes = 1 << 30;
+  st.pool_reused = 7;
+  st.pool_released_bytes = 4 << 20;
   st.limits = {.max_memory_per_user = 1 << 30,
                .max_segments_per_user = 100000,
                .max_connections = 4096,
@@ -276,6 +281,11 @@ TEST(ShmctlRender, PrometheusHasEveryFigure) {
       {"shmbroker_tickets_in_flight", "2"},
       {"shmbroker_tickets_lapsed_total", "1"},
       {"shmbroker_waiters", "4"},
+      {"shmbroker_pool_bytes", "8388608"},
+      {"shmbroker_pool_segments", "2"},
+      {"shmbroker_pool_max_bytes", "1073741824"},
+      {"shmbroker_pool_reused_total", "7"},
+      {"shmbroker_pool_released_bytes_total", "4194304"},
       {"shmbroker_clients", "2"},
       {"shmbroker_requests_total{op=\"create\"}", "3"},
       {"shmbroker_requests_total{op=\"list\"}", "0"},

@@ -132,6 +132,19 @@ struct DaemonStats {
   std::uint64_t tickets_in_flight = 0;  // Refcount arrays pickled and not yet unpickled.
   std::uint64_t tickets_lapsed = 0;     // Of those, given up after --in-flight-timeout.
   std::uint32_t waiters = 0;            // Attaches waiting for a segment.
+  // The warm pool (--warm-pool, --prealloc): released large segments' memory kept, zeroed, for
+  // later creates; not in bytes_held, but counted with it against max_memory.
+  std::uint64_t pool_bytes = 0;
+  std::uint64_t pool_segments = 0;
+  std::uint64_t pool_max_bytes = 0;       // 0: no pool.
+  std::uint64_t pool_reused = 0;          // Creates served from the pool since start.
+  std::uint64_t pool_released_bytes = 0;  // Given back: caps, memory pressure, trim.
+};
+
+// What Client::Trim gave back.
+struct TrimResult {
+  std::uint64_t bytes_released = 0;
+  std::uint64_t segments_released = 0;
 };
 
 // Which segments Client::Purge removes: those matching every selector that is set.
@@ -216,6 +229,10 @@ class Client {
   // milliseconds each (no race between choosing and unlinking within a slice). INVALID_ARGUMENT
   // when no selector is set or past the pattern caps. Non-root callers remove only their own.
   Result<PurgeResult> Purge(const PurgeOptions& options);
+
+  // Gives the warm pool's memory back to the kernel: all of it for root or the daemon's own
+  // user, otherwise what the pool keeps for this user's segments.
+  Result<TrimResult> Trim();
 
   const ServerInfo& server() const;
   const std::string& socket_path() const;
