@@ -10,6 +10,7 @@ to a multiprocessing worker costs a few hundred bytes whatever its size. Module-
 use a per-process default client that connects on first use (see :func:`connect` for others).
 """
 
+from ._auto import AutoShare, auto_share
 from .array import SharedArray, UnavailableArray, segment_name
 from .client import (
     Client,
@@ -115,6 +116,7 @@ def flush():
 
 __all__ = [
     "AlreadyExistsError",
+    "AutoShare",
     "Client",
     "Code",
     "DaemonStats",
@@ -136,6 +138,7 @@ __all__ = [
     "UnavailableArray",
     "UnavailableError",
     "attach",
+    "auto_share",
     "connect",
     "create",
     "default_client",
