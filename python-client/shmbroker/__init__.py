@@ -6,8 +6,9 @@
     shmbroker.unlink("job/weights")                                 # memory freed when unused
 
 Arrays keep their mapping alive (views and slices too) and pickle by reference, so passing one
-to a multiprocessing worker costs a few hundred bytes whatever its size. Module-level functions
-use a per-process default client that connects on first use (see :func:`connect` for others).
+to a multiprocessing worker costs a few hundred bytes whatever its size; under
+:func:`auto_share`, so do the plain NumPy arrays that multiprocessing pickles. Module-level
+functions use a per-process default client that connects on first use (see :func:`connect`).
 """
 
 from ._auto import AutoShare, auto_share
