@@ -23,7 +23,7 @@ CPU placements (--placement; CPU 0 and 1 stand for the first two CPUs this proce
 "unpinned": nothing is pinned. A shmbrokerd (build/bin/shmbrokerd or --shmbrokerd PATH) is
 started per placement on a temporary socket and stopped afterwards.
 
-    /usr/bin/python3 bench/auto_share_bench.py                          # about 2 minutes
+    /usr/bin/python3 bench/auto_share_bench.py                          # about 5 minutes
     /usr/bin/python3 bench/auto_share_bench.py --mb 20 --repeat 1 --placement unpinned  # quick
     /usr/bin/python3 bench/auto_share_bench.py --method spawn --method forkserver
 

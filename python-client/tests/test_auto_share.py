@@ -4,6 +4,7 @@ fork, spawn and forkserver; the segments go when nobody uses them; joblib with S
 import concurrent.futures
 import contextlib
 import gc
+import importlib.util
 import multiprocessing as mp
 import os
 import pickle
@@ -518,38 +519,47 @@ def test_a_receiver_killed_before_unpickling_costs_only_the_in_flight_timeout():
 
 
 # --- joblib (loky) ------------------------------------------------------------------------------
+# In a child interpreter each: joblib imports distutils, which setuptools (test_packaging) then
+# warns about, and its worker processes outlive the calls.
+
+JOBLIB_BY_REFERENCE = """
+import sys, joblib, numpy as np, shmbroker
+from test_auto_share import N, _describe, _write_through
+a = shmbroker.create(sys.argv[1], N, "f8")  # 1.6 MB: above joblib's max_nbytes
+out = joblib.Parallel(n_jobs=2)(joblib.delayed(_write_through)(a, i) for i in range(8))
+# The workers wrote into this very memory: no copy, no joblib memmap.
+assert out == [("SharedArray", sys.argv[1])] * 8, out
+np.testing.assert_array_equal(a[:8], np.arange(1, 9))
+assert a[8:].sum() == 0
+# The same call with a plain array goes through joblib's own memmap: the checks above tell the
+# two apart.
+kinds = joblib.Parallel(n_jobs=2)(joblib.delayed(_describe)(np.zeros(N)) for _ in range(2))
+assert {k for k, _, _ in kinds} == {"memmap"}, kinds
+print("ok")
+"""
+
+JOBLIB_UNDER_AUTO_SHARE = """
+import joblib, numpy as np, shmbroker
+from test_auto_share import N, _describe
+with shmbroker.auto_share():
+    out = joblib.Parallel(n_jobs=2)(
+        joblib.delayed(_describe)(np.full(N, float(i))) for i in range(4))
+# joblib's own reducers come first for plain arrays: its memmaps, not segments.
+assert [(k, s) for k, _, s in out] == [("memmap", i * N) for i in range(4)], out
+print("ok")
+"""
+
+
+def need_joblib():
+    if importlib.util.find_spec("joblib") is None:
+        pytest.skip("joblib is not installed (Debian: python3-joblib; ./dev installs it)")
 
 
 def test_joblib_passes_shared_arrays_by_reference(names):
-    joblib = pytest.importorskip("joblib")
-    a = shmbroker.create(names("j"), N, "f8")  # 1.6 MB: above joblib's max_nbytes
-    try:
-        out = joblib.Parallel(n_jobs=2)(joblib.delayed(_write_through)(a, i) for i in range(8))
-        # The workers wrote into this very memory: no copy, no joblib memmap.
-        assert out == [("SharedArray", names("j"))] * 8
-        np.testing.assert_array_equal(a[:8], np.arange(1, 9))
-        # The same call with a plain array goes through joblib's own memmap: the check above
-        # tells the two apart.
-        plain = np.zeros(N)
-        kinds = joblib.Parallel(n_jobs=2)(joblib.delayed(_describe)(plain) for _ in range(2))
-        assert {k for k, _, _ in kinds} == {"memmap"}
-    finally:
-        _shutdown_loky()
+    need_joblib()
+    assert run_python(JOBLIB_BY_REFERENCE, names("j"), timeout=TIMEOUT).stdout == "ok\n"
 
 
 def test_joblib_is_unchanged_under_auto_share():
-    joblib = pytest.importorskip("joblib")
-    try:
-        with shmbroker.auto_share():
-            out = joblib.Parallel(n_jobs=2)(
-                joblib.delayed(_describe)(np.full(N, float(i))) for i in range(4))
-        # joblib's own reducers come first for plain arrays: its memmaps, not segments.
-        assert [(k, s) for k, _, s in out] == [("memmap", i * N) for i in range(4)]
-    finally:
-        _shutdown_loky()
-
-
-def _shutdown_loky():
-    from joblib.externals.loky import get_reusable_executor
-
-    get_reusable_executor().shutdown(wait=True)
+    need_joblib()
+    assert run_python(JOBLIB_UNDER_AUTO_SHARE, timeout=TIMEOUT).stdout == "ok\n"
