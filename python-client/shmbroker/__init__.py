@@ -6,10 +6,12 @@
     shmbroker.unlink("job/weights")                                 # memory freed when unused
 
 Arrays keep their mapping alive (views and slices too) and pickle by reference, so passing one
-to a multiprocessing worker costs a few hundred bytes whatever its size. Module-level functions
-use a per-process default client that connects on first use (see :func:`connect` for others).
+to a multiprocessing worker costs a few hundred bytes whatever its size; under
+:func:`auto_share`, so do the plain NumPy arrays that multiprocessing pickles. Module-level
+functions use a per-process default client that connects on first use (see :func:`connect`).
 """
 
+from ._auto import AutoShare, auto_share
 from .array import SharedArray, UnavailableArray, segment_name
 from .client import (
     Client,
@@ -115,6 +117,7 @@ def flush():
 
 __all__ = [
     "AlreadyExistsError",
+    "AutoShare",
     "Client",
     "Code",
     "DaemonStats",
@@ -136,6 +139,7 @@ __all__ = [
     "UnavailableArray",
     "UnavailableError",
     "attach",
+    "auto_share",
     "connect",
     "create",
     "default_client",

@@ -148,6 +148,17 @@ def check_daemon_trusted(sock, path, trusted):
 # Every open connection of this process, closed in a forked child (see client.py).
 connections = weakref.WeakSet()
 
+# Called (no arguments) right after a garbage-collector callback queued a release; as the
+# callbacks, they must not block, take a lock or touch a socket. auto_share adds one that wakes
+# a thread which sends the releases at once.
+release_hooks = []
+
+
+def _queue_release(append, item):
+    append(item)
+    for hook in release_hooks:
+        hook()
+
 
 class Connection:
     """One socket to the daemon, its region cache and its queue of releases. Not thread-safe:
@@ -352,12 +363,21 @@ class Connection:
         """Sends ``request`` now without waiting for its reply, which the next exchange reads
         (and ignores). At most _PIPELINE are outstanding, so neither side blocks on a full
         socket buffer."""
+        self._send_pipelined(request.SerializeToString())
+
+    def send_releases(self):
+        """Sends the queued releases now, pipelined: the daemon learns at once, and nobody
+        waits for a round trip."""
+        for packet in self._take_releases():
+            self._send_pipelined(packet)
+
+    def _send_pipelined(self, payload):
         if self.broken:
             return
         if self.unread >= _PIPELINE:
             self._exchange([])
         try:
-            self.sock.send(request.SerializeToString(), _MSG_NOSIGNAL)
+            self.sock.send(payload, _MSG_NOSIGNAL)
         except OSError as e:
             raise self._lost(f"lost the connection to the daemon: {e.strerror or e}") from None
         self.unread += 1
@@ -472,7 +492,7 @@ class Connection:
 
     def _region_released(self, rid):
         append = self.pending.append
-        return lambda ref: append((rid, ref))
+        return lambda ref: _queue_release(append, (rid, ref))
 
     def map(self, request, prefault=None):
         """Create or attach: returns (anchor, address, MapInfo, writable). ``prefault`` is
@@ -568,7 +588,7 @@ class Connection:
             anchor._conn = self
             anchor._aid = aid
             append = self.pending.append
-            self.anchors[aid] = weakref.ref(anchor, lambda _r, aid=aid: append(aid))
+            self.anchors[aid] = weakref.ref(anchor, lambda _r, aid=aid: _queue_release(append, aid))
             done = True
             return anchor, address, info, writable
         finally:

@@ -78,3 +78,19 @@ def interpose_exchange(fn, client=None):
         yield
     finally:
         del conn._exchange
+
+
+def auto_share_setting():
+    """min_bytes of the auto_share call in force in this process, or None when it is off."""
+    from . import _auto
+
+    return _auto._min_bytes
+
+
+def reset_auto_share():
+    """Ends every auto_share call in this process."""
+    from . import _auto
+
+    with _auto._lock:
+        _auto._stack.clear()
+        _auto._apply()

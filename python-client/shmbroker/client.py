@@ -239,6 +239,13 @@ class Client:
             conn.send_pipelined(req)
             return ticket
 
+    def _release_now(self):
+        """Sends the releases queued so far, pipelined (no round trip)."""
+        with self._lock:
+            conn = self._conn
+            if conn is not None and conn.usable():
+                conn.send_releases()
+
     @property
     def socket_path(self):
         """The path this client connects to."""

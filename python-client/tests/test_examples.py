@@ -26,6 +26,9 @@ EXAMPLES = os.path.join(CLIENT_ROOT, "examples")
         ("pool_refcount.py", ["4", "fork"], "got 4 arrays"),
         ("seal_wait.py", [], "read 1000000 from the sealed segment"),
         ("seal_wait.py", ["spawn"], "spawn: the consumer waited"),
+        ("auto_share_pool.py", ["8"], "spawn: 4 arrays of 8 MB went to the workers"),
+        ("auto_share_pool.py", ["2", "fork"], "every segment freed"),
+        ("auto_share_pool.py", ["2", "forkserver"], "forkserver: 4 arrays of 2 MB"),
     ],
     ids=lambda x: " ".join(x) if isinstance(x, list) else str(x),
 )
@@ -60,7 +63,13 @@ def test_readme_python_blocks_run(tmp_path, readme, index):
     p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and p.stderr == "", p.stdout + p.stderr
     # Each block says what it prints in its last comment.
-    expected = {"[42. 42. 42.]", "[250000. 250000. 250000.] False", "[0. 1. 2.] False"}
+    expected = {
+        "[42. 42. 42.]",
+        "[250000. 250000. 250000.] False",
+        "[0. 1. 2.] False",
+        "SharedArray [-499999.5 -499998.5]",
+        "[0. 1. 2. 3. 0. 1.]",
+    }
     assert p.stdout.strip() in expected
     assert shmbroker.list("examples/*") == [], "the example cleaned up"
 
