@@ -368,8 +368,19 @@ class Connection:
     def send_releases(self):
         """Sends the queued releases now, pipelined: the daemon learns at once, and nobody
         waits for a round trip."""
-        for packet in self._take_releases():
+        for packet in self._release_packets(self._take_releases()):
             self._send_pipelined(packet)
+
+    def _release_packets(self, releases):
+        """Packets of their own for ``releases``: a detach of the first of each _RIDE, the rest
+        riding on it."""
+        packets = []
+        for start in range(0, len(releases), _RIDE):
+            chunk = releases[start : start + _RIDE]
+            head = pb.Request()
+            head.detach.attachment_id, head.detach.released_region_id = chunk[0]
+            packets.append(head.SerializeToString() + self._releases_field(chunk[1:]))
+        return packets
 
     def _send_pipelined(self, payload):
         if self.broken:
@@ -444,16 +455,12 @@ class Connection:
             flush = False
         # The releases ride in the request's packet; only a backlog of more than _RIDE (or a
         # request too big to carry them) needs packets of its own, sent first.
-        packets = []
-        while releases:
-            chunk, releases = releases[:_RIDE], releases[_RIDE:]
-            ride = self._releases_field(chunk)
-            if not releases and len(payload) + len(ride) <= self.max_request:
-                payload += ride
-                break
-            head = pb.Request()
-            head.detach.attachment_id, head.detach.released_region_id = chunk[0]
-            packets.append(head.SerializeToString() + self._releases_field(chunk[1:]))
+        tail = (len(releases) - 1) % _RIDE + 1 if releases else 0
+        ride = self._releases_field(releases[len(releases) - tail :])
+        if len(payload) + len(ride) <= self.max_request:
+            payload += ride
+            del releases[len(releases) - tail :]
+        packets = self._release_packets(releases)
         packets.append(payload)
         reply = None
         fds = []

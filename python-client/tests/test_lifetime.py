@@ -274,3 +274,16 @@ print("intact" if (a == 7).all() else "overwritten", flush=True)
     out, _ = child.communicate("check\n", timeout=30)
     assert out.strip() == "intact"
     assert eventually(lambda: shmbroker.stats().unlinked_segments == before), "freed at exit"
+
+
+def test_a_backlog_of_releases_goes_in_several_packets(names):
+    # More releases than ride in one packet (1024): the rest go first, each in a packet of
+    # their own, and every one is applied before the request.
+    name = names()
+    keep = shmbroker.create(name, 8, "u1")
+    views = [shmbroker.attach(name) for _ in range(2500)]
+    assert attachments(name) == 2501
+    del views
+    gc.collect()
+    assert attachments(name) == 1
+    del keep
