@@ -76,6 +76,7 @@ Status Registry::CheckQuota(std::uint32_t uid, const std::string& name, std::uin
   if (uid == 0) return Status::Ok();
   Usage u = UsageOf(uid);
   if (options_.max_segments_per_user != 0 && u.segments + 1 > options_.max_segments_per_user) {
+    refusals_.Count(Limit::kSegmentsPerUser);
     return Status::ResourceExhausted("creating " + Quoted(name) + ": uid " + std::to_string(uid) +
                                      " holds " + std::to_string(u.segments) +
                                      " segments, its --max-segments-per-user " +
@@ -83,6 +84,7 @@ Status Registry::CheckQuota(std::uint32_t uid, const std::string& name, std::uin
   }
   if (options_.max_memory_per_user != 0 &&
       (size > options_.max_memory_per_user || u.bytes > options_.max_memory_per_user - size)) {
+    refusals_.Count(Limit::kMemoryPerUser);
     return Status::ResourceExhausted("creating " + Quoted(name) + " needs " + HumanBytes(size) +
                                      "; uid " + std::to_string(uid) + " holds " +
                                      HumanBytes(u.bytes) + " of its --max-memory-per-user " +
@@ -160,6 +162,7 @@ Result<Registry::Reservation> Registry::Reserve(SegmentSpec spec, const Credenti
     MakeRoom(size);  // The pool counts against --max-memory too, and goes first.
     if (size > options_.max_memory - std::min(bytes_held(), options_.max_memory)) {
       pool_->Return(std::move(pooled));
+      refusals_.Count(Limit::kMaxMemory);
       return Status::ResourceExhausted("creating " + Quoted(spec.name) + " needs " +
                                        std::to_string(size) + " bytes; the daemon holds " +
                                        std::to_string(bytes_held()) + " of its --max-memory " +
@@ -177,6 +180,7 @@ Result<Registry::Reservation> Registry::Reserve(SegmentSpec spec, const Credenti
       avail += pool_->Evict(want - avail).bytes;
     }
     if (size > avail || avail - size < kCheckAvailableEvery) {
+      refusals_.Count(Limit::kMachineMemory);
       return Status::ResourceExhausted("creating " + Quoted(spec.name) + " needs " +
                                        std::to_string(size) + " bytes; the machine has " +
                                        std::to_string(avail) + " available (" +
@@ -637,6 +641,7 @@ Status Registry::Lend(const std::shared_ptr<SegmentEntry>& s, std::uint64_t tick
   }
   std::size_t& mine = tickets_per_uid_[uid];
   if (mine >= kMaxTicketsPerUser) {
+    refusals_.Count(Limit::kTicketsPerUser);
     return Status::ResourceExhausted("uid " + std::to_string(uid) + " has " + std::to_string(mine) +
                                      " arrays in flight, the most one user may");
   }

@@ -26,6 +26,7 @@
 #include "ledger.h"
 #include "memfd.h"
 #include "pool.h"
+#include "refusals.h"
 #include "segment_entry.h"
 #include "shmbroker/status.h"
 #include "shmbroker/types.h"
@@ -221,6 +222,8 @@ class Registry {
   // Tickets not yet redeemed, and those that lapsed unredeemed since start.
   std::uint64_t tickets_in_flight() const { return tickets_.size() - early_redeems_; }
   std::uint64_t tickets_lapsed() const { return tickets_lapsed_; }
+  // Refusals at a limit, the registry's own and those the server and handler count here.
+  Refusals& refusals() const { return refusals_; }
   bool IsConnectionOpen(std::uint64_t connection) const {
     return open_connections_.count(connection) != 0;
   }
@@ -301,6 +304,7 @@ class Registry {
   std::vector<Creator> restored_creators_;
   std::array<std::uint64_t, 3> auto_unlinked_{};
   std::uint64_t tickets_lapsed_ = 0;
+  mutable Refusals refusals_;
   std::uint64_t next_id_ = 1;
   std::shared_ptr<WarmPool> pool_;
 };

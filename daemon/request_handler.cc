@@ -254,6 +254,7 @@ Outcome RequestHandler::AttachReply(Session& session, std::shared_ptr<SegmentEnt
 
 Status RequestHandler::MayAttach(const Session& session) const {
   if (session.attachments.size() < limits_.max_attachments_per_connection) return Status::Ok();
+  registry_.refusals().Count(Limit::kAttachmentsPerConnection);
   return Status::ResourceExhausted(
       "this connection holds " + std::to_string(session.attachments.size()) +
       " attachments, the most one connection may (--max-attachments-per-connection " +
@@ -570,6 +571,11 @@ Outcome RequestHandler::Stats(Session&) {
   r->set_tickets_in_flight(registry_.tickets_in_flight());
   r->set_tickets_lapsed(registry_.tickets_lapsed());
   r->set_waiters(static_cast<std::uint32_t>(waiters_.size()));
+  for (std::size_t i = 0; i < Refusals::kNames.size(); ++i) {
+    auto* c = r->add_refusals();
+    c->set_name(std::string(Refusals::kNames[i]));
+    c->set_value(registry_.refusals()[i]);
+  }
   const WarmPool& pool = registry_.pool();
   r->set_pool_bytes(pool.bytes());
   r->set_pool_segments(pool.segments());

@@ -164,12 +164,14 @@ Status Server::Admit(const Credentials& creds) const {
   const Limits& l = options_.limits;
   if (creds.uid != 0) {
     if (connections_.size() >= l.max_connections) {
+      registry_.refusals().Count(Limit::kConnections);
       return Status::ResourceExhausted("the daemon serves " + std::to_string(connections_.size()) +
                                        " clients already (--max-connections " +
                                        std::to_string(l.max_connections) + ")");
     }
     std::size_t mine = connections_.CountForUid(creds.uid);
     if (mine >= l.max_connections_per_user) {
+      registry_.refusals().Count(Limit::kConnectionsPerUser);
       return Status::ResourceExhausted("uid " + std::to_string(creds.uid) + " has " +
                                        std::to_string(mine) +
                                        " connections already (--max-connections-per-user " +
@@ -177,6 +179,7 @@ Status Server::Admit(const Credentials& creds) const {
     }
   }
   if (!fds_.MayAccept(creds.uid)) {
+    registry_.refusals().Count(Limit::kFileDescriptors);
     return Status::ResourceExhausted("the daemon is near its limit of open files (" +
                                      std::to_string(fds_.in_use()) + " of " +
                                      std::to_string(fds_.limit()) + " in use)");
@@ -201,6 +204,7 @@ void Server::AcceptWithSpare() {
   UniqueFd fd(::accept4(acceptor_.native_handle(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
   if (fd) {
     Credentials creds = PeerCredentials(fd.get());
+    registry_.refusals().Count(Limit::kFileDescriptors);
     Refuse(fd.get(), creds,
            Status::ResourceExhausted("the daemon has no file descriptor left for a connection"));
   }

@@ -347,6 +347,7 @@ std::string StatsText(const DaemonStats& s, const RenderContext& ctx) {
                       std::to_string(s.limits.fd_reserve) + " kept for root)"},
       {"requests:", counters(s.requests)},
       {"errors:", counters(s.errors)},
+      {"refused:", counters(s.refusals)},
       {"log:", std::to_string(s.log_lines_dropped) + " lines dropped"},
   };
   return Table(rows, false);
@@ -378,6 +379,9 @@ std::string StatsJson(const DaemonStats& s, const RenderContext& ctx) {
   j.Key("tickets_in_flight").Number(s.tickets_in_flight);
   j.Key("tickets_lapsed").Number(s.tickets_lapsed);
   j.Key("waiters").Number(std::uint64_t{s.waiters});
+  j.Key("refusals").BeginObject();
+  for (const auto& [k, v] : s.refusals) j.Key(k).Number(v);
+  j.EndObject();
   j.Key("pool_bytes").Number(s.pool_bytes);
   j.Key("pool_segments").Number(s.pool_segments);
   j.Key("pool_max_bytes").Number(s.pool_max_bytes);
@@ -480,6 +484,9 @@ std::string StatsPrometheus(const DaemonStats& s, const RenderContext& ctx) {
   sample(std::to_string(s.pool_released_bytes));
   gauge("clients", s.clients, "Connected clients");
   by_label("requests_total", "op", s.requests, "Requests served, by operation");
+  by_label("refusals_total", "limit", s.refusals,
+           "Requests and connections refused at a limit, by limit (memory_per_user, "
+           "segments_per_user, max_memory, connections, ...)");
   by_label("errors_total", "code", s.errors,
            "Requests answered with an error, by status code (RESOURCE_EXHAUSTED: refused at a "
            "memory, segment or descriptor limit)");

@@ -479,6 +479,7 @@ Result<DaemonStats> Client::Stats() {
   d.tickets_in_flight = s.tickets_in_flight();
   d.tickets_lapsed = s.tickets_lapsed();
   d.waiters = s.waiters();
+  for (const auto& c : s.refusals()) d.refusals[c.name()] = c.value();
   d.pool_bytes = s.pool_bytes();
   d.pool_segments = s.pool_segments();
   d.pool_max_bytes = s.pool_max_bytes();

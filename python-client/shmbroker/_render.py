@@ -473,6 +473,7 @@ def stats_text(s, ctx):
         ],
         ["requests:", counters(s.requests)],
         ["errors:", counters(s.errors)],
+        ["refused:", counters(s.refusals)],
         ["log:", f"{s.log_lines_dropped} lines dropped"],
     ]
     return table(rows, False)
@@ -503,6 +504,7 @@ def stats_json(s, ctx):
                 "tickets_in_flight": s.tickets_in_flight,
                 "tickets_lapsed": s.tickets_lapsed,
                 "waiters": s.waiters,
+                "refusals": dict(_by_bytes(s.refusals)),
                 "pool_bytes": s.pool_bytes,
                 "pool_segments": s.pool_segments,
                 "pool_max_bytes": s.pool_max_bytes,
@@ -621,6 +623,13 @@ def stats_prometheus(s, ctx):
     sample(str(s.pool_released_bytes))
     gauge("clients", s.clients, "Connected clients")
     by_label("requests_total", "op", s.requests, "Requests served, by operation")
+    by_label(
+        "refusals_total",
+        "limit",
+        s.refusals,
+        "Requests and connections refused at a limit, by limit (memory_per_user, "
+        "segments_per_user, max_memory, connections, ...)",
+    )
     by_label(
         "errors_total",
         "code",

@@ -123,6 +123,8 @@ class DaemonStats:
     tickets_in_flight: int = 0  # refcount arrays pickled and not yet unpickled
     tickets_lapsed: int = 0  # of those, given up after --in-flight-timeout, since start
     waiters: int = 0  # attaches waiting for a segment (attach wait=)
+    # Requests and connections refused at a limit, by limit: "memory_per_user", ...
+    refusals: dict = dataclasses.field(default_factory=dict)
     # The warm pool (--warm-pool, --prealloc): released large segments' memory kept, zeroed, for
     # later creates; not in bytes_held, but counted with it against max_memory.
     pool_bytes: int = 0
@@ -272,6 +274,7 @@ def stats_from_wire(s):
         tickets_in_flight=s.tickets_in_flight,
         tickets_lapsed=s.tickets_lapsed,
         waiters=s.waiters,
+        refusals={c.name: c.value for c in s.refusals},
         pool_bytes=s.pool_bytes,
         pool_segments=s.pool_segments,
         pool_max_bytes=s.pool_max_bytes,

@@ -85,6 +85,7 @@ TEST(Limits, ConnectionsPerUserAreCappedWithAClearError) {
   // Once its connections are gone, the user gets in again.
   EXPECT_TRUE(Eventually(
       [&] { return RunInChild([&] { return d.Connect().ok() ? 0 : 1; }, kNobody) == 0; }));
+  EXPECT_EQ(d.MustConnect().Stats()->refusals["connections_per_user"], 1u);
 }
 
 TEST(Limits, TheClientLibrarySaysWhyItWasRefused) {
@@ -253,6 +254,7 @@ TEST(Limits, AttachmentsPerConnectionAreCapped) {
             0);
   // Everything was released with the connection: the segment is unattached.
   EXPECT_TRUE(Eventually([&] { return root.Stat("shared")->attachments == 0; }));
+  EXPECT_EQ(root.Stats()->refusals["attachments_per_connection"], 1u);
   auto purged = root.Purge({.patterns = {"shared"}, .unattached = true});
   ASSERT_TRUE(purged.ok());
   EXPECT_EQ(purged->removed_count, 1u);
@@ -297,6 +299,13 @@ TEST(Limits, PerUserQuotasOnMemoryAndSegments) {
   for (int i = 0; i < 5; ++i) {
     EXPECT_TRUE(root.Create({.name = "root/" + std::to_string(i), .shape = {1 << 20}}).ok());
   }
+  // Each refusal is counted under its limit.
+  auto st = root.Stats();
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ(st->refusals["segments_per_user"], 1u);
+  EXPECT_EQ(st->refusals["memory_per_user"], 1u);
+  EXPECT_EQ(st->refusals["max_memory"], 0u);
+  EXPECT_EQ(st->refusals.size(), 9u);
 }
 
 std::size_t DescriptorsOf(pid_t pid) {

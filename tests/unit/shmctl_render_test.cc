@@ -215,6 +215,7 @@ DaemonStats SampleStats() {
   st.tickets_in_flight = 2;
   st.tickets_lapsed = 1;
   st.waiters = 4;
+  st.refusals = {{"memory_per_user", 3}, {"connections", 0}};
   st.pool_bytes = 8 << 20;
   st.pool_segments = 2;
   st.pool_max_bytes = 1 << 30;
@@ -281,6 +282,8 @@ TEST(ShmctlRender, PrometheusHasEveryFigure) {
       {"shmbroker_tickets_in_flight", "2"},
       {"shmbroker_tickets_lapsed_total", "1"},
       {"shmbroker_waiters", "4"},
+      {"shmbroker_refusals_total{limit=\"connections\"}", "0"},
+      {"shmbroker_refusals_total{limit=\"memory_per_user\"}", "3"},
       {"shmbroker_pool_bytes", "8388608"},
       {"shmbroker_pool_segments", "2"},
       {"shmbroker_pool_max_bytes", "1073741824"},

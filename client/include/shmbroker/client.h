@@ -132,6 +132,9 @@ struct DaemonStats {
   std::uint64_t tickets_in_flight = 0;  // Refcount arrays pickled and not yet unpickled.
   std::uint64_t tickets_lapsed = 0;     // Of those, given up after --in-flight-timeout.
   std::uint32_t waiters = 0;            // Attaches waiting for a segment.
+  // Requests and connections refused at a limit, by limit: "memory_per_user",
+  // "segments_per_user", "max_memory", "connections", ... (see shmctl(1), stats).
+  std::map<std::string, std::uint64_t> refusals;
   // The warm pool (--warm-pool, --prealloc): released large segments' memory kept, zeroed, for
   // later creates; not in bytes_held, but counted with it against max_memory.
   std::uint64_t pool_bytes = 0;
