@@ -277,21 +277,28 @@ Outcome RequestHandler::Create(Session& session, const wire::CreateRequest& req)
   // Pooled memory still being zeroed is used by a job queued after the zeroing.
   if (!offload_ || (reserved->size < kOffLoopBytes && !registry_.pooled_needs_offload(*reserved))) {
     auto memory = registry_.MemoryJob(*reserved)();
+    if (EvictForRetry(memory, reserved->size)) memory = registry_.MemoryJob(*reserved)();
     return Created(session, registry_.Commit(std::move(reserved).value(), std::move(memory)));
   }
   // Large: the event loop (and the watchdog) go on while a worker reserves the memory. The
   // connection reads nothing more until the reply, so its requests keep their order.
-  struct Pending {
-    Registry::Reservation reservation;
-    Result<SegmentMemory> memory = Status::Internal("not run");
-  };
-  auto pending = std::make_shared<Pending>(Pending{std::move(reserved).value()});
+  CreateOffLoop(std::make_shared<PendingCreate>(PendingCreate{std::move(reserved).value()}),
+                session.id);
+  return Outcome::Deferred();
+}
+
+void RequestHandler::CreateOffLoop(std::shared_ptr<PendingCreate> pending, std::uint64_t session) {
   offload_(
       [pending, make = registry_.MemoryJob(pending->reservation)] { pending->memory = make(); },
-      [this, pending, id = session.id] {
-        auto it = sessions_.find(id);
+      [this, pending, session] {
+        auto it = sessions_.find(session);
         if (it == sessions_.end()) {  // The client hung up: nobody to give it to.
           registry_.Cancel(pending->reservation);
+          return;
+        }
+        if (!pending->retried && EvictForRetry(pending->memory, pending->reservation.size)) {
+          pending->retried = true;
+          CreateOffLoop(pending, session);
           return;
         }
         Session& s = *it->second;
@@ -300,7 +307,17 @@ Outcome RequestHandler::Create(Session& session, const wire::CreateRequest& req)
         if (out.deferred) return;  // AfterStored completes it.
         if (auto sink = s.sink.lock()) sink->Complete(std::move(out));
       });
-  return Outcome::Deferred();
+}
+
+bool RequestHandler::EvictForRetry(const Result<SegmentMemory>& memory, std::uint64_t size) {
+  // The kernel refused the memory (a cgroup limit, the machine) while the pool keeps some: give
+  // it back and try once more, rather than refuse a create the pool's memory could serve.
+  if (memory.ok() || memory.status().code() != Code::kResourceExhausted) return false;
+  if (registry_.pool().bytes() == 0) return false;
+  auto released = registry_.pool().Evict(size);
+  spdlog::info("warm pool: gave back {} to retry a create of {} the kernel refused",
+               HumanBytes(released.bytes), HumanBytes(size));
+  return released.bytes > 0;
 }
 
 Outcome RequestHandler::Created(Session& session, Result<std::shared_ptr<SegmentEntry>> seg) {

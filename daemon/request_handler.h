@@ -79,6 +79,9 @@ class RequestHandler {
   Outcome Create(Session& session, const wire::CreateRequest& req);
   Outcome Attach(Session& session, const wire::AttachRequest& req);
   Outcome Detach(Session& session, const wire::DetachRequest& req);
+  // After a create's memory was refused: evicts the warm pool's memory and says whether to
+  // retry (once).
+  bool EvictForRetry(const Result<SegmentMemory>& memory, std::uint64_t size);
   Outcome Unlink(Session& session, const wire::UnlinkRequest& req);
   Outcome Stat(Session& session, const wire::StatRequest& req);
   Outcome List(Session& session, const wire::ListRequest& req);
@@ -100,6 +103,13 @@ class RequestHandler {
   Outcome Error(const Status& status);
   // The reply to a create whose memory is ready (or failed): `seg` registered by Commit.
   Outcome Created(Session& session, Result<std::shared_ptr<SegmentEntry>> seg);
+  // A large create whose memory a worker reserves; tried once more after evicting the pool.
+  struct PendingCreate {
+    Registry::Reservation reservation;
+    Result<SegmentMemory> memory = Status::Internal("not run");
+    bool retried = false;
+  };
+  void CreateOffLoop(std::shared_ptr<PendingCreate> pending, std::uint64_t session);
   // `out`, or Deferred until the fd store has what `out` acknowledges (see set_when_stored).
   Outcome AfterStored(Session& session, Outcome out);
   // RESOURCE_EXHAUSTED when the connection holds all the attachments it may.

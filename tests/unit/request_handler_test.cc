@@ -282,3 +282,72 @@ TEST_F(RequestHandlerTest, ALongClientNameIsCutAtACharacterBoundary) {
 
 }  // namespace
 }  // namespace shmbroker::daemon
+
+namespace shmbroker::daemon {
+namespace {
+
+// The kernel refuses a create's memory (a cgroup limit, say) while the warm pool keeps some: the
+// pool gives it back and the create is tried once more, instead of failing.
+TEST(RequestHandlerPool, ARefusedCreateEvictsThePoolAndRetriesOnce) {
+  spdlog::set_level(spdlog::level::off);
+  Registry* registry = nullptr;
+  int memfds = 0;
+  bool always_refuse = false;
+  RegistryOptions opts;
+  opts.warm_pool = 64 << 20;
+  opts.huge_pages = HugePages::kNever;
+  opts.make_memfd = [&](const std::string& label, std::uint64_t n) -> Result<SegmentMemory> {
+    ++memfds;
+    if (always_refuse || registry->pool().bytes() > 0) {
+      return Status::ResourceExhausted("the machine is full");
+    }
+    return CreateSegmentMemfd(label, n);
+  };
+  Registry reg(opts);
+  registry = &reg;
+  RequestHandler handler(reg, DaemonInfo{"9.9.9", "/tmp/x.sock", 42});
+  Session s;
+  s.id = 1;
+  s.creds = Credentials{1000, 100, 555, {}};
+  handler.Opened(s);
+  auto send = [&](const wire::Request& r) {
+    std::string bytes = r.SerializeAsString();
+    return handler.Handle(s, std::as_bytes(std::span(bytes)));
+  };
+  auto create = [&](const std::string& name, std::uint64_t n) {
+    wire::Request r;
+    r.mutable_create()->set_name(name);
+    r.mutable_create()->set_dtype("|u1");
+    r.mutable_create()->add_shape(n);
+    return send(r);
+  };
+  wire::Request hello;
+  hello.mutable_hello()->set_protocol_version(wire::PROTOCOL_VERSION_CURRENT);
+  ASSERT_EQ(send(hello).reply.code(), wire::OK);
+
+  Outcome a = create("a", 8 << 20);
+  ASSERT_EQ(a.reply.code(), wire::OK) << a.reply.message();
+  wire::Request release;
+  release.mutable_detach()->set_attachment_id(a.reply.attach().attachment_id());
+  release.mutable_detach()->set_released_region_id(a.reply.attach().mapping().region_id());
+  ASSERT_EQ(send(release).reply.code(), wire::OK);
+  a.fds.clear();
+  a.pins.clear();
+  wire::Request unlink;
+  unlink.mutable_unlink()->set_name("a");
+  ASSERT_EQ(send(unlink).reply.code(), wire::OK);
+  ASSERT_EQ(reg.pool().bytes(), 8u << 20) << "released and unlinked: pooled";
+
+  Outcome b = create("b", 16 << 20);  // Another size: new memory, refused while the pool holds.
+  EXPECT_EQ(b.reply.code(), wire::OK) << b.reply.message();
+  EXPECT_EQ(reg.pool().bytes(), 0u);
+  EXPECT_EQ(memfds, 3);  // a; b refused; b again after the eviction.
+
+  always_refuse = true;  // No pool left to give back: refused, once.
+  Outcome c = create("c", 16 << 20);
+  EXPECT_EQ(c.reply.code(), wire::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(memfds, 4);
+}
+
+}  // namespace
+}  // namespace shmbroker::daemon
