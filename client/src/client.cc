@@ -6,7 +6,10 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cstdio>
 #include <cstring>
+#include <random>
 
 #include "client_core.h"
 #include "common/map_aligned.h"
@@ -361,10 +364,25 @@ Result<Client> Client::Connect(const ClientOptions& options) {
   return Client(std::move(core));
 }
 
+namespace {
+
+// pid and counter make it unique here; the random part makes it unguessable, so that nobody can
+// take the name first.
+std::string GeneratedName() {
+  static std::atomic<std::uint64_t> counter{0};
+  thread_local std::random_device device;  // The kernel's randomness (getrandom).
+  std::uint64_t random = (std::uint64_t{device()} << 32 | device()) & 0xffff'ffff'ffffULL;
+  char hex[13];
+  std::snprintf(hex, sizeof(hex), "%012llx", static_cast<unsigned long long>(random));
+  return "auto/" + std::to_string(::getpid()) + "-" + std::to_string(++counter) + "-" + hex;
+}
+
+}  // namespace
+
 Result<Segment> Client::Create(const CreateOptions& o) {
   wire::Request req;
   auto* c = req.mutable_create();
-  c->set_name(o.name);
+  c->set_name(o.name.empty() ? GeneratedName() : o.name);
   c->set_dtype(o.dtype);
   for (auto d : o.shape) c->add_shape(d);
   c->set_order(o.order == Order::kF ? wire::ORDER_F : wire::ORDER_C);

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <set>
 #include <thread>
 
 #include "test_daemon.h"
@@ -266,6 +267,25 @@ TEST(Lifetime, StatsCountAutomaticUnlinksAndTickets) {
   EXPECT_EQ(st->tickets_lapsed, 1u);
   EXPECT_EQ(st->auto_unlinked["refcount"], 2u);
   EXPECT_GE(st->requests["ticket"], 1u);
+}
+
+// An empty name makes a unique one, as Python's create(None, ...): "auto/<pid>-<n>-<random>".
+TEST(Lifetime, EmptyNamesAreGenerated) {
+  TestDaemon d;
+  Client c = d.MustConnect();
+  std::set<std::string> names;
+  for (int i = 0; i < 50; ++i) {
+    auto s = c.Create({.shape = {8}, .lifetime = Lifetime::kConnection});
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    EXPECT_EQ(s->name().rfind("auto/" + std::to_string(::getpid()) + "-", 0), 0u) << s->name();
+    EXPECT_TRUE(names.insert(s->name()).second) << s->name();
+    EXPECT_TRUE(Exists(c, s->name()));
+  }
+  // The random part differs even where pid and counter could repeat (a forked child).
+  std::string tail_a = names.begin()->substr(names.begin()->rfind('-') + 1);
+  std::string tail_b = names.rbegin()->substr(names.rbegin()->rfind('-') + 1);
+  EXPECT_EQ(tail_a.size(), 12u);
+  EXPECT_NE(tail_a, tail_b);
 }
 
 }  // namespace

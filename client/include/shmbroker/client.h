@@ -51,7 +51,9 @@ struct ClientOptions {
 };
 
 struct CreateOptions {
-  std::string name;                  // 1..255 printable ASCII bytes, no spaces; '/' allowed.
+  // 1..255 printable ASCII bytes, no spaces; '/' allowed. Empty: a unique name is generated,
+  // "auto/<pid>-<n>-<random>" (Segment::name() says which), as Python's create(None, ...).
+  std::string name;
   std::string dtype = "|u1";         // NumPy type string; "|u1" with shape {n} is n raw bytes.
   std::vector<std::uint64_t> shape;  // Empty: a 0-d array of one item.
   Order order = Order::kC;
