@@ -435,6 +435,10 @@ std::string StatsPrometheus(const DaemonStats& s, const RenderContext& ctx) {
     begin(name, "gauge", help);
     sample(std::to_string(v));
   };
+  auto counter = [&](const std::string& name, std::uint64_t v, const char* help) {
+    begin(name, "counter", help);
+    sample(std::to_string(v));
+  };
   auto by_label = [&](const std::string& name, const char* label,
                       const std::map<std::string, std::uint64_t>& counts, const char* help) {
     begin(name, "counter", help);
@@ -469,19 +473,16 @@ std::string StatsPrometheus(const DaemonStats& s, const RenderContext& ctx) {
            "Segments the daemon unlinked by itself, by cause (connection, refcount, ttl)");
   gauge("tickets_in_flight", s.tickets_in_flight,
         "Refcount arrays pickled to another process and not yet unpickled there");
-  begin("tickets_lapsed_total", "counter",
-        "Pickled refcount arrays given up after --in-flight-timeout, never unpickled");
-  sample(std::to_string(s.tickets_lapsed));
+  counter("tickets_lapsed_total", s.tickets_lapsed,
+          "Pickled refcount arrays given up after --in-flight-timeout, never unpickled");
   gauge("waiters", s.waiters, "Attaches waiting in the daemon for a segment (attach wait=)");
   gauge("pool_bytes", s.pool_bytes,
         "Bytes of released segments' memory the warm pool keeps zeroed for reuse");
   gauge("pool_segments", s.pool_segments, "Memfds in the warm pool");
   gauge("pool_max_bytes", s.pool_max_bytes, "--warm-pool: what the pool may keep (0: no pool)");
-  begin("pool_reused_total", "counter", "Creates served from the warm pool");
-  sample(std::to_string(s.pool_reused));
-  begin("pool_released_bytes_total", "counter",
-        "Bytes the warm pool gave back (caps, memory pressure, trim)");
-  sample(std::to_string(s.pool_released_bytes));
+  counter("pool_reused_total", s.pool_reused, "Creates served from the warm pool");
+  counter("pool_released_bytes_total", s.pool_released_bytes,
+          "Bytes the warm pool gave back (caps, memory pressure, trim)");
   gauge("clients", s.clients, "Connected clients");
   by_label("requests_total", "op", s.requests, "Requests served, by operation");
   by_label("refusals_total", "limit", s.refusals,
@@ -490,9 +491,8 @@ std::string StatsPrometheus(const DaemonStats& s, const RenderContext& ctx) {
   by_label("errors_total", "code", s.errors,
            "Requests answered with an error, by status code (RESOURCE_EXHAUSTED: refused at a "
            "memory, segment or descriptor limit)");
-  begin("log_lines_dropped_total", "counter",
-        "Log lines dropped because the daemon's stderr did not keep up");
-  sample(std::to_string(s.log_lines_dropped));
+  counter("log_lines_dropped_total", s.log_lines_dropped,
+          "Log lines dropped because the daemon's stderr did not keep up");
   gauge("max_memory_bytes", s.max_memory, "--max-memory: cap on all segments' bytes (0: none)");
   gauge("max_memory_per_user_bytes", l.max_memory_per_user,
         "--max-memory-per-user: cap on one owner's bytes (0: none)");

@@ -442,26 +442,17 @@ class Connection:
                     f"request of {len(payload)} bytes exceeds the protocol's {self.max_request}"
                 )
         releases = self._take_releases()
-        if request is None:
-            # A flush: the releases ride on a request of their own (a detach of the first).
-            if not releases:
-                return None
-            request = pb.Request()
-            request.detach.attachment_id, request.detach.released_region_id = releases.pop(0)
-            payload = request.SerializeToString()
-            expect = "empty"
-            flush = True
+        if request is None:  # a flush: the releases in packets of their own
+            packets = self._release_packets(releases)
         else:
-            flush = False
-        # The releases ride in the request's packet; only a backlog of more than _RIDE (or a
-        # request too big to carry them) needs packets of its own, sent first.
-        tail = (len(releases) - 1) % _RIDE + 1 if releases else 0
-        ride = self._releases_field(releases[len(releases) - tail :])
-        if len(payload) + len(ride) <= self.max_request:
-            payload += ride
-            del releases[len(releases) - tail :]
-        packets = self._release_packets(releases)
-        packets.append(payload)
+            # The releases ride in the request's packet; only a backlog of more than _RIDE (or a
+            # request too big to carry them) needs packets of their own, sent first.
+            tail = (len(releases) - 1) % _RIDE + 1 if releases else 0
+            ride = self._releases_field(releases[len(releases) - tail :])
+            if len(payload) + len(ride) <= self.max_request:
+                payload += ride
+                del releases[len(releases) - tail :]
+            packets = self._release_packets(releases) + [payload]
         reply = None
         fds = []
         for start in range(0, len(packets), _PIPELINE):
@@ -479,7 +470,7 @@ class Connection:
                     close_fds(fds)
                     self.close()
                     raise ProtocolError("the daemon's reply could not be parsed") from None
-        if flush:
+        if request is None:
             return None  # a release of an attachment the daemon already ended is no error
         try:
             if reply.code != Code.OK:

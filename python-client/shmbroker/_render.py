@@ -547,6 +547,10 @@ def stats_prometheus(s, ctx):
         begin(name, "gauge", help_text)
         sample(str(v))
 
+    def counter(name, v, help_text):
+        begin(name, "counter", help_text)
+        sample(str(v))
+
     def by_label(name, label, counts, help_text):
         begin(name, "counter", help_text)
         for k, v in _by_bytes(counts):
@@ -599,12 +603,11 @@ def stats_prometheus(s, ctx):
         s.tickets_in_flight,
         "Refcount arrays pickled to another process and not yet unpickled there",
     )
-    begin(
+    counter(
         "tickets_lapsed_total",
-        "counter",
+        s.tickets_lapsed,
         "Pickled refcount arrays given up after --in-flight-timeout, never unpickled",
     )
-    sample(str(s.tickets_lapsed))
     gauge("waiters", s.waiters, "Attaches waiting in the daemon for a segment (attach wait=)")
     gauge(
         "pool_bytes",
@@ -613,14 +616,12 @@ def stats_prometheus(s, ctx):
     )
     gauge("pool_segments", s.pool_segments, "Memfds in the warm pool")
     gauge("pool_max_bytes", s.pool_max_bytes, "--warm-pool: what the pool may keep (0: no pool)")
-    begin("pool_reused_total", "counter", "Creates served from the warm pool")
-    sample(str(s.pool_reused))
-    begin(
+    counter("pool_reused_total", s.pool_reused, "Creates served from the warm pool")
+    counter(
         "pool_released_bytes_total",
-        "counter",
+        s.pool_released_bytes,
         "Bytes the warm pool gave back (caps, memory pressure, trim)",
     )
-    sample(str(s.pool_released_bytes))
     gauge("clients", s.clients, "Connected clients")
     by_label("requests_total", "op", s.requests, "Requests served, by operation")
     by_label(
@@ -637,12 +638,11 @@ def stats_prometheus(s, ctx):
         "Requests answered with an error, by status code (RESOURCE_EXHAUSTED: refused at a "
         "memory, segment or descriptor limit)",
     )
-    begin(
+    counter(
         "log_lines_dropped_total",
-        "counter",
+        s.log_lines_dropped,
         "Log lines dropped because the daemon's stderr did not keep up",
     )
-    sample(str(s.log_lines_dropped))
     gauge("max_memory_bytes", s.max_memory, "--max-memory: cap on all segments' bytes (0: none)")
     gauge(
         "max_memory_per_user_bytes",

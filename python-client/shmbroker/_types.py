@@ -1,6 +1,7 @@
 """What the daemon reports, as Python values: the result dataclasses, and their conversion from
 the wire's messages (proto/shmbroker.proto)."""
 
+import collections
 import dataclasses
 import datetime
 
@@ -199,29 +200,21 @@ def info_from_wire(w):
     )
 
 
-class MapInfo(tuple):
-    """What mapping a create or attach needs of its SegmentInfo: a plain tuple, as building the
-    whole SegmentInfo (holders, attrs, times) was a sixth of the Python client's cost."""
-
-    __slots__ = ()
-    name = property(lambda self: self[0])
-    dtype = property(lambda self: self[1])
-    shape = property(lambda self: self[2])
-    order = property(lambda self: self[3])
-    nbytes = property(lambda self: self[4])
-    lifetime = property(lambda self: self[5])
+# What mapping a create or attach needs of its SegmentInfo: building the whole SegmentInfo
+# (holders, attrs, times) was a sixth of the Python client's cost.
+MapInfo = collections.namedtuple("MapInfo", "name dtype shape order nbytes lifetime")
 
 
 def map_info_from_wire(w):
     name = w.name
-    return MapInfo((
+    return MapInfo(
         name,
         dtype_of(name, w.dtype),
         tuple(w.shape),
         "F" if w.order == pb.ORDER_F else "C",
         w.nbytes,
         LIFETIME_NAMES.get(w.lifetime, str(w.lifetime)),
-    ))
+    )
 
 
 def server_from_wire(h):
