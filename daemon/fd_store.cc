@@ -5,13 +5,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <chrono>
 #include <cstring>
 #include <map>
 
 #include <spdlog/spdlog.h>
 
+#include "journal.h"
 #include "memfd.h"
 #include "store.pb.h"
 #include "wire_convert.h"
@@ -20,18 +23,26 @@ namespace shmbroker::daemon {
 namespace {
 
 constexpr std::size_t kMaxMetaBytes = 1 << 20;
+// A rewrite is due when the journal is twice its live records and this much more.
+constexpr std::uint64_t kRewriteSlack = 256 << 10;
+// A journal that cannot be written is tried again at most this often.
+constexpr auto kRetryInterval = std::chrono::seconds(1);
 
 std::string DataName(std::uint64_t id) { return "seg-" + std::to_string(id); }
-std::string MetaName(std::uint64_t id) { return "meta-" + std::to_string(id); }
 std::string RegionName(std::uint64_t id) { return "region-" + std::to_string(id); }
+std::string JournalName(std::uint64_t generation) {
+  return "journal-" + std::to_string(generation);
+}
 
-enum class Kind { kData, kMeta, kRegion };
+enum class Kind { kData, kMeta, kRegion, kJournal };
 
-// "seg-12" -> (kData, 12); "meta-12" -> (kMeta, 12); "region-12" -> (kRegion, 12).
+// "seg-12" -> (kData, 12); "meta-12" -> (kMeta, 12); "region-12" -> (kRegion, 12);
+// "journal-3" -> (kJournal, 3).
 bool ParseStoreName(const std::string& name, Kind& kind, std::uint64_t& id) {
   std::string_view digits;
-  for (auto [prefix, k] : {std::pair{"seg-", Kind::kData}, std::pair{"meta-", Kind::kMeta},
-                           std::pair{"region-", Kind::kRegion}}) {
+  for (auto [prefix, k] :
+       {std::pair{"seg-", Kind::kData}, std::pair{"meta-", Kind::kMeta},
+        std::pair{"region-", Kind::kRegion}, std::pair{"journal-", Kind::kJournal}}) {
     if (name.rfind(prefix, 0) == 0) {
       kind = k;
       digits = std::string_view(name).substr(std::strlen(prefix));
@@ -42,7 +53,7 @@ bool ParseStoreName(const std::string& name, Kind& kind, std::uint64_t& id) {
   return false;
 }
 
-UniqueFd MakeMetaMemfd(const SegmentEntry& s) {
+std::string Describe(const SegmentEntry& s) {
   store::StoredSegment stored;
   stored.set_format(1);
   stored.set_id(s.id());
@@ -51,16 +62,19 @@ UniqueFd MakeMetaMemfd(const SegmentEntry& s) {
     stored.set_region_id(s.region()->id());
     stored.set_offset(s.offset());
   }
-  std::string bytes = stored.SerializeAsString();
+  return stored.SerializeAsString();
+}
 
-  UniqueFd fd(MemfdCreate("shmbroker-meta:" + s.name()));
-  if (!fd) return fd;
-  if (::write(fd.get(), bytes.data(), bytes.size()) != static_cast<ssize_t>(bytes.size()) ||
-      ::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) !=
-          0) {
+// The bytes of an older daemon's meta-<id> memfd, or "" when unreadable.
+std::string ReadMeta(int fd) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || st.st_size <= 0 ||
+      static_cast<std::size_t>(st.st_size) > kMaxMetaBytes) {
     return {};
   }
-  return fd;
+  std::string bytes(static_cast<std::size_t>(st.st_size), '\0');
+  if (::pread(fd, bytes.data(), bytes.size(), 0) != st.st_size) return {};
+  return bytes;
 }
 
 }  // namespace
@@ -80,71 +94,167 @@ void FdStore::RegionAdded(const SharedRegion& r) {
 }
 
 void FdStore::Added(const SegmentEntry& s) {
-  UniqueFd meta = MakeMetaMemfd(s);
-  if (!meta) {
-    spdlog::warn("cannot write restart metadata for '{}': {}; it will not survive a restart",
-                 s.name(), std::strerror(errno));
-    return;
-  }
-  // The data goes first (a shared region went when it was made): a metadata entry without its
-  // data is dropped at restore.
+  // The data goes first (a shared region went when it was made): a record without its data is
+  // dropped at restore.
   if (!s.shared()) Send(DataName(s.id()), s.memfd());
-  notifier_.Send("FDSTORE=1\nFDNAME=" + MetaName(s.id()), std::move(meta));
+  std::string record = Journal::EncodePut(s.id(), Describe(s));
+  auto [it, fresh] = put_bytes_.try_emplace(s.id(), 0);
+  live_bytes_ += record.size() - it->second;
+  it->second = static_cast<std::uint32_t>(record.size());
+  Write(record, 0);
 }
 
 void FdStore::Removed(const SegmentEntry& s) {
-  if (s.shared()) {
-    notifier_.Send("FDSTOREREMOVE=1\nFDNAME=" + MetaName(s.id()));
-  } else {
-    Drop(s.id());
+  if (auto it = put_bytes_.find(s.id()); it != put_bytes_.end()) {
+    live_bytes_ -= it->second;
+    put_bytes_.erase(it);
+  }
+  // The registry still names it while it is being removed: a rewrite now must leave it out.
+  Write(Journal::EncodeDelete(s.id()), s.id());
+  if (!s.shared()) notifier_.Send("FDSTOREREMOVE=1\nFDNAME=" + DataName(s.id()));
+}
+
+void FdStore::Write(std::string_view record, std::uint64_t removing) {
+  if ((logs_.empty() || logs_.back().removing) && !Rewrite(removing)) return;
+  bool failed = false;
+  for (Log& log : logs_) {
+    // One removed already only needs to stay in step until systemd has dropped it.
+    if (!Journal::Append(log.fd.get(), log.tail, record) && !log.removing) failed = true;
+  }
+  Log& current = logs_.back();
+  if (failed) {
+    spdlog::warn("cannot append to restart journal {}: {}; writing a new one", current.generation,
+                 std::strerror(errno));
+    Rewrite(removing);
+  } else if (current.tail > 2 * live_bytes_ + kRewriteSlack) {
+    Rewrite(removing);
   }
 }
 
-void FdStore::Drop(std::uint64_t id) {
-  notifier_.Send("FDSTOREREMOVE=1\nFDNAME=" + DataName(id));
-  notifier_.Send("FDSTOREREMOVE=1\nFDNAME=" + MetaName(id));
+bool FdStore::Rewrite(std::uint64_t removing) {
+  if (registry_ == nullptr) return false;
+  auto now = std::chrono::steady_clock::now();
+  bool retry = logs_.empty() || logs_.back().removing;
+  if (retry && last_failure_ && now - *last_failure_ < kRetryInterval) return false;
+  Log log{next_generation_++, Journal::Make(), Journal::kMagic.size(), false};
+  bool ok = static_cast<bool>(log.fd);
+  put_bytes_.clear();
+  live_bytes_ = 0;
+  std::string batch;
+  auto flush = [&] {
+    ok = ok && Journal::Append(log.fd.get(), log.tail, batch);
+    batch.clear();
+    return ok;
+  };
+  if (ok) {
+    Status listed = registry_->List("", "", [&](const SegmentEntry& s) {
+      if (s.id() == removing) return true;
+      std::string record = Journal::EncodePut(s.id(), Describe(s));
+      put_bytes_[s.id()] = static_cast<std::uint32_t>(record.size());
+      live_bytes_ += record.size();
+      batch += record;
+      return batch.size() < (1 << 20) || flush();
+    });
+    ok = listed.ok() && flush();
+  }
+  // Earlier generations leave the store after this one is in it (messages go in order).
+  auto retire_all = [&] {
+    for (Log& old : logs_) {
+      if (!old.removing) notifier_.Send("FDSTOREREMOVE=1\nFDNAME=" + JournalName(old.generation));
+      old.removing = true;
+    }
+    std::uint64_t last = logs_.empty() ? 0 : logs_.back().generation;
+    auto forget = [this, last, alive = std::weak_ptr<int>(alive_)] {
+      if (alive.expired()) return;  // The notifier may outlive this store.
+      std::erase_if(logs_, [last](const Log& l) { return l.removing && l.generation <= last; });
+    };
+    if (last != 0 && !notifier_.WhenSent(forget)) forget();
+  };
+  if (!ok) {
+    spdlog::warn(
+        "cannot write the restart journal: {}; segments will not survive a restart "
+        "until it can be written again",
+        std::strerror(errno));
+    last_failure_ = now;
+    retire_all();
+    return false;
+  }
+  last_failure_.reset();
+  Send(JournalName(log.generation), log.fd.get());
+  retire_all();
+  logs_.push_back(std::move(log));
+  return true;
 }
 
+void FdStore::Drop(std::uint64_t id) { notifier_.Send("FDSTOREREMOVE=1\nFDNAME=" + DataName(id)); }
+
 std::size_t FdStore::Restore(std::vector<ListenFd>& fds, Registry& registry) {
-  struct Pair {
-    UniqueFd data, meta;
-  };
-  std::map<std::uint64_t, Pair> pairs;
+  registry_ = &registry;
+  std::map<std::uint64_t, UniqueFd> data;
+  std::map<std::uint64_t, std::string> records;                // Segment id -> StoredSegment bytes.
+  std::map<std::uint64_t, UniqueFd, std::greater<>> journals;  // Newest first.
+  std::vector<std::string> superseded;                         // Entries the new journal replaces.
   Arena& arena = registry.arena();
   for (auto& lf : fds) {
     Kind kind = Kind::kData;
     std::uint64_t id = 0;
     if (!lf.fd || !ParseStoreName(lf.name, kind, id)) continue;
-    if (kind == Kind::kRegion) {
-      if (Status s = arena.Adopt(id, std::move(lf.fd)); !s.ok()) {
-        spdlog::warn("stored {}: {}; dropping it from the fd store", lf.name, s.ToString());
-        notifier_.Send("FDSTOREREMOVE=1\nFDNAME=" + lf.name);
-      }
+    switch (kind) {
+      case Kind::kRegion:
+        if (Status s = arena.Adopt(id, std::move(lf.fd)); !s.ok()) {
+          spdlog::warn("stored {}: {}; dropping it from the fd store", lf.name, s.ToString());
+          notifier_.Send("FDSTOREREMOVE=1\nFDNAME=" + lf.name);
+        }
+        break;
+      case Kind::kJournal:
+        next_generation_ = std::max(next_generation_, id + 1);
+        superseded.push_back(lf.name);
+        journals[id] = std::move(lf.fd);
+        break;
+      case Kind::kMeta:
+        superseded.push_back(lf.name);
+        if (std::string bytes = ReadMeta(lf.fd.get()); !bytes.empty()) {
+          records[id] = std::move(bytes);
+        } else {
+          spdlog::warn("stored segment {}: unreadable metadata; skipping it", id);
+        }
+        break;
+      case Kind::kData:
+        data[id] = std::move(lf.fd);
+        break;
+    }
+  }
+  // The newest readable journal; an older one only survives a crash in the middle of a rewrite
+  // and says nothing the newest does not. Its records take precedence over meta-<id> entries.
+  for (auto& [generation, fd] : journals) {
+    auto contents = Journal::Read(fd.get());
+    if (!contents.ok()) {
+      spdlog::warn("stored journal-{}: {}; ignoring it", generation, contents.status().message());
       continue;
     }
-    Pair& p = pairs[id];
-    (kind == Kind::kData ? p.data : p.meta) = std::move(lf.fd);
+    if (!contents->problem.empty()) {
+      spdlog::warn(
+          "stored journal-{} ends in {} (a crash while it was written): restoring what "
+          "precedes it",
+          generation, contents->problem);
+    }
+    for (auto& [id, bytes] : contents->live) records[id] = std::move(bytes);
+    break;
   }
   std::size_t restored = 0;
-  for (auto& [id, p] : pairs) {
+  for (auto& [id, bytes] : records) {
+    UniqueFd own;
+    if (auto it = data.find(id); it != data.end()) {
+      own = std::move(it->second);
+      data.erase(it);
+    }
+    bool had_data = static_cast<bool>(own);
     auto skip = [&, id = id](const std::string& why) {
       spdlog::warn("stored segment {}: {}; dropping it from the fd store", id, why);
-      Drop(id);
+      if (had_data) Drop(id);
     };
-    if (!p.meta) {
-      skip(p.data ? "its metadata is missing" : "its memory is missing");
-      continue;
-    }
-    struct stat st {};
-    if (::fstat(p.meta.get(), &st) != 0 || st.st_size <= 0 ||
-        static_cast<std::size_t>(st.st_size) > kMaxMetaBytes) {
-      skip("unreadable metadata");
-      continue;
-    }
-    std::string bytes(static_cast<std::size_t>(st.st_size), '\0');
     store::StoredSegment stored;
-    if (::pread(p.meta.get(), bytes.data(), bytes.size(), 0) != st.st_size ||
-        !stored.ParseFromString(bytes) || stored.format() != 1 || stored.id() != id) {
+    if (!stored.ParseFromString(bytes) || stored.format() != 1 || stored.id() != id) {
       skip("corrupt metadata");
       continue;
     }
@@ -153,7 +263,7 @@ std::size_t FdStore::Restore(std::vector<ListenFd>& fds, Registry& registry) {
     Credentials owner{info.uid(), info.gid(), info.creator_pid(), {}};
     std::string name = spec.name;
     if (stored.region_id() != 0) {  // A block of a shared region.
-      if (p.data) {
+      if (own) {
         skip("'" + name + "' has both a region of its own and a shared one");
         continue;
       }
@@ -166,27 +276,33 @@ std::size_t FdStore::Restore(std::vector<ListenFd>& fds, Registry& registry) {
       ++restored;
       continue;
     }
-    if (!p.data) {
+    if (!own) {
       skip("its memory is missing");
       continue;
     }
     // The memory is chmod 0600 to the daemon that made it: a daemon running as another uid (a
     // DynamicUser= that changed) could not reopen it read-only for readers.
     struct stat data_st {};
-    if (::fstat(p.data.get(), &data_st) == 0 && data_st.st_uid != ::geteuid()) {
+    if (::fstat(own.get(), &data_st) == 0 && data_st.st_uid != ::geteuid()) {
       spdlog::warn(
           "stored segment '{}' belongs to uid {}, not to this daemon's uid {}: "
           "read-only attaches to it will fail",
           name, data_st.st_uid, ::geteuid());
     }
-    Status s =
-        registry.Restore(id, std::move(spec), owner, info.created_unix_ns(), std::move(p.data));
+    Status s = registry.Restore(id, std::move(spec), owner, info.created_unix_ns(), std::move(own));
     if (!s.ok()) {
       skip("'" + name + "': " + s.ToString());
       continue;
     }
     ++restored;
   }
+  for (auto& [id, fd] : data) {
+    spdlog::warn("stored segment {}: its metadata is missing; dropping it from the fd store", id);
+    Drop(id);
+  }
+  // What was restored goes into a new journal before the entries it replaces leave the store.
+  Rewrite(0);
+  for (const std::string& name : superseded) notifier_.Send("FDSTOREREMOVE=1\nFDNAME=" + name);
   for (std::uint64_t id : arena.DropUnclaimed()) {
     spdlog::info("stored shared region {} holds no segment any more; dropping it", id);
     notifier_.Send("FDSTOREREMOVE=1\nFDNAME=" + RegionName(id));

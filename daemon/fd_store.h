@@ -1,13 +1,22 @@
-// Restart survival through systemd's file descriptor store: every segment's metadata goes to
-// systemd as a small sealed memfd (FDSTORE=1, FDNAME=meta-<id>), with its memory: the memfd of
-// its own region (seg-<id>), or, for a small segment, the shared region it is a block of
-// (region-<id>, stored once when the region is made). Unlink removes them (FDSTOREREMOVE=1;
-// shared regions stay). A restarted daemon receives them back through $LISTEN_FDS and rebuilds
-// its registry; shared regions no segment refers to any more are dropped then.
+// Restart survival through systemd's file descriptor store. Every segment's metadata is a record
+// in one journal memfd (journal.h; FDNAME=journal-<generation>), written in place: systemd holds
+// the same file, so a record is kept from the moment its pwrite returns. Beside it go the
+// segments' memory: the memfd of a region of its own (seg-<id>), and each shared region once, when
+// it is made (region-<id>). Unlink appends a delete and removes seg-<id> (FDSTOREREMOVE=1; shared
+// regions stay). When deletes make up most of the journal it is rewritten from the registry as
+// the next generation. A restarted daemon receives all of it through $LISTEN_FDS, rebuilds its
+// registry and starts a fresh journal; shared regions no segment refers to any more are dropped
+// then. Older daemons stored one metadata memfd per segment (meta-<id>): still restored, then
+// moved into the journal.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <functional>
+#include <memory>
+#include <optional>
+#include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "registry.h"
@@ -19,6 +28,7 @@ class FdStore {
  public:
   explicit FdStore(Notifier& notifier) : notifier_(notifier) {}
 
+  // Restore() comes first: it starts the journal these write to.
   void Added(const SegmentEntry& s);
   void Removed(const SegmentEntry& s);
   void RegionAdded(const SharedRegion& r);
@@ -27,15 +37,45 @@ class FdStore {
   // a crash: what was acknowledged is in the store.
   bool WhenStored(std::function<void()> done) { return notifier_.WhenSent(std::move(done)); }
 
-  // Rebuilds `registry` from the stored fds in `fds` (other entries are left alone). Anything
-  // inconsistent (a missing half, unreadable metadata, a size mismatch, a duplicate name) is
-  // logged, dropped from the store and skipped. Returns the number of segments restored.
+  // Rebuilds `registry` from the stored fds in `fds` (other entries are left alone), then writes
+  // a fresh journal of it and keeps `registry` for later rewrites. Anything inconsistent (a
+  // missing half, unreadable metadata, a size mismatch, a duplicate name) is logged, dropped from
+  // the store and skipped; a journal torn at its end (a crash mid-write) gives what precedes the
+  // tear. Returns the number of segments restored.
   std::size_t Restore(std::vector<ListenFd>& fds, Registry& registry);
 
+  // The current journal's generation (0 before Restore or after a failure to write one).
+  std::uint64_t generation() const {
+    return logs_.empty() || logs_.back().removing ? 0 : logs_.back().generation;
+  }
+
  private:
+  struct Log {
+    std::uint64_t generation = 0;
+    UniqueFd fd;
+    std::uint64_t tail = 0;
+    bool removing = false;  // Its FDSTOREREMOVE is queued: written to until systemd dropped it.
+  };
+  // Appends `record` to every journal systemd may hold (see Rewrite); on a failure writes a
+  // fresh one instead, since a lost delete would bring a segment back at restart.
+  // `removing`: the segment being removed, still in the registry, that a rewrite leaves out.
+  void Write(std::string_view record, std::uint64_t removing);
+  // A new generation holding every named segment; earlier ones are removed from the store and
+  // still written to until the removal has reached it. False when it cannot be written: then no
+  // journal is left in the store (segments do not survive a restart until a rewrite succeeds).
+  bool Rewrite(std::uint64_t removing);
   void Drop(std::uint64_t id);
   void Send(const std::string& name, int fd);
+
   Notifier& notifier_;
+  Registry* registry_ = nullptr;
+  std::vector<Log> logs_;  // The current journal last.
+  std::uint64_t next_generation_ = 1;
+  // Bytes of the live puts, by segment: a rewrite is due when the journal is mostly dead.
+  std::unordered_map<std::uint64_t, std::uint32_t> put_bytes_;
+  std::uint64_t live_bytes_ = 0;
+  std::optional<std::chrono::steady_clock::time_point> last_failure_;
+  std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // For callbacks left with the notifier.
 };
 
 }  // namespace shmbroker::daemon

@@ -1,6 +1,6 @@
 // libFuzzer target: a restarted daemon rebuilding its registry from systemd's fd store
-// (FdStore::Restore), i.e. decoding the metadata memfds (store.proto) and matching them to the
-// segments' memory, and then serving what it restored. The decoding is not callable on its own,
+// (FdStore::Restore), i.e. decoding the journal (journal.h) and older per-segment metadata memfds
+// (store.proto), matching them to the segments' memory, and then serving what it restored. The decoding is not callable on its own,
 // so the input becomes the fds Restore is handed, as TakeListenFds would hand them over.
 //
 // Input: [n: 1 byte] then n % 16 entries, then [older_than: u32 little-endian].
@@ -11,6 +11,10 @@
 //         bit 2  no descriptor (the name came without an open fd).
 //         bit 3  data: not sealed against grow and shrink.
 //         bit 4  data: not a memfd (a pipe).
+//         bit 5  a journal, named "journal-<id>" (bit 0 ignored), its bytes: [n: 1 byte] then n
+//                records [kind: 1 byte][id: 1 byte][len: u16][len bytes], encoded as the daemon
+//                encodes them (kind bit 0: a delete, else a put of the bytes; bit 1: the record's
+//                bytes go in raw instead, as if torn or corrupt).
 //   Data is a memfd of size % 1 MiB bytes, sealed as CreateSegmentMemfd seals it; metadata is a
 //   memfd holding the bytes, sealed as FdStore writes it.
 // After Restore the registry is used as clients would use it: root lists everything, stats,
@@ -31,6 +35,7 @@
 
 #include "fd_store.h"
 #include "fuzz_support.h"
+#include "journal.h"
 #include "region.h"
 #include "registry.h"
 #include "request_handler.h"
@@ -74,6 +79,24 @@ UniqueFd DataFd(std::uint8_t flags, std::uint32_t size) {
   return fd;
 }
 
+UniqueFd JournalFd(Input& in) {
+  UniqueFd fd = daemon::Journal::Make();
+  FUZZ_CHECK(fd, "cannot make a journal");
+  std::uint64_t tail = daemon::Journal::kMagic.size();
+  std::size_t n = in.U8();
+  for (std::size_t i = 0; i < n && !in.empty(); ++i) {
+    std::uint8_t kind = in.U8();
+    std::uint64_t id = in.U8();
+    auto bytes = in.Bytes(in.U16());
+    std::string_view payload(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+    std::string record = kind & 2   ? std::string(payload)
+                         : kind & 1 ? daemon::Journal::EncodeDelete(id)
+                                    : daemon::Journal::EncodePut(id, payload);
+    FUZZ_CHECK(daemon::Journal::Append(fd.get(), tail, record), "cannot append to a journal");
+  }
+  return fd;
+}
+
 UniqueFd MetaFd(std::span<const std::byte> bytes) {
   UniqueFd fd = Memfd("shmbroker-fuzz:meta");
   FUZZ_CHECK(::write(fd.get(), bytes.data(), bytes.size()) == static_cast<ssize_t>(bytes.size()),
@@ -88,14 +111,15 @@ std::vector<ListenFd> Entries(Input& in) {
   for (std::size_t i = 0; i < n && !in.empty(); ++i) {
     std::uint8_t flags = in.U8();
     bool meta = flags & 1;
+    bool journal = flags & 32;
     ListenFd lf;
     if (flags & 2) {
       auto name = in.Bytes(in.U8());
       lf.name.assign(reinterpret_cast<const char*>(name.data()), name.size());
     } else {
-      lf.name = (meta ? "meta-" : "seg-") + std::to_string(in.U8());
+      lf.name = (journal ? "journal-" : meta ? "meta-" : "seg-") + std::to_string(in.U8());
     }
-    lf.fd = meta ? MetaFd(in.Bytes(in.U16())) : DataFd(flags, in.U32());
+    lf.fd = journal ? JournalFd(in) : meta ? MetaFd(in.Bytes(in.U16())) : DataFd(flags, in.U32());
     FUZZ_CHECK(lf.fd, "cannot make a memfd");
     if (flags & 4) lf.fd.reset();
     fds.push_back(std::move(lf));

@@ -150,6 +150,20 @@ def stored_segment(seg_id, name, dtype, shape, nbytes, **info):
         creator_pid=4242, created_unix_ns=1_700_000_000_000_000_000, mode=0o600, **info))
 
 
+def journal_entry(generation, records):
+    """records: ("put", id, StoredSegment) / ("delete", id) / ("raw", bytes)."""
+    out = bytearray([len(records)])
+    for r in records:
+        if r[0] == "put":
+            blob = r[2].SerializeToString()
+            out += struct.pack("<BBH", 0, r[1], len(blob)) + blob
+        elif r[0] == "delete":
+            out += struct.pack("<BBH", 1, r[1], 0)
+        else:
+            out += struct.pack("<BBH", 2, 0, len(r[1])) + r[1]
+    return struct.pack("<BB", 32, generation) + bytes(out)
+
+
 def fd_store_seed(entries, older_than=0):
     return bytes([len(entries)]) + b"".join(entries) + struct.pack("<I", older_than)
 
@@ -167,6 +181,12 @@ FD_STORE_SEEDS = {
                               data_entry(2, 64),
                               meta_entry(4, stored_segment(4, "seed/d", "<f4", [4], 16)),
                               data_entry(4, 15)]),
+    # A journal: seed/b put, deleted and put again; seed/a put then torn off by raw bytes.
+    "journal": fd_store_seed([journal_entry(2, [("put", 2, SEG2), ("put", 1, SEG1),
+                                                ("delete", 2), ("put", 2, SEG2),
+                                                ("raw", b"\x20\x00\x00\x00junk")]),
+                              data_entry(1, 64), data_entry(2, 15),
+                              journal_entry(1, [("put", 1, SEG1)])]),
 }
 
 

@@ -25,6 +25,7 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -196,11 +197,60 @@ class FakeSystemd {
   }
 
   Result<Client> Connect() { return Client::Connect({.socket_path = socket_path_}); }
-  // Store entries whose names start with `prefix` ("seg-", "meta-", "region-"). With the lock
-  // held (inside PumpUntil).
+  // Store entries whose names start with `prefix` ("seg-", "journal-", "region-"). With the
+  // lock held (inside PumpUntil).
   std::size_t Count(std::string_view prefix) const {
     return std::count_if(store_.begin(), store_.end(),
                          [&](const auto& e) { return e.first.rfind(prefix, 0) == 0; });
+  }
+
+  // The segment ids the store's newest journal holds, read as the documented format says
+  // (daemon/journal.h), independently of the daemon's reader; `offsets` gets each id's last put.
+  // Empty without a journal. With the lock held.
+  std::set<std::uint64_t> Stored(std::map<std::uint64_t, std::size_t>* offsets = nullptr) const {
+    const UniqueFd* newest = nullptr;
+    std::uint64_t generation = 0;
+    for (const auto& [name, fd] : store_) {
+      if (name.rfind("journal-", 0) == 0 && std::stoull(name.substr(8)) > generation) {
+        generation = std::stoull(name.substr(8));
+        newest = &fd;
+      }
+    }
+    std::set<std::uint64_t> ids;
+    if (newest == nullptr) return ids;
+    std::string bytes;
+    char buf[65536];
+    for (off_t at = 0;;) {
+      ssize_t n = ::pread(newest->get(), buf, sizeof buf, at);
+      if (n <= 0) break;
+      bytes.append(buf, static_cast<std::size_t>(n));
+      at += n;
+    }
+    EXPECT_EQ(bytes.substr(0, 8), "shmbjrn1");
+    auto le = [&](std::size_t at, int n) {
+      std::uint64_t v = 0;
+      for (int i = 0; i < n; ++i)
+        v |= std::uint64_t{static_cast<unsigned char>(bytes[at + i])} << (8 * i);
+      return v;
+    };
+    for (std::size_t at = 8; at + 8 <= bytes.size();) {
+      std::size_t length = le(at, 4);
+      if (length < 9 || at + 8 + length > bytes.size()) break;
+      std::uint32_t sum = 2166136261u;  // FNV-1a of the body.
+      for (std::size_t i = 0; i < length; ++i) {
+        sum = (sum ^ static_cast<unsigned char>(bytes[at + 8 + i])) * 16777619u;
+      }
+      if (sum != le(at + 4, 4)) break;
+      std::uint64_t id = le(at + 9, 8);
+      if (bytes[at + 8] == 1) {
+        ids.insert(id);
+        if (offsets != nullptr) (*offsets)[id] = at;
+      } else {
+        ids.erase(id);
+      }
+      at += 8 + length;
+    }
+    return ids;
   }
 
   std::string dir_, socket_path_, notify_path_;
@@ -263,8 +313,8 @@ TEST(SystemdSupervisor, SegmentsSurviveSigkillThroughTheFdStore) {
     }
     ASSERT_TRUE(client->Unlink("restart/seg7").ok());
   }
-  // 99 segments' metadata, the memory of the large ones, and two shared regions (modes 0600 and
-  // 0644), once the daemon's messages are all in.
+  // 99 segments' metadata in one journal, the memory of the large ones, and two shared regions
+  // (modes 0600 and 0644), once the daemon's messages are all in.
   std::size_t large = 0;
   for (int i = 0; i < 100; i += 10) {
     large += kKinds[i % std::size(kKinds)].itemsize *
@@ -274,7 +324,8 @@ TEST(SystemdSupervisor, SegmentsSurviveSigkillThroughTheFdStore) {
   ASSERT_GT(large, 0u);
   ASSERT_LT(large, 10u);
   ASSERT_TRUE(sd.PumpUntil([&] {
-    return sd.Count("meta-") == 99 && sd.Count("seg-") == large && sd.Count("region-") == 2;
+    return sd.Stored().size() == 99 && sd.Count("journal-") == 1 && sd.Count("seg-") == large &&
+           sd.Count("region-") == 2;
   })) << "fd store has "
       << sd.store_.size() << " entries";
   sd.Kill(SIGKILL);
@@ -323,7 +374,7 @@ TEST(SystemdSupervisor, SegmentsSurviveSigkillThroughTheFdStore) {
     for (std::size_t b = 0; b < bytes.size(); ++b) ASSERT_EQ(bytes[b], Pattern(i, b)) << i;
   }
   ASSERT_TRUE(client->Unlink("restart/seg0").ok());
-  EXPECT_TRUE(sd.PumpUntil([&] { return sd.Count("meta-") == 99; }));
+  EXPECT_TRUE(sd.PumpUntil([&] { return sd.Stored().size() == 99 && sd.Count("journal-") == 1; }));
 }
 
 // Lifetimes, ttl and seals come back with their segments. Connection and refcount segments
@@ -377,7 +428,7 @@ TEST(SystemdSupervisor, LifetimesTtlAndSealsSurviveARestart) {
     }
     ASSERT_TRUE(client->Create({.name = "lt/ttl", .shape = {10}, .ttl = 5s}).ok());
   }
-  ASSERT_TRUE(sd.PumpUntil([&] { return sd.Count("meta-") == 7 && sd.Count("seg-") == 2; }))
+  ASSERT_TRUE(sd.PumpUntil([&] { return sd.Stored().size() == 7 && sd.Count("seg-") == 2; }))
       << [&] {
            std::string names;
            for (const auto& e : sd.store_) names += e.first + " ";
@@ -450,7 +501,7 @@ TEST(SystemdSupervisor, EveryNameLengthWorksAcrossARestart) {
     }
   }
   std::size_t count = kLast - kFirst + 1;
-  ASSERT_TRUE(sd.PumpUntil([&] { return sd.Count("meta-") == count; }))
+  ASSERT_TRUE(sd.PumpUntil([&] { return sd.Stored().size() == count; }))
       << "fd store has " << sd.store_.size() << " entries";
   sd.Kill(SIGKILL);
   sd.Start();
@@ -469,20 +520,25 @@ TEST(SystemdSupervisor, EveryNameLengthWorksAcrossARestart) {
 
 // Found: with a manager that stopped reading notifications, 94 of 100 acknowledged creates were
 // lost at a SIGKILL, their fds still queued inside the daemon. Now a create (and an unlink) is
-// answered only once its fds are with the manager, without stalling the event loop.
+// answered only once the fds queued so far (here the large segments' own regions) are with the
+// manager, without stalling the event loop; a record is in the stored journal at once.
 TEST(SystemdSupervisor, AnAcknowledgedCreateSurvivesACrashWhileTheManagerStalls) {
   FakeSystemd sd;
   sd.Start();
   ASSERT_TRUE(sd.PumpUntil([&] { return sd.ready_; })) << "no READY=1";
+  ASSERT_TRUE(sd.PumpUntil([&] { return sd.Count("journal-") == 1; }));
   auto other = sd.Connect();
   ASSERT_TRUE(other.ok());
   sd.paused_ = true;
   std::atomic<int> acknowledged{0};
+  constexpr std::uint64_t kLarge = (1 << 20) + 64;  // Over --shared-max: a region of its own.
   std::thread creator([&] {
     auto c = sd.Connect();
     if (!c.ok()) return;
     for (int i = 0; i < 100; ++i) {
-      if (!c->Create({.name = "durable/" + std::to_string(i), .shape = {64}}).ok()) return;
+      auto o = CreateOptions{
+          .name = "durable/" + std::to_string(i), .dtype = "|u1", .shape = {i % 2 ? 64 : kLarge}};
+      if (!c->Create(o).ok()) return;
       acknowledged = i + 1;
     }
   });
@@ -495,8 +551,8 @@ TEST(SystemdSupervisor, AnAcknowledgedCreateSurvivesACrashWhileTheManagerStalls)
   creator.join();
   int acked = acknowledged;
   sd.paused_ = false;
-  // The manager catches up on what was sent before the kill: two entries per stored create.
-  EXPECT_TRUE(sd.PumpUntil([&] { return sd.Count("meta-") >= static_cast<std::size_t>(acked); }))
+  // The manager catches up on what was sent before the kill.
+  EXPECT_TRUE(sd.PumpUntil([&] { return sd.Count("seg-") >= static_cast<std::size_t>(acked / 2); }))
       << sd.store_.size() << " entries for " << acked << " acknowledged creates";
   std::this_thread::sleep_for(100ms);  // Anything sent but not acknowledged, too.
   sd.Start();
@@ -509,6 +565,64 @@ TEST(SystemdSupervisor, AnAcknowledgedCreateSurvivesACrashWhileTheManagerStalls)
   }
 }
 
+// A restart needs one fd store entry for the metadata of any number of segments (systemd caps
+// the store at FileDescriptorStoreMax; one memfd per segment once lost segments beyond it), and
+// unlinks leave nothing behind: the journal is rewritten when it is mostly deletes.
+TEST(SystemdSupervisor, TwentyThousandSegmentsRestartFromOneJournal) {
+  FakeSystemd sd;
+  sd.Start();
+  ASSERT_TRUE(sd.PumpUntil([&] { return sd.ready_; })) << "no READY=1";
+  constexpr int kCreated = 20000;
+  auto name_of = [](int i) { return "many/" + std::to_string(i); };
+  {
+    auto client = sd.Connect();
+    ASSERT_TRUE(client.ok());
+    for (int i = 0; i < kCreated; ++i) {
+      auto seg = client->Create({.name = name_of(i), .dtype = "|u1", .shape = {64}});
+      ASSERT_TRUE(seg.ok()) << i << ": " << seg.status().ToString();
+      seg->mutable_bytes().value()[0] = std::byte(i % 251);
+    }
+    for (int i = 0; i < kCreated; ++i) {
+      if (i % 4 != 0) {
+        ASSERT_TRUE(client->Unlink(name_of(i)).ok()) << i;
+      }
+    }
+  }
+  std::size_t generation = 0;
+  ASSERT_TRUE(sd.PumpUntil([&] {
+    if (sd.Stored().size() != kCreated / 4 || sd.Count("journal-") != 1) return false;
+    generation = std::stoull(sd.store_.lower_bound("journal-")->first.substr(8));
+    return true;
+  })) << sd.store_.size()
+      << " entries";
+  EXPECT_GT(generation, 1u) << "the journal was never rewritten";
+  {
+    auto lock = sd.Lock();
+    EXPECT_EQ(sd.store_.size(), 2u) << "expected the journal and one shared region";
+    struct stat st {};
+    ASSERT_EQ(::fstat(sd.store_.lower_bound("journal-")->second.get(), &st), 0);
+    EXPECT_LT(st.st_size, 4 << 20) << "the journal keeps its dead records";
+  }
+  sd.Kill(SIGKILL);
+  sd.Start();
+  ASSERT_TRUE(sd.PumpUntil([&] { return sd.ready_; })) << "no READY=1 after restart";
+  auto client = sd.Connect();
+  ASSERT_TRUE(client.ok());
+  auto list = client->List("many/*");
+  ASSERT_TRUE(list.ok()) << list.status().ToString();
+  std::set<std::string> names;
+  for (const auto& info : *list) names.insert(info.name);
+  EXPECT_EQ(names.size(), static_cast<std::size_t>(kCreated / 4));
+  for (int i = 0; i < kCreated; i += 4) {
+    ASSERT_TRUE(names.count(name_of(i))) << name_of(i) << " lost";
+    if (i % 40 == 0) {
+      auto seg = client->Attach(name_of(i));
+      ASSERT_TRUE(seg.ok());
+      EXPECT_EQ(seg->bytes()[0], std::byte(i % 251)) << i;
+    }
+  }
+}
+
 TEST(SystemdSupervisor, CorruptOrIncompleteStoreEntriesAreSkipped) {
   FakeSystemd sd;
   sd.Start();
@@ -516,29 +630,37 @@ TEST(SystemdSupervisor, CorruptOrIncompleteStoreEntriesAreSkipped) {
   {
     auto client = sd.Connect();
     ASSERT_TRUE(client.ok());
-    // A region of its own, then two blocks of a shared region (mode 0640) no other segment uses.
+    // A region of its own, then two blocks of a shared region (mode 0640) no other segment uses,
+    // and one more region of its own whose memory goes missing.
     auto good = client->Create({.name = "good", .dtype = "<f8", .shape = {1 << 18}});
     ASSERT_TRUE(good.ok());
     std::memset(good->mutable_bytes().value().data(), 0x5a, good->size_bytes());
-    for (const char* n : {"bad-meta", "no-meta"}) {
+    for (const char* n : {"torn", "after-torn"}) {
       ASSERT_TRUE(client->Create({.name = n, .shape = {4096}, .mode = 0640}).ok());
     }
   }
-  ASSERT_TRUE(sd.PumpUntil([&] { return sd.store_.size() == 5; }));
+  ASSERT_TRUE(sd.PumpUntil([&] { return sd.store_.size() == 3 && sd.Stored().size() == 3; }));
   sd.Kill(SIGKILL);
   {
-    // Ids in creation order: "good" 1, the shared region 2, "bad-meta" 3, "no-meta" 4. Corrupt
-    // 3's metadata, drop 4's.
+    // Ids in creation order: "good" 1, the shared region 2, "torn" 3, "after-torn" 4. A crash in
+    // the middle of writing 3's record: reading stops there, so 4 (written after) is lost too.
     auto lock = sd.Lock();
     ASSERT_EQ(sd.store_.count("region-2"), 1u) << [&] {
       std::string names;
       for (const auto& e : sd.store_) names += e.first + " ";
       return names;
     }();
+    std::map<std::uint64_t, std::size_t> at;
+    ASSERT_EQ(sd.Stored(&at), (std::set<std::uint64_t>{1, 3, 4}));
+    int journal = sd.store_.lower_bound("journal-")->second.get();
+    char byte = 0;
+    ASSERT_EQ(::pread(journal, &byte, 1, static_cast<off_t>(at[3] + 20)), 1);
+    byte = static_cast<char>(byte ^ 0x40);
+    ASSERT_EQ(::pwrite(journal, &byte, 1, static_cast<off_t>(at[3] + 20)), 1);
+    // An older daemon's per-segment metadata that cannot be read, and someone else's entry.
     UniqueFd junk(::memfd_create("junk", MFD_CLOEXEC));
     ASSERT_EQ(::write(junk.get(), "\xff\xff\xff garbage", 11), 11);
-    sd.store_["meta-3"] = std::move(junk);
-    sd.store_.erase("meta-4");
+    sd.store_["meta-9"] = std::move(junk);
     sd.store_["unrelated"] = UniqueFd(::memfd_create("x", MFD_CLOEXEC));
   }
 
@@ -553,10 +675,13 @@ TEST(SystemdSupervisor, CorruptOrIncompleteStoreEntriesAreSkipped) {
   auto seg = client->Attach("good");
   ASSERT_TRUE(seg.ok());
   EXPECT_EQ(seg->bytes()[(1 << 21) - 1], std::byte{0x5a});
-  // The daemon asked for the broken entries to be dropped, and for the shared region that no
-  // segment uses any more.
+  // The daemon wrote a new journal of what it restored, and asked for the old one, the broken
+  // entry and the shared region that no segment uses any more to be dropped.
   EXPECT_TRUE(sd.PumpUntil([&] {
-    return sd.Count("meta-") == 1 && sd.Count("region-") == 0 && sd.store_.count("seg-1") == 1;
+    return sd.Stored() == std::set<std::uint64_t>{1} && sd.Count("journal-") == 1 &&
+           sd.store_.count("journal-1") == 0 && sd.Count("meta-") == 0 &&
+           sd.Count("region-") == 0 && sd.store_.count("seg-1") == 1 &&
+           sd.store_.count("unrelated") == 1;
   })) << sd.store_.size();
 }
 
@@ -570,7 +695,7 @@ TEST(SystemdSupervisor, AHoleInTheInheritedFdsIsNotTakenForTheDaemonsOwnFd) {
   auto client = sd.Connect();
   ASSERT_TRUE(client.ok()) << client.status().ToString();
   ASSERT_TRUE(client->Create({.name = "after-hole", .shape = {64}}).ok());
-  EXPECT_TRUE(sd.PumpUntil([&] { return sd.Count("meta-") == 1; })) << sd.store_.size();
+  EXPECT_TRUE(sd.PumpUntil([&] { return sd.Stored().size() == 1; })) << sd.store_.size();
   auto start = Clock::now();
   sd.PumpUntil([&] { return Clock::now() - start >= 500ms; }, 2s);
   auto lock = sd.Lock();
