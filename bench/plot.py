@@ -26,7 +26,7 @@ METHOD_ORDER = ["shmbroker", "shmbroker-refcount", "stdlib", "pickled-pipe", "ba
 COLORS = {"shmbroker": "tab:blue", "shmbroker-refcount": "tab:cyan", "stdlib": "tab:orange",
           "pickled-pipe": "tab:green", "bare-pipe": "tab:gray"}
 TITLES = {"churn-name": "Churn by name", "churn-pickle": "Churn by pickled array"}
-PLACEMENTS = {"one": "one CPU", "across": "across CPUs"}
+PLACEMENTS = {"one": "one CPU", "across": "across CPUs", "apart": "daemon on its own CPU"}
 
 
 def size_label(size):

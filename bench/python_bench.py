@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Python benchmark: shmbroker against multiprocessing.shared_memory and plain Pipes.
 
-Three benchmarks, each run in two CPU placements; every ratio compares figures measured in the
+Three benchmarks, each run in up to three CPU placements; every ratio compares figures measured in the
 same run (this VM is shared and noisy: absolute times drift by several times from hour to hour).
 
 1. churn-name: a producer hands float64 arrays of 4 KiB, 64 KiB and 1 MiB one by one to a
@@ -41,7 +41,10 @@ CPU placements (--placement; CPU 0 and 1 stand for the first two CPUs this proce
 (os.sched_setaffinity in the parent before any child starts; the daemon it starts runs under
 `taskset -c 0`); "across": the parent on CPU 0, every consumer/child on CPU 1, the daemon
 unpinned (the scheduler places it, as it would a system service; its requests come from both
-sides). The stdlib resource tracker process runs with the parent. An external daemon (one that
+sides); "apart": the parent and every child on CPU 0, the daemon alone on CPU 1 (a machine with a
+core to spare for the service, which this 2-CPU VM has only when the clients share one: then a
+request the client does not wait for costs it nothing). The stdlib resource tracker process runs
+with the parent. An external daemon (one that
 already answers at the usual socket path) is used as it is, and is never pinned: the output
 says so. Otherwise the bench starts a fresh build/bin/shmbrokerd (or --shmbrokerd PATH) per
 placement on a temporary socket and stops it afterwards.
@@ -51,7 +54,8 @@ placement on a temporary socket and stops it afterwards.
     /usr/bin/python3 bench/python_bench.py --only seed --placement one --daemon-arg=--max-memory=4G
     /usr/bin/python3 bench/plot.py /tmp/pb.json --out /tmp/pb.png   # the figure
 
-Options: --placement one|across|both (default both); --only churn-name|churn-pickle|seed
+Options: --placement one|across|apart|both|all (both: one and across, the default; all: the
+three); --only churn-name|churn-pickle|seed
 (repeatable); --items N (timed arrays per size and method, default 2000); -n N (seed array
 elements, default 100,000,000); --json PATH; --shmbrokerd PATH; --daemon-arg ARG (repeatable,
 passed to the daemon the bench starts, e.g. --daemon-arg=--prealloc=1G once the daemon has it).
@@ -531,9 +535,11 @@ def main():
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog="See the comment at the top of this file for what is measured.")
-    ap.add_argument("--placement", choices=["one", "across", "both"], default="both",
+    ap.add_argument("--placement", choices=["one", "across", "apart", "both", "all"],
+                    default="both",
                     help="one: everything on CPU 0; across: parent on CPU 0, children on CPU 1; "
-                         "both (default)")
+                         "apart: parent and children on CPU 0, the daemon on CPU 1; both (one "
+                         "and across, the default); all")
     ap.add_argument("--only", choices=["churn-name", "churn-pickle", "seed"], action="append",
                     help="run only this benchmark (repeatable)")
     ap.add_argument("--items", type=int, default=2000,
@@ -552,14 +558,16 @@ def main():
         ap.error("--items must be at least 4 and -n at least 1")
     benches = [b for b in ("churn-name", "churn-pickle", "seed")
                if not args.only or b in args.only]
-    placements = ["one", "across"] if args.placement == "both" else [args.placement]
+    placements = {"both": ["one", "across"], "all": ["one", "across", "apart"]}.get(
+        args.placement, [args.placement])
 
     allowed = sorted(os.sched_getaffinity(0))
     cpu_a = allowed[0]
     cpu_b = allowed[1] if len(allowed) > 1 else None
-    if "across" in placements and cpu_b is None:
-        print("only one CPU is available: skipping the 'across' placement", file=sys.stderr)
-        placements.remove("across")
+    for two in ("across", "apart"):
+        if two in placements and cpu_b is None:
+            print(f"only one CPU is available: skipping the '{two}' placement", file=sys.stderr)
+            placements.remove(two)
 
     external = daemon_answers()
     daemon_path = args.shmbrokerd or os.path.join(REPO, "build", "bin", "shmbrokerd")
@@ -590,16 +598,19 @@ def main():
         if placement == "one":
             cpu_parent, cpu_child, cpu_daemon = cpu_a, None, cpu_a  # children inherit CPU 0
             where = f"one CPU: parent, children{'' if external else ' and daemon'} on CPU {cpu_a}"
+        elif placement == "apart":
+            cpu_parent, cpu_child, cpu_daemon = cpu_a, None, cpu_b
+            where = f"daemon apart: parent and children on CPU {cpu_a}, daemon on CPU {cpu_b}"
         else:
             cpu_parent, cpu_child, cpu_daemon = cpu_a, cpu_b, None
             where = f"across CPUs: parent on CPU {cpu_a}, children on CPU {cpu_b}, daemon unpinned"
         daemon = None
         if external:
             daemon_note = "external daemon, not pinned"
-            if placement == "one":
+            if placement in ("one", "apart"):
                 where += "; daemon external, NOT pinned"
                 print("note: an external daemon answers: it is not pinned to CPU "
-                      f"{cpu_a}", file=sys.stderr)
+                      f"{cpu_daemon}", file=sys.stderr)
         else:
             daemon = OwnDaemon(daemon_path, cpu_daemon, args.daemon_arg)
             daemon_note = ("started: " + " ".join(daemon.cmd))

@@ -373,22 +373,37 @@ Result<std::shared_ptr<SegmentEntry>> Registry::Find(std::string_view name) {
   return it->second;
 }
 
+Status Registry::CheckAccess(const SegmentEntry& s, Access access, const Credentials& creds) {
+  if (!Allowed(s, access, creds)) {
+    char mode[8];
+    std::snprintf(mode, sizeof(mode), "0%03o", s.spec().mode);
+    return Status::PermissionDenied(
+        std::string(access == Access::kReadWrite ? "read-write" : "read-only") + " access to " +
+        Quoted(s.name()) + " denied for uid " + std::to_string(creds.uid) + " (owner uid " +
+        std::to_string(s.uid()) + ", mode " + mode + ")");
+  }
+  if (access == Access::kReadWrite && s.sealed()) {
+    return Status::FailedPrecondition(Quoted(s.name()) + " is sealed: attach it read-only");
+  }
+  return Status::Ok();
+}
+
 Result<std::shared_ptr<SegmentEntry>> Registry::Open(std::string_view name, Access access,
                                                      const Credentials& creds) {
   auto seg = Find(name);
   if (!seg.ok()) return seg;
-  if (!Allowed(**seg, access, creds)) {
-    char mode[8];
-    std::snprintf(mode, sizeof(mode), "0%03o", (*seg)->spec().mode);
-    return Status::PermissionDenied(
-        std::string(access == Access::kReadWrite ? "read-write" : "read-only") + " access to " +
-        Quoted(name) + " denied for uid " + std::to_string(creds.uid) + " (owner uid " +
-        std::to_string((*seg)->uid()) + ", mode " + mode + ")");
-  }
-  if (access == Access::kReadWrite && (*seg)->sealed()) {
-    return Status::FailedPrecondition(Quoted(name) + " is sealed: attach it read-only");
-  }
+  if (Status s = CheckAccess(**seg, access, creds); !s.ok()) return s;
   return seg;
+}
+
+Result<std::shared_ptr<SegmentEntry>> Registry::OpenLent(std::uint64_t ticket, Access access,
+                                                         const Credentials& creds) {
+  auto it = tickets_.find(ticket);
+  if (it == tickets_.end() || it->second.segment == nullptr) {
+    return Status::NotFound("ticket " + std::to_string(ticket) + " is not lent");
+  }
+  if (Status s = CheckAccess(*it->second.segment, access, creds); !s.ok()) return s;
+  return it->second.segment;
 }
 
 Status Registry::Unlink(std::string_view name, const Credentials& creds) {

@@ -154,6 +154,11 @@ class Registry {
   Result<std::shared_ptr<SegmentEntry>> Open(std::string_view name, Access access,
                                              const Credentials& creds);
 
+  // The segment ticket `ticket` holds (lent, not yet redeemed), if `creds` may access it so;
+  // unlinked or not. NOT_FOUND / PERMISSION_DENIED.
+  Result<std::shared_ptr<SegmentEntry>> OpenLent(std::uint64_t ticket, Access access,
+                                                 const Credentials& creds);
+
   // The segment for metadata only (anyone may look).
   Result<std::shared_ptr<SegmentEntry>> Find(std::string_view name);
 
@@ -229,6 +234,8 @@ class Registry {
   }
 
   static bool Allowed(const SegmentEntry& s, Access access, const Credentials& creds);
+  // Allowed, as an error saying why not (and FAILED_PRECONDITION for writing a sealed one).
+  static Status CheckAccess(const SegmentEntry& s, Access access, const Credentials& creds);
 
   // What a user's segments take, unlinked ones still in use included (root's too, though no cap
   // applies to root).

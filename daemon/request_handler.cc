@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <random>
 
 #include <spdlog/spdlog.h>
 
@@ -15,6 +16,10 @@
 
 namespace shmbroker::daemon {
 namespace {
+
+// How long a by_ticket attach waits for its ticket before looking the segment up by name: the
+// ticket left before the bytes did, so it is only on another connection the loop has not read.
+constexpr std::int64_t kTicketWaitNs = 1'000'000'000;
 
 static_assert(static_cast<int>(Code::kUnavailable) == wire::UNAVAILABLE &&
                   static_cast<int>(Code::kInternal) == wire::INTERNAL &&
@@ -36,7 +41,10 @@ constexpr std::size_t kListPageBytes = wire::kMaxReplyBytes / 2;
 }  // namespace
 
 RequestHandler::RequestHandler(Registry& registry, DaemonInfo info, Limits limits, FdBudget* fds)
-    : registry_(registry), info_(std::move(info)), limits_(limits), fds_(fds) {}
+    : registry_(registry), info_(std::move(info)), limits_(limits), fds_(fds) {
+  std::random_device random;
+  instance_ = (std::uint64_t{random()} << 32 | random()) | 1;
+}
 
 void RequestHandler::Opened(Session& session) {
   ++clients_;
@@ -162,6 +170,7 @@ Outcome RequestHandler::Hello(Session& session, const wire::Hello& hello) {
   r->set_protocol_version(wire::PROTOCOL_VERSION_CURRENT);
   r->set_server_version(info_.version);
   r->set_server_pid(static_cast<std::uint32_t>(::getpid()));
+  r->set_instance(instance_);
   auto* l = r->mutable_limits();
   l->set_max_name_bytes(kMaxNameBytes);
   l->set_max_dims(kMaxDims);
@@ -171,6 +180,7 @@ Outcome RequestHandler::Hello(Session& session, const wire::Hello& hello) {
   l->set_max_request_bytes(wire::kMaxRequestBytes);
   l->set_max_reply_bytes(wire::kMaxReplyBytes);
   l->set_max_memory(registry_.max_memory());
+  l->set_in_flight_timeout_ms(static_cast<std::uint64_t>(limits_.in_flight_timeout.count()));
   return out;
 }
 
@@ -220,7 +230,7 @@ void RequestHandler::FillHolders(const SegmentEntry& s, wire::SegmentInfo* info)
 }
 
 Outcome RequestHandler::AttachReply(Session& session, std::shared_ptr<SegmentEntry> segment,
-                                    Access access, bool resend_fd) {
+                                    Access access, bool resend_fd, std::uint64_t client_id) {
   const std::shared_ptr<Region>& region = segment->region();
   const std::uint64_t region_id = region->WireId(access);
   bool send_fd = segment->nbytes() > 0 && (resend_fd || session.regions_sent.count(region_id) == 0);
@@ -234,7 +244,7 @@ Outcome RequestHandler::AttachReply(Session& session, std::shared_ptr<SegmentEnt
     // shared region's blocks are each held by their own attachments.
     session.regions_sent.insert_or_assign(region_id, segment->shared() ? nullptr : segment);
   }
-  std::uint64_t id = session.next_attachment_id++;
+  std::uint64_t id = client_id != 0 ? client_id : session.next_attachment_id++;
   session.attachments.emplace(id, Session::Attachment{segment, access});
   registry_.Attach(*segment, session.id, access);
 
@@ -350,7 +360,20 @@ Outcome RequestHandler::Attach(Session& session, const wire::AttachRequest& req)
                                          " ms is longer than the most, a day"));
   }
   if (Status s = MayAttach(session); !s.ok()) return Error(s);
-  auto seg = registry_.Open(req.name(), *access, session.creds);
+  if (std::uint64_t id = req.attachment_id(); id != 0) {
+    // Ids the daemon picks count up from 1 and never reach bit 63.
+    if ((id >> 63) == 0 || session.attachments.count(id) != 0) {
+      return Error(Status::InvalidArgument("attachment id " + std::to_string(id) +
+                                           (id >> 63 ? " is in use" : " lacks bit 63")));
+    }
+  }
+  Result<std::shared_ptr<SegmentEntry>> seg = Status::NotFound("");
+  if (req.by_ticket() && req.ticket() != 0) {
+    seg = registry_.OpenLent(req.ticket(), *access, session.creds);
+    if (!seg.ok() && seg.status().code() == Code::kNotFound) return WaitForTicket(session, req);
+  } else {
+    seg = registry_.Open(req.name(), *access, session.creds);
+  }
   bool absent = !seg.ok() && seg.status().code() == Code::kNotFound;
   bool unsealed = seg.ok() && req.sealed() && !(*seg)->sealed();
   if ((absent || unsealed) && req.wait_ms() > 0) return Wait(session, req);
@@ -361,11 +384,39 @@ Outcome RequestHandler::Attach(Session& session, const wire::AttachRequest& req)
         "'" + req.name() + "' is owned by uid " + std::to_string((*seg)->uid()) + ", not uid " +
         std::to_string(req.owner_uid()) + " as the caller requires"));
   }
-  Outcome out = AttachReply(session, *seg, *access, req.resend_fd());
+  Outcome out = AttachReply(session, *seg, *access, req.resend_fd(), req.attachment_id());
   if (out.reply.code() == wire::OK) {
     registry_.Redeem(req.ticket(), **seg, NowUnixNs() + InFlightNs());
   }
   return out;
+}
+
+Outcome RequestHandler::WaitForTicket(Session& session, const wire::AttachRequest& req) {
+  std::int64_t deadline = NowUnixNs() + kTicketWaitNs;
+  EndWait(session.id);
+  waiters_[session.id] = Waiter{req, deadline};
+  waiting_ticket_.insert_or_assign(req.ticket(), session.id);
+  wait_deadlines_.emplace(deadline, session.id);
+  return Outcome::Deferred();
+}
+
+void RequestHandler::WakeTicket(std::uint64_t ticket) {
+  auto it = waiting_ticket_.find(ticket);
+  if (it == waiting_ticket_.end()) return;
+  std::uint64_t id = it->second;
+  auto w = waiters_.find(id);
+  if (w == waiters_.end()) return;
+  wire::AttachRequest req = w->second.request;
+  EndWait(id);
+  Resume(id, std::move(req));
+}
+
+void RequestHandler::Resume(std::uint64_t session, wire::AttachRequest req) {
+  auto s = sessions_.find(session);
+  if (s == sessions_.end()) return;
+  Outcome out = Attach(*s->second, req);
+  if (out.deferred) return;
+  if (auto sink = s->second->sink.lock()) sink->Complete(std::move(out));
 }
 
 Outcome RequestHandler::Wait(Session& session, const wire::AttachRequest& req) {
@@ -381,6 +432,10 @@ void RequestHandler::EndWait(std::uint64_t session) {
   auto it = waiters_.find(session);
   if (it == waiters_.end()) return;
   wait_deadlines_.erase({it->second.deadline_unix_ns, session});
+  if (it->second.request.by_ticket()) {
+    auto t = waiting_ticket_.find(it->second.request.ticket());
+    if (t != waiting_ticket_.end() && t->second == session) waiting_ticket_.erase(t);
+  }
   auto [first, last] = waiting_for_.equal_range(it->second.request.name());
   for (auto w = first; w != last; ++w) {
     if (w->second == session) {
@@ -420,6 +475,13 @@ void RequestHandler::Tick() {
     auto w = waiters_.find(id);
     if (w == waiters_.end()) {
       wait_deadlines_.erase(wait_deadlines_.begin());
+      continue;
+    }
+    if (w->second.request.by_ticket()) {  // Never lent (or redeemed already): by name then.
+      wire::AttachRequest req = w->second.request;
+      req.set_by_ticket(false);
+      EndWait(id);
+      Resume(id, std::move(req));
       continue;
     }
     const wire::AttachRequest& req = w->second.request;
@@ -464,6 +526,7 @@ Outcome RequestHandler::Ticket(Session& session, const wire::TicketRequest& req)
   Status s = registry_.Lend(it->second.segment, req.ticket(), session.creds.uid,
                             NowUnixNs() + InFlightNs());
   if (!s.ok()) return Error(s);
+  WakeTicket(req.ticket());
   Outcome out;
   out.reply.mutable_empty();
   return out;

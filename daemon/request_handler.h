@@ -92,14 +92,21 @@ class RequestHandler {
   Outcome Trim(Session& session);
   // An attach that waits: its reply comes from Wake or Tick.
   Outcome Wait(Session& session, const wire::AttachRequest& req);
+  // A by_ticket attach whose ticket is not lent yet: its reply comes from WakeTicket, or from
+  // Tick (then looked up by name).
+  Outcome WaitForTicket(Session& session, const wire::AttachRequest& req);
   // Segment `name` appeared or was sealed: the attaches waiting for it try again.
   void Wake(const std::string& name);
+  // `ticket` was lent: the attach waiting for it goes on.
+  void WakeTicket(std::uint64_t ticket);
+  void Resume(std::uint64_t session, wire::AttachRequest req);
   // Asks for a Tick at the earliest deadline, if it is earlier than the one asked for.
   void Reschedule();
 
   // An attachment of `segment` for `session`, with the region fd when the connection needs it.
+  // `client_id`: the id a pipelined attach chose (0: the next of the connection's own).
   Outcome AttachReply(Session& session, std::shared_ptr<SegmentEntry> segment, Access access,
-                      bool resend_fd = false);
+                      bool resend_fd = false, std::uint64_t client_id = 0);
   Outcome Error(const Status& status);
   // The reply to a create whose memory is ready (or failed): `seg` registered by Commit.
   Outcome Created(Session& session, Result<std::shared_ptr<SegmentEntry>> seg);
@@ -142,7 +149,10 @@ class RequestHandler {
   // and by deadline.
   std::unordered_map<std::uint64_t, Waiter> waiters_;
   std::multimap<std::string, std::uint64_t> waiting_for_;
+  std::unordered_map<std::uint64_t, std::uint64_t> waiting_ticket_;  // Ticket -> session.
   std::set<std::pair<std::int64_t, std::uint64_t>> wait_deadlines_;
+  // Says which daemon a region id belongs to (HelloReply.instance).
+  std::uint64_t instance_;
   void EndWait(std::uint64_t session);
   std::function<void(std::int64_t)> wake_at_;
   std::int64_t wake_scheduled_ = 0;  // 0: none.

@@ -210,13 +210,16 @@ def _move(arr):
     try:
         shared = client.share(arr, lifetime="refcount")
         ref = shared._shm
-        ticket = client._lend(ref.anchor())
+        # Pickled by multiprocessing, delivered once: a small one may be read at once.
+        ticket, fast = client._lend(ref.anchor(), True)
         if not ticket:
             # No ticket, nothing would hold the segment once our array goes.
             return None
         # Writable in the receiver, as an unpickled copy is.
         args = (ref.name, True, 0, shared.shape, shared.strides, _dtype_token(shared.dtype),
                 ref.socket, ticket)
+        if fast is not None:
+            args += (fast + (True,),)
         del shared, ref
         # This process is done with the segment: tell the daemon now.
         client._release_now()

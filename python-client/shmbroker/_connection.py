@@ -20,6 +20,8 @@ import pwd
 import socket as _socket
 import stat
 import struct
+import time
+import warnings
 import weakref
 
 import numpy as np
@@ -176,8 +178,11 @@ class Connection:
         # region id -> (weakref to the memoryview of its mapping, address, size, and the segment's
         # name for a writable region of its own, else None)
         self.regions = {}
-        # Replies still to read for requests sent pipelined (tickets), before any other reply.
+        # Replies still to read for requests sent pipelined (tickets, releases, fast attaches),
+        # before any other reply; for each, None or the (attachment id, name) of a fast attach.
         self.unread = 0
+        self.unread_kinds = collections.deque()
+        self.next_client_id = 0  # Attachment ids this client picks (bit 63 set): fast attaches.
         # Shared regions (small segments' blocks) stay mapped while the connection lives: later
         # segments in them need no descriptor and no mmap.
         self.kept = {}  # region id -> its memoryview
@@ -275,9 +280,12 @@ class Connection:
             while self.unread:
                 # Replies to pipelined tickets: a failed ticket only means that array travels
                 # unprotected, as a name.
-                _, fds = self._recv()
+                data, fds = self._recv()
                 self.unread -= 1
                 close_fds(fds)
+                kind = self.unread_kinds.popleft() if self.unread_kinds else None
+                if kind is not None:
+                    _check_fast_attach(kind, data)
             for p in packets:
                 sock.send(p, _MSG_NOSIGNAL)
             for _ in packets:
@@ -382,7 +390,7 @@ class Connection:
             packets.append(head.SerializeToString() + self._releases_field(chunk[1:]))
         return packets
 
-    def _send_pipelined(self, payload):
+    def _send_pipelined(self, payload, kind=None):
         if self.broken:
             return
         if self.unread >= _PIPELINE:
@@ -392,6 +400,57 @@ class Connection:
         except OSError as e:
             raise self._lost(f"lost the connection to the daemon: {e.strerror or e}") from None
         self.unread += 1
+        self.unread_kinds.append(kind)
+
+    def fast_attach(self, name, writable, ticket, fast):
+        """Unpickling an array that came through multiprocessing: when this connection maps the
+        block's shared region, the bytes are readable at once and the attach goes pipelined,
+        redeeming the sender's ticket, which holds the segment until it arrives (see the
+        README's "Memory"). (anchor, address), or None when only a waited attach will do."""
+        try:
+            instance, rbase, boff, nbytes, issued, timens = fast
+        except (TypeError, ValueError):
+            return None
+        server = self.server
+        if self.broken or server is None or instance != server.instance or not ticket:
+            return None
+        # Monotonic clocks agree only within one time namespace. Half the timeout: the attach
+        # must reach the daemon before the ticket lapses.
+        if not timens or timens != time_namespace() or not server.in_flight_timeout:
+            return None
+        if not 0 <= time.monotonic_ns() - issued < server.in_flight_timeout * 5e8:
+            return None
+        rid = rbase * 2 + (1 if writable else 0)
+        view = self.kept.get(rid)
+        entry = self.regions.get(rid)
+        if view is None or entry is None or not 0 <= boff <= len(view) - nbytes or nbytes <= 0:
+            return None
+        self.next_client_id += 1
+        aid = (1 << 63) | self.next_client_id
+        req = pb.Request()
+        a = req.attach
+        a.name = name
+        a.access = pb.READ_WRITE if writable else pb.READ_ONLY
+        a.ticket = ticket
+        a.by_ticket = True
+        a.attachment_id = aid
+        payload = req.SerializeToString()
+        releases = self._take_releases()
+        if releases:  # They ride along, as on any request.
+            ride = self._releases_field(releases[-_RIDE:])
+            if len(payload) + len(ride) <= self.max_request:
+                payload += ride
+                del releases[-_RIDE:]
+            for packet in self._release_packets(releases):
+                self._send_pipelined(packet)
+        self._send_pipelined(payload, (aid, name))
+        anchor = np.ndarray.__new__(Anchor, (nbytes,), np.uint8, buffer=view, offset=boff)
+        anchor._conn = self
+        anchor._aid = aid
+        anchor._fast = (rbase, boff, nbytes)
+        append = self.pending.append
+        self.anchors[aid] = weakref.ref(anchor, lambda _r, aid=aid: _queue_release(append, aid))
+        return anchor, entry[1] + boff
 
     def remap_readonly(self, name):
         """Before sealing ``name``: this connection's writable mappings of its memory (a region
@@ -585,6 +644,7 @@ class Connection:
                     _mem.prefault(address, start, min(length, m.length - start), writable)
             anchor._conn = self
             anchor._aid = aid
+            anchor._fast = (rid >> 1, m.offset, m.length) if m.shared and m.length else None
             append = self.pending.append
             self.anchors[aid] = weakref.ref(anchor, lambda _r, aid=aid: _queue_release(append, aid))
             done = True
@@ -593,6 +653,40 @@ class Connection:
             if not done:
                 # Give the attachment back with the next request.
                 self.pending.append(aid)
+
+
+def _check_fast_attach(kind, data):
+    """The late reply to a fast attach: its array is in use already, so a failure can only be
+    reported. It means the segment was not held for it (a ticket the daemon refused, or one
+    that lapsed while this process stalled for half the in-flight timeout)."""
+    try:
+        reply = pb.Reply.FromString(data)
+    except Exception:
+        return
+    if reply.code != Code.OK:
+        warnings.warn(
+            f"shmbroker: the attach of '{kind[1]}', whose bytes were read before it was "
+            f"confirmed, failed ({error_for(reply.code, reply.message)}); that array's memory "
+            "may be reused",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+_timens = (None, 0)
+
+
+def time_namespace():
+    """This process's time namespace (the inode of /proc/self/ns/time), 0 when unknown."""
+    global _timens
+    pid = os.getpid()
+    if _timens[0] != pid:
+        try:
+            ino = os.stat("/proc/self/ns/time").st_ino
+        except OSError:
+            ino = 0
+        _timens = (pid, ino)
+    return _timens[1]
 
 
 def _varint(n):

@@ -79,6 +79,8 @@ class ServerInfo:
     max_attrs: int
     max_request_bytes: int
     max_reply_bytes: int
+    in_flight_timeout: float = 0.0  # seconds: when an unredeemed ticket lapses (0: not said)
+    instance: int = 0  # random per daemon start: whose region ids a pickled array names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,6 +232,8 @@ def server_from_wire(h):
         max_attrs=lim.max_attrs,
         max_request_bytes=lim.max_request_bytes,
         max_reply_bytes=lim.max_reply_bytes,
+        in_flight_timeout=lim.in_flight_timeout_ms / 1000,
+        instance=h.instance,
     )
 
 

@@ -21,9 +21,9 @@ __all__ = ["SharedArray", "UnavailableArray", "segment_name"]
 class Anchor(np.ndarray):
     """The bytes of one attachment, as uint8. Internal to the package."""
 
-    # The connection, kept open while the attachment is in use (as the C++ Segment does), and
-    # the attachment's id on it.
-    __slots__ = ("_conn", "_aid")
+    # The connection, kept open while the attachment is in use (as the C++ Segment does), the
+    # attachment's id on it, and for a block of a shared region (region id // 2, offset, length).
+    __slots__ = ("_conn", "_aid", "_fast")
 
     def __reduce_ex__(self, protocol):
         return np.asarray(self).__reduce_ex__(protocol)
@@ -133,6 +133,12 @@ class SharedArray(np.ndarray):
         return ref.name
 
     def __reduce_ex__(self, protocol):
+        return self._reduce(protocol, False)
+
+    def _reduce(self, protocol, transport):
+        # `transport`: pickled by multiprocessing (ForkingPickler), which delivers each pickle
+        # once, to one process: only then may the receiver read the bytes before its attach is
+        # confirmed (bytes pickled by plain pickle can be unpickled any number of times).
         ref = self._shm
         if ref is not None:
             offset = ref.locate(self)
@@ -145,18 +151,20 @@ class SharedArray(np.ndarray):
                     self.strides,
                     _dtype_token(self.dtype),
                 )
-                ticket = 0
-                if ref.refcount:
+                ticket, fast = 0, None
+                if ref.refcount or transport:
                     # The receiver may attach after every array here is gone: the daemon holds
                     # the segment for the array in flight until it does.
                     client = ref.client() if ref.client is not None else None
                     anchor = ref.anchor()
                     if client is not None and anchor is not None:
-                        ticket = client._lend(anchor)
-                if ref.socket is not None or ticket:
+                        ticket, fast = client._lend(anchor, transport)
+                if fast is not None:
+                    args += (ref.socket, ticket, fast + (ref.refcount,))
+                elif ticket:
+                    args += (ref.socket, ticket)
+                elif ref.socket is not None:
                     args += (ref.socket,)
-                if ticket:
-                    args += (ticket,)
                 return (_rebuild, args)
         return np.asarray(self).__reduce_ex__(protocol)
 
@@ -220,7 +228,7 @@ def segment_name(arr):
     return arr.shm_name if isinstance(arr, SharedArray) else None
 
 
-# Set by client.py: (name, writable, offset, shape, strides, dtype, socket) -> array.
+# Set by client.py: (name, writable, offset, shape, strides, dtype, socket, ticket, fast) -> array.
 _unpickler = None
 
 
@@ -229,8 +237,13 @@ def set_unpickler(fn):
     _unpickler = fn
 
 
-def _rebuild(name, writable, offset, shape, strides, dtype, socket=None, ticket=0):
+def _rebuild(name, writable, offset, shape, strides, dtype, socket=None, ticket=0, fast=None):
     # Unpickling (this function is what pickles name): attach in this process.
     return _unpickler(
-        name, writable, offset, tuple(shape), tuple(strides), np.dtype(dtype), socket, ticket
+        name, writable, offset, tuple(shape), tuple(strides), np.dtype(dtype), socket, ticket,
+        fast,
     )
+
+
+def _reduce_for_transport(arr):
+    return arr._reduce(2, True)

@@ -14,7 +14,9 @@ import os
 import secrets
 import sys
 import threading
+import time
 import weakref
+from multiprocessing.reduction import ForkingPickler
 
 import numpy as np
 
@@ -23,6 +25,7 @@ from ._connection import (
     connections,
     resolve_socket_path,
     resolve_trusted_uid,
+    time_namespace,
     uid_of,
 )
 from ._types import (
@@ -38,7 +41,13 @@ from ._types import (
     stats_from_wire,
 )
 from ._wire import pb
-from .array import SegmentRef, SharedArray, UnavailableArray, set_unpickler
+from .array import (
+    SegmentRef,
+    SharedArray,
+    UnavailableArray,
+    _reduce_for_transport,
+    set_unpickler,
+)
 from .errors import (
     Error,
     FailedPreconditionError,
@@ -224,20 +233,27 @@ class Client:
         # can take the name first.
         return f"{self._prefix}{os.getpid()}-{next(_names)}-{secrets.token_hex(6)}"
 
-    def _lend(self, anchor):
+    def _lend(self, anchor, transport=False):
         """A ticket for an array about to be pickled: the daemon holds its segment until the
         receiver attaches (or --in-flight-timeout). Sent pipelined, before the pickled bytes
-        leave. 0 when the array's connection is gone (the receiver then attaches by name)."""
+        leave. (ticket, fast): ticket 0 when the array's connection is gone (the receiver then
+        attaches by name); with `transport` (multiprocessing delivers the pickle once) and a
+        block of a shared region, `fast` says where the bytes are, so that a receiver that maps
+        the region can read them at once: (daemon instance, region, offset, length, the
+        monotonic clock now, time namespace). Else None."""
         with self._lock:
             conn = self._conn
             if conn is None or conn is not getattr(anchor, "_conn", None) or not conn.usable():
-                return 0
+                return 0, None
             ticket = secrets.randbits(64) or 1
             req = pb.Request()
             req.ticket.attachment_id = anchor._aid
             req.ticket.ticket = ticket
             conn.send_pipelined(req)
-            return ticket
+            where = getattr(anchor, "_fast", None) if transport else None
+            if where is None or not conn.server.instance:
+                return ticket, None
+            return ticket, (conn.server.instance,) + where + (time.monotonic_ns(), time_namespace())
 
     def _release_now(self):
         """Sends the releases queued so far, pipelined (no round trip)."""
@@ -399,14 +415,18 @@ class Client:
             conn.remap_readonly(name)
             return info_from_wire(conn.call(req, "stat").stat)
 
-    def _view(self, name, writable, offset, shape, strides, dtype, ticket=0):
+    def _view(self, name, writable, offset, shape, strides, dtype, ticket=0, fast=None):
         # Unpickling: attach and rebuild the exact view that was pickled (redeeming the
         # sender's ticket, if it took one).
+        lo, hi = _extent(offset, shape, strides, dtype.itemsize)
+        if fast is not None:
+            arr = self._fast_view(name, writable, offset, shape, strides, dtype, ticket, fast, hi)
+            if arr is not None:
+                return arr
         req = pb.Request()
         req.attach.name = name
         req.attach.access = pb.READ_WRITE if writable else pb.READ_ONLY
         req.attach.ticket = ticket
-        lo, hi = _extent(offset, shape, strides, dtype.itemsize)
         mapped = self._map(req, (lo, hi - lo))
         try:
             return self._array(mapped, shape, dtype, offset=offset, strides=strides)
@@ -414,6 +434,27 @@ class Client:
             raise FailedPreconditionError(
                 f"segment '{name}' no longer holds the pickled view ({e})"
             ) from None
+
+    def _fast_view(self, name, writable, offset, shape, strides, dtype, ticket, fast, hi):
+        # See Connection.fast_attach; None: attach the usual way.
+        if len(fast) != 7 or hi > fast[3]:
+            return None
+        with self._lock:
+            conn = self._conn
+            if conn is None or not conn.usable():
+                return None  # A new connection maps no region yet.
+            got = conn.fast_attach(name, writable, ticket, fast[:6])
+        if got is None:
+            return None
+        anchor, address = got
+        arr = np.ndarray.__new__(
+            SharedArray, shape, dtype, buffer=anchor, offset=offset, strides=strides
+        )
+        arr._shm = SegmentRef(
+            name, self._socket, weakref.ref(anchor), address, fast[3], weakref.ref(self),
+            bool(fast[6]),
+        )
+        return arr
 
     def unlink(self, name):
         """Removes the name at once (owner or root). Processes that have it mapped keep their
@@ -599,18 +640,21 @@ def _client_for_socket(socket):
     return c
 
 
-def _unpickle(name, writable, offset, shape, strides, dtype, socket, ticket=0):
+def _unpickle(name, writable, offset, shape, strides, dtype, socket, ticket=0, fast=None):
     # The unpickling entry point (array._rebuild calls it). A failure is deferred to the first use
     # of the result: see UnavailableArray for why.
     try:
         return _client_for_socket(socket)._view(
-            name, writable, offset, shape, strides, dtype, ticket
+            name, writable, offset, shape, strides, dtype, ticket, fast
         )
     except Error as e:
         return UnavailableArray(name, e)
 
 
 set_unpickler(_unpickle)
+# multiprocessing pickles with ForkingPickler and delivers each pickle once: arrays sent that way
+# may be read before their attach is confirmed (SharedArray._reduce).
+ForkingPickler.register(SharedArray, _reduce_for_transport)
 
 
 def _after_fork_in_child():
