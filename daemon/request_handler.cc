@@ -338,10 +338,13 @@ Outcome RequestHandler::Created(Session& session, Result<std::shared_ptr<Segment
     return Error(seg.status());
   }
   const SegmentEntry& s = **seg;
-  // Names and dtypes were validated; escaped all the same, as everything a client chose is.
-  spdlog::info("created '{}' {} {} mode {} by uid {} pid {}", Escaped(s.name()),
-               Escaped(s.spec().dtype), HumanBytes(s.nbytes()), ModeString(s.spec().mode), s.uid(),
-               s.creator_pid());
+  // Names and dtypes were validated; escaped all the same, as everything a client chose is. The
+  // arguments are built only when the line is logged: this is the hot path.
+  if (spdlog::should_log(spdlog::level::info)) {
+    spdlog::info("created '{}' {} {} mode {} by uid {} pid {}", Escaped(s.name()),
+                 Escaped(s.spec().dtype), HumanBytes(s.nbytes()), ModeString(s.spec().mode),
+                 s.uid(), s.creator_pid());
+  }
   std::shared_ptr<SegmentEntry> segment = std::move(seg).value();
   Outcome out = AttachReply(session, segment, Access::kReadWrite);
   if (out.reply.code() != wire::OK) {
@@ -553,8 +556,10 @@ Outcome RequestHandler::Detach(Session& session, const wire::DetachRequest& req)
 
 Outcome RequestHandler::Unlink(Session& session, const wire::UnlinkRequest& req) {
   if (Status s = registry_.Unlink(req.name(), session.creds); !s.ok()) return Error(s);
-  spdlog::info("unlinked '{}' by uid {} pid {}", Escaped(req.name()), session.creds.uid,
-               session.creds.pid);
+  if (spdlog::should_log(spdlog::level::info)) {
+    spdlog::info("unlinked '{}' by uid {} pid {}", Escaped(req.name()), session.creds.uid,
+                 session.creds.pid);
+  }
   Outcome out;
   out.reply.mutable_empty();
   return AfterStored(session, std::move(out));
