@@ -373,7 +373,7 @@ Outcome RequestHandler::Attach(Session& session, const wire::AttachRequest& req)
   Result<std::shared_ptr<SegmentEntry>> seg = Status::NotFound("");
   if (req.by_ticket() && req.ticket() != 0) {
     seg = registry_.OpenLent(req.ticket(), *access, session.creds);
-    if (!seg.ok() && seg.status().code() == Code::kNotFound) return WaitForTicket(session, req);
+    if (!seg.ok() && seg.status().code() == Code::kNotFound) return Wait(session, req, true);
   } else {
     seg = registry_.Open(req.name(), *access, session.creds);
   }
@@ -392,15 +392,6 @@ Outcome RequestHandler::Attach(Session& session, const wire::AttachRequest& req)
     registry_.Redeem(req.ticket(), **seg, NowUnixNs() + InFlightNs());
   }
   return out;
-}
-
-Outcome RequestHandler::WaitForTicket(Session& session, const wire::AttachRequest& req) {
-  std::int64_t deadline = NowUnixNs() + kTicketWaitNs;
-  EndWait(session.id);
-  waiters_[session.id] = Waiter{req, deadline};
-  waiting_ticket_.insert_or_assign(req.ticket(), session.id);
-  wait_deadlines_.emplace(deadline, session.id);
-  return Outcome::Deferred();
 }
 
 void RequestHandler::WakeTicket(std::uint64_t ticket) {
@@ -422,11 +413,17 @@ void RequestHandler::Resume(std::uint64_t session, wire::AttachRequest req) {
   if (auto sink = s->second->sink.lock()) sink->Complete(std::move(out));
 }
 
-Outcome RequestHandler::Wait(Session& session, const wire::AttachRequest& req) {
-  std::int64_t deadline = NowUnixNs() + static_cast<std::int64_t>(req.wait_ms()) * 1'000'000;
+Outcome RequestHandler::Wait(Session& session, const wire::AttachRequest& req, bool for_ticket) {
+  std::int64_t deadline =
+      NowUnixNs() +
+      (for_ticket ? kTicketWaitNs : static_cast<std::int64_t>(req.wait_ms()) * 1'000'000);
   EndWait(session.id);
-  waiters_[session.id] = Waiter{req, deadline};
-  waiting_for_.emplace(req.name(), session.id);
+  waiters_[session.id] = Waiter{req, deadline, for_ticket};
+  if (for_ticket) {
+    waiting_ticket_.insert_or_assign(req.ticket(), session.id);
+  } else {
+    waiting_for_.emplace(req.name(), session.id);
+  }
   wait_deadlines_.emplace(deadline, session.id);
   return Outcome::Deferred();
 }
@@ -435,7 +432,7 @@ void RequestHandler::EndWait(std::uint64_t session) {
   auto it = waiters_.find(session);
   if (it == waiters_.end()) return;
   wait_deadlines_.erase({it->second.deadline_unix_ns, session});
-  if (it->second.request.by_ticket()) {
+  if (it->second.for_ticket) {
     auto t = waiting_ticket_.find(it->second.request.ticket());
     if (t != waiting_ticket_.end() && t->second == session) waiting_ticket_.erase(t);
   }
@@ -480,7 +477,7 @@ void RequestHandler::Tick() {
       wait_deadlines_.erase(wait_deadlines_.begin());
       continue;
     }
-    if (w->second.request.by_ticket()) {  // Never lent (or redeemed already): by name then.
+    if (w->second.for_ticket) {  // Never lent (or redeemed already): by name then.
       wire::AttachRequest req = w->second.request;
       req.set_by_ticket(false);
       EndWait(id);

@@ -90,11 +90,10 @@ class RequestHandler {
   Outcome Seal(Session& session, const wire::SealRequest& req);
   Outcome Ticket(Session& session, const wire::TicketRequest& req);
   Outcome Trim(Session& session);
-  // An attach that waits: its reply comes from Wake or Tick.
-  Outcome Wait(Session& session, const wire::AttachRequest& req);
-  // A by_ticket attach whose ticket is not lent yet: its reply comes from WakeTicket, or from
-  // Tick (then looked up by name).
-  Outcome WaitForTicket(Session& session, const wire::AttachRequest& req);
+  // An attach that waits for its segment (wait_ms): its reply comes from Wake or Tick. With
+  // `for_ticket`, a by_ticket attach whose ticket is not lent yet: from WakeTicket, or from Tick
+  // (then looked up by name).
+  Outcome Wait(Session& session, const wire::AttachRequest& req, bool for_ticket = false);
   // Segment `name` appeared or was sealed: the attaches waiting for it try again.
   void Wake(const std::string& name);
   // `ticket` was lent: the attach waiting for it goes on.
@@ -144,6 +143,7 @@ class RequestHandler {
   struct Waiter {
     wire::AttachRequest request;
     std::int64_t deadline_unix_ns = 0;
+    bool for_ticket = false;
   };
   // By session id (a waiting connection reads nothing more, so one each), with indexes by name
   // and by deadline.

@@ -3,7 +3,10 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+
 #include <spdlog/spdlog.h>
+#include <chrono>
+#include <thread>
 
 #include <set>
 
@@ -262,6 +265,67 @@ TEST_F(RequestHandlerTest, StatsCountRequestsAndErrors) {
 
 // Found by the request fuzzer's author: a client name cut at 64 bytes in the middle of a UTF-8
 // character made every stat reply listing that holder unparsable, for every client.
+// Keeps the replies the handler completes later (deferred ones).
+class Replies : public ReplySink {
+ public:
+  void Complete(Outcome outcome) override { got.push_back(std::move(outcome)); }
+  std::vector<Outcome> got;
+};
+
+// A receiver's pipelined attach by ticket can reach the daemon before the sender's ticket (they
+// come on two connections): it waits for the ticket, and the ticket holds the segment though
+// the name goes; a ticket that never comes leaves the name to decide, a second later.
+TEST_F(RequestHandlerTest, AnAttachByTicketWaitsForItsTicket) {
+  Session sender = Greeted();
+  Session receiver = Greeted();
+  auto replies = std::make_shared<Replies>();
+  receiver.sink = replies;
+  Outcome made = Create(sender, "lent");
+  ASSERT_EQ(made.reply.code(), wire::OK);
+  auto by_ticket = [](const std::string& name, std::uint64_t ticket, std::uint64_t aid) {
+    wire::Request r;
+    r.mutable_attach()->set_name(name);
+    r.mutable_attach()->set_access(wire::READ_ONLY);
+    r.mutable_attach()->set_ticket(ticket);
+    r.mutable_attach()->set_by_ticket(true);
+    r.mutable_attach()->set_attachment_id(aid);
+    return r;
+  };
+  constexpr std::uint64_t kAid = (std::uint64_t{1} << 63) | 7;
+  EXPECT_TRUE(Send(receiver, by_ticket("lent", 4242, kAid)).deferred);
+  EXPECT_EQ(handler_.waiters(), 1u);
+  wire::Request lend;
+  lend.mutable_ticket()->set_attachment_id(made.reply.attach().attachment_id());
+  lend.mutable_ticket()->set_ticket(4242);
+  ASSERT_EQ(Send(sender, lend).reply.code(), wire::OK);
+  ASSERT_EQ(replies->got.size(), 1u);
+  const wire::Reply& got = replies->got[0].reply;
+  ASSERT_EQ(got.code(), wire::OK) << got.message();
+  EXPECT_EQ(got.attach().attachment_id(), kAid);
+  EXPECT_EQ(handler_.waiters(), 0u);
+  EXPECT_EQ(Attachments("lent"), 2u);
+  EXPECT_EQ(Detach(receiver, kAid).reply.code(), wire::OK);
+
+  // A receiver that hangs up while it waits costs nothing more.
+  {
+    Session gone = Greeted();
+    EXPECT_TRUE(Send(gone, by_ticket("lent", 5151, kAid)).deferred);
+    handler_.Closed(gone);
+    EXPECT_EQ(handler_.waiters(), 0u);
+    lend.mutable_ticket()->set_ticket(5151);
+    EXPECT_EQ(Send(sender, lend).reply.code(), wire::OK);  // Wakes nobody.
+  }
+
+  // Never lent: after the second, by name.
+  EXPECT_TRUE(Send(receiver, by_ticket("lent", 6161, kAid + 1)).deferred);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1050));
+  handler_.Tick();
+  ASSERT_EQ(replies->got.size(), 2u);
+  EXPECT_EQ(replies->got[1].reply.code(), wire::OK) << replies->got[1].reply.message();
+  EXPECT_EQ(replies->got[1].reply.attach().attachment_id(), kAid + 1);
+  EXPECT_EQ(handler_.waiters(), 0u);
+}
+
 TEST_F(RequestHandlerTest, ALongClientNameIsCutAtACharacterBoundary) {
   Session s = NewSession();
   wire::Request hello;
