@@ -181,6 +181,7 @@ Outcome RequestHandler::Hello(Session& session, const wire::Hello& hello) {
   l->set_max_reply_bytes(wire::kMaxReplyBytes);
   l->set_max_memory(registry_.max_memory());
   l->set_in_flight_timeout_ms(static_cast<std::uint64_t>(limits_.in_flight_timeout.count()));
+  l->set_max_attachments_per_connection(limits_.max_attachments_per_connection);
   return out;
 }
 
@@ -230,10 +231,12 @@ void RequestHandler::FillHolders(const SegmentEntry& s, wire::SegmentInfo* info)
 }
 
 Outcome RequestHandler::AttachReply(Session& session, std::shared_ptr<SegmentEntry> segment,
-                                    Access access, bool resend_fd, std::uint64_t client_id) {
+                                    Access access, bool resend_fd, std::uint64_t client_id,
+                                    bool may_send_fd) {
   const std::shared_ptr<Region>& region = segment->region();
   const std::uint64_t region_id = region->WireId(access);
-  bool send_fd = segment->nbytes() > 0 && (resend_fd || session.regions_sent.count(region_id) == 0);
+  bool send_fd = may_send_fd && segment->nbytes() > 0 &&
+                 (resend_fd || session.regions_sent.count(region_id) == 0);
   Outcome out;
   if (send_fd) {
     auto fd = region->Fd(access);
@@ -373,6 +376,14 @@ Outcome RequestHandler::Attach(Session& session, const wire::AttachRequest& req)
   Result<std::shared_ptr<SegmentEntry>> seg = Status::NotFound("");
   if (req.by_ticket() && req.ticket() != 0) {
     seg = registry_.OpenLent(req.ticket(), *access, session.creds);
+    if (!seg.ok() && seg.status().code() == Code::kFailedPrecondition &&
+        *access == Access::kReadWrite) {
+      // Sealed since the sender pickled a writable view: the receiver has the pre-seal copy
+      // (kept while the segment lives), as an attachment made before the seal does. It counts
+      // as a reader.
+      access = Access::kReadOnly;
+      seg = registry_.OpenLent(req.ticket(), *access, session.creds);
+    }
     if (!seg.ok() && seg.status().code() == Code::kNotFound) return Wait(session, req, true);
   } else {
     seg = registry_.Open(req.name(), *access, session.creds);
@@ -387,7 +398,9 @@ Outcome RequestHandler::Attach(Session& session, const wire::AttachRequest& req)
         "'" + req.name() + "' is owned by uid " + std::to_string((*seg)->uid()) + ", not uid " +
         std::to_string(req.owner_uid()) + " as the caller requires"));
   }
-  Outcome out = AttachReply(session, *seg, *access, req.resend_fd(), req.attachment_id());
+  // A pipelined attach (an id the client picked) reads through a mapping the client has: no fd.
+  Outcome out = AttachReply(session, *seg, *access, req.resend_fd(), req.attachment_id(),
+                            req.attachment_id() == 0);
   if (out.reply.code() == wire::OK) {
     registry_.Redeem(req.ticket(), **seg, NowUnixNs() + InFlightNs());
   }

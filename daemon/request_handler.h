@@ -103,9 +103,10 @@ class RequestHandler {
   void Reschedule();
 
   // An attachment of `segment` for `session`, with the region fd when the connection needs it.
-  // `client_id`: the id a pipelined attach chose (0: the next of the connection's own).
+  // `client_id`: the id a pipelined attach chose (0: the next of the connection's own);
+  // `may_send_fd` false: the reply never carries the region's fd.
   Outcome AttachReply(Session& session, std::shared_ptr<SegmentEntry> segment, Access access,
-                      bool resend_fd = false, std::uint64_t client_id = 0);
+                      bool resend_fd = false, std::uint64_t client_id = 0, bool may_send_fd = true);
   Outcome Error(const Status& status);
   // The reply to a create whose memory is ready (or failed): `seg` registered by Commit.
   Outcome Created(Session& session, Result<std::shared_ptr<SegmentEntry>> seg);

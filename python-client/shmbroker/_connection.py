@@ -276,6 +276,7 @@ class Connection:
         leaves the stream out of step, so it ends the connection."""
         sock = self.sock
         replies = []
+        fast_replies = []  # checked once the stream is in step: a refusal only warns
         try:
             while self.unread:
                 # Replies to pipelined tickets: a failed ticket only means that array travels
@@ -285,7 +286,7 @@ class Connection:
                 close_fds(fds)
                 kind = self.unread_kinds.popleft() if self.unread_kinds else None
                 if kind is not None:
-                    _check_fast_attach(kind, data)
+                    fast_replies.append((kind, data))
             for p in packets:
                 sock.send(p, _MSG_NOSIGNAL)
             for _ in packets:
@@ -305,6 +306,8 @@ class Connection:
                 raise self._lost(f"lost the connection to the daemon: {e.strerror or e}") from None
             self.close()  # e.g. KeyboardInterrupt between a request and its reply
             raise
+        for kind, data in fast_replies:
+            _check_fast_attach(kind, data)
         return replies
 
     def _refusal(self):
@@ -420,6 +423,9 @@ class Connection:
             return None
         if not 0 <= time.monotonic_ns() - issued < server.in_flight_timeout * 5e8:
             return None
+        # An attach the daemon refuses would leave the array unheld: not at the limit.
+        if server.max_attachments and len(self.anchors) >= server.max_attachments:
+            return None
         rid = rbase * 2 + (1 if writable else 0)
         view = self.kept.get(rid)
         entry = self.regions.get(rid)
@@ -503,6 +509,8 @@ class Connection:
         releases = self._take_releases()
         if request is None:  # a flush: the releases in packets of their own
             packets = self._release_packets(releases)
+            if not packets and self.unread:
+                self._exchange([])  # and the replies still unread (a fast attach's may warn)
         else:
             # The releases ride in the request's packet; only a backlog of more than _RIDE (or a
             # request too big to carry them) needs packets of their own, sent first.
@@ -658,7 +666,8 @@ class Connection:
 def _check_fast_attach(kind, data):
     """The late reply to a fast attach: its array is in use already, so a failure can only be
     reported. It means the segment was not held for it (a ticket the daemon refused, or one
-    that lapsed while this process stalled for half the in-flight timeout)."""
+    that lapsed while this process stalled for half the in-flight timeout). Warns (with
+    RuntimeWarning) unless the reply is OK."""
     try:
         reply = pb.Reply.FromString(data)
     except Exception:

@@ -81,6 +81,7 @@ class ServerInfo:
     max_reply_bytes: int
     in_flight_timeout: float = 0.0  # seconds: when an unredeemed ticket lapses (0: not said)
     instance: int = 0  # random per daemon start: whose region ids a pickled array names
+    max_attachments: int = 0  # per connection (0: not said)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,6 +235,7 @@ def server_from_wire(h):
         max_reply_bytes=lim.max_reply_bytes,
         in_flight_timeout=lim.in_flight_timeout_ms / 1000,
         instance=h.instance,
+        max_attachments=lim.max_attachments_per_connection,
     )
 
 

@@ -291,7 +291,8 @@ class Client:
 
     def flush(self):
         """Tells the daemon now about attachments released since the last request (this is
-        otherwise done with the next request)."""
+        otherwise done with the next request), and reads the replies still due to requests sent
+        without waiting (a fast attach that failed warns then)."""
         with self._lock:
             conn = self._conn
             if conn is not None and conn.usable():

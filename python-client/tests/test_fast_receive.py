@@ -11,6 +11,7 @@ import pickle
 import subprocess
 import sys
 import time
+import warnings
 from multiprocessing.reduction import ForkingPickler
 
 import numpy as np
@@ -316,3 +317,64 @@ def test_through_a_pipe_to_a_long_lived_process():
     finally:
         p.join(timeout=30)
     assert p.exitcode == 0
+
+
+def test_a_writable_array_in_flight_across_a_seal_gets_the_pre_seal_copy(producer):
+    # Sealed after the pickling: the receiver read the block before the seal moved the segment;
+    # the daemon counts it a reader and keeps that block while the segment lives.
+    keep = _warm(producer)
+    a = producer.create(None, N)
+    a[:] = 6
+    name = shmbroker.segment_name(a)
+    blob = ForkingPickler.dumps(a)
+    del a
+    gc.collect()
+    producer.flush()
+    producer.seal(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        b, waited, fast = _receive(blob)
+        assert (waited, fast) == (0, 1)
+        shmbroker.flush()  # reads the reply: no warning
+        assert producer.stat(name).sealed
+    assert b.sum() == 6 * N
+    for i in range(50):  # blocks of the class come and go; the old one is not among them
+        x = producer.create(None, N)
+        x[:] = -1
+        del x
+        producer.flush()
+    assert b.sum() == 6 * N
+    del keep
+
+
+def test_no_fast_attach_at_the_attachment_limit():
+    with private_daemon("--max-attachments-per-connection", "4") as producer:
+        consumer = shmbroker.client._client_for_socket(producer.socket_path)
+        a = producer.create(None, N)
+        first = consumer.attach(shmbroker.segment_name(a), writable=True)  # maps the region
+        held = [pickle.loads(ForkingPickler.dumps(a)) for _ in range(4)]
+        assert all(isinstance(h, shmbroker.SharedArray) for h in held[:3])
+        # The fifth attachment: the daemon would refuse it, so it is not read before: the waited
+        # attach says so instead of leaving an array nothing holds.
+        assert _testing.fast_attaches(consumer) == 3
+        assert isinstance(held[3], shmbroker.UnavailableArray)
+        assert isinstance(held[3].error, shmbroker.ResourceExhaustedError)
+        del held, a, first
+        consumer.close()
+
+
+def test_a_fast_attach_carries_no_descriptor(producer):
+    # The receiver reads through its own mapping; a descriptor would only be closed unused.
+    keep = _warm(producer)
+    a = producer.create(None, N)
+    send, reply = _raw(shmbroker.default_client())
+    _lend(producer, a, 999001)
+    producer.stat(shmbroker.segment_name(a))
+    send(_attach(shmbroker.segment_name(a), 999001, (1 << 63) | 99, by_ticket=True))
+    r = reply()
+    assert r.code == pb.OK and not r.attach.mapping.fd_attached, r
+    d = pb.Request()
+    d.detach.attachment_id = (1 << 63) | 99
+    send(d)
+    assert reply().code == pb.OK
+    del keep
