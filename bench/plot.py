@@ -22,9 +22,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-METHOD_ORDER = ["shmbroker", "shmbroker-refcount", "stdlib", "pickled-pipe", "bare-pipe"]
-COLORS = {"shmbroker": "tab:blue", "shmbroker-refcount": "tab:cyan", "stdlib": "tab:orange",
-          "pickled-pipe": "tab:green", "bare-pipe": "tab:gray"}
+METHOD_ORDER = ["shmbroker", "shmbroker-refcount", "shmbroker-ahead", "stdlib", "pickled-pipe",
+                "bare-pipe"]
+COLORS = {"shmbroker": "tab:blue", "shmbroker-refcount": "tab:cyan",
+          "shmbroker-ahead": "tab:purple", "stdlib": "tab:orange", "pickled-pipe": "tab:green",
+          "bare-pipe": "tab:gray"}
 TITLES = {"churn-name": "Churn by name", "churn-pickle": "Churn by pickled array"}
 PLACEMENTS = {"one": "one CPU", "across": "across CPUs", "apart": "daemon on its own CPU"}
 

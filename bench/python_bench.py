@@ -20,8 +20,11 @@ same run (this VM is shared and noisy: absolute times drift by several times fro
    When shmbroker.create accepts None as the name (generated names; detected once at start),
    this variant uses it; otherwise unique names as in churn-name. With generated names a
    second shmbroker row, "refcount", makes the array with lifetime="refcount" and never
-   unlinks: the ticket taken when it is pickled and both releases are pipelined, so its cycle
-   waits on two round trips (create, the consumer's attach) where the other waits on three.
+   unlinks: the ticket taken when it is pickled and both releases are pipelined; a consumer that
+   maps the region reads at once (its attach is pipelined too), so its cycle waits on one
+   round trip (the create) where the other waits on two (create, unlink). A third row, "made
+   ahead", does the same with a client of connect(ahead=True) (created once per run, in the
+   parent), whose creates after the first wait on nothing: no waited round trip in the cycle.
    For each size: the median time per item (µs), arrays/s, and the ratio of that time to
    stdlib's and to the pickled-copy Pipe's (> 1: slower). Everything counts: make, fill,
    hand over, attach, read, answer, release. Each method has its own consumer; after 20
@@ -65,7 +68,7 @@ Progress goes to stderr, Markdown tables (one per benchmark per placement) to st
 --json PATH all results to a JSON file for bench/plot.py: {"meta": {...}, "placements": [{
 "placement", "where", "daemon", "churn-name": [rows], "churn-pickle": [rows], "seed": {"n",
 "runs": [{"run", "shmbroker_s", "stdlib_s", "ratio"}]}}]}, a churn row being {"size", "method"
-(shmbroker, shmbroker-refcount, stdlib, pickled-pipe, bare-pipe), "label", "items", "median_s", "q1_s", "q3_s",
+(shmbroker, shmbroker-refcount, shmbroker-ahead, stdlib, pickled-pipe, bare-pipe), "label", "items", "median_s", "q1_s", "q3_s",
 "per_s", "vs_stdlib", "vs_pickled_pipe"}.
 """
 
@@ -216,6 +219,20 @@ def produce_shmbroker_refcount(conn, n, v):
     return conn.recv(), v * n
 
 
+_AHEAD = None
+
+
+def produce_shmbroker_ahead(conn, n, v):
+    # As refcount, from a client that makes each next array ahead (connect(ahead=True)).
+    global _AHEAD
+    if _AHEAD is None:
+        _AHEAD = shmbroker.connect(ahead=True)  # forget_client() closes it
+    a = _AHEAD.create(None, n, np.float64, lifetime="refcount")
+    a.fill(v)
+    conn.send(a)
+    return conn.recv(), v * n
+
+
 def produce_stdlib(conn, n, v):
     shm = mp_shm.SharedMemory(create=True, size=n * 8)
     a = np.ndarray((n,), np.float64, buffer=shm.buf)
@@ -259,7 +276,9 @@ def churn_methods(which):
         if GENERATED_NAMES:
             refcount = ("shmbroker-refcount", "shmbroker (pickled array, refcount)",
                         consumer_shmbroker_pickled, produce_shmbroker_refcount)
-            return [own, refcount] + PEERS
+            ahead = ("shmbroker-ahead", "shmbroker (pickled array, refcount, made ahead)",
+                     consumer_shmbroker_pickled, produce_shmbroker_ahead)
+            return [own, refcount, ahead] + PEERS
     return [own] + PEERS
 
 
@@ -417,7 +436,11 @@ def bench_seed(n, cpu_child):
 
 def forget_client():
     # The module-level functions use a per-process default client; drop it so the next call
-    # resolves the socket path again.
+    # resolves the socket path again (and the made-ahead client with it).
+    global _AHEAD
+    if _AHEAD is not None:
+        _AHEAD.close()
+        _AHEAD = None
     c = shmbroker.client._default
     if c is not None:
         c.close()

@@ -47,6 +47,8 @@ MAX_REPLY_BYTES = 96 * 1024
 _PIPELINE = 32
 # Releases per packet when they ride on a request: ~12 bytes each, well within a packet.
 _RIDE = 1024
+# Kinds of arrays made ahead (Connection.request_spare), each one spare.
+_SPARES = 4
 # Room for a few descriptors: enough to see that the daemon sent more than expected (the kernel
 # closes what does not fit and sets MSG_CTRUNC).
 _CMSG_SPACE = _socket.CMSG_SPACE(16 * _array.array("i").itemsize)
@@ -182,6 +184,9 @@ class Connection:
         # before any other reply; for each, None or the (attachment id, name) of a fast attach.
         self.unread = 0
         self.unread_kinds = collections.deque()
+        # Arrays made ahead (see request_spare), by kind: what _materialize gave, or None while
+        # the reply is still to be read. Oldest first.
+        self.spares = {}
         self.next_client_id = 0  # Attachment ids this client picks (bit 63 set): fast attaches.
         # Shared regions (small segments' blocks) stay mapped while the connection lives: later
         # segments in them need no descriptor and no mmap.
@@ -241,6 +246,7 @@ class Connection:
         self.anchors.clear()
         self.regions.clear()
         self.kept.clear()
+        self.spares.clear()
 
     def __del__(self):
         sock = self.sock
@@ -276,23 +282,28 @@ class Connection:
         leaves the stream out of step, so it ends the connection."""
         sock = self.sock
         replies = []
-        fast_replies = []  # checked once the stream is in step: a refusal only warns
+        late = []  # replies to fast attaches and spare creates, handled once the stream is in step
         try:
             while self.unread:
                 # Replies to pipelined tickets: a failed ticket only means that array travels
                 # unprotected, as a name.
                 data, fds = self._recv()
                 self.unread -= 1
-                close_fds(fds)
                 kind = self.unread_kinds.popleft() if self.unread_kinds else None
+                if kind is not None and kind[0] == "spare":
+                    late.append((kind, data, fds))
+                    continue
+                close_fds(fds)
                 if kind is not None:
-                    fast_replies.append((kind, data))
+                    late.append((kind, data, []))
             for p in packets:
                 sock.send(p, _MSG_NOSIGNAL)
             for _ in packets:
                 replies.append(self._recv())
         except BaseException as e:
             for _, fds in replies:
+                close_fds(fds)
+            for _, _, fds in late:
                 close_fds(fds)
             if isinstance(e, Error):
                 raise
@@ -306,8 +317,11 @@ class Connection:
                 raise self._lost(f"lost the connection to the daemon: {e.strerror or e}") from None
             self.close()  # e.g. KeyboardInterrupt between a request and its reply
             raise
-        for kind, data in fast_replies:
-            _check_fast_attach(kind, data)
+        for kind, data, fds in late:
+            if kind[0] == "spare":
+                self._spare_arrived(kind[1], data, fds)
+            else:
+                _check_fast_attach(kind[2], data)
         return replies
 
     def _refusal(self):
@@ -405,6 +419,55 @@ class Connection:
         self.unread += 1
         self.unread_kinds.append(kind)
 
+    def _with_releases(self, payload):
+        """``payload`` with the queued releases riding on it, as on any request; a backlog too
+        big for it goes first, pipelined, in packets of its own."""
+        releases = self._take_releases()
+        if releases:
+            ride = self._releases_field(releases[-_RIDE:])
+            if len(payload) + len(ride) <= self.max_request:
+                payload += ride
+                del releases[-_RIDE:]
+            for packet in self._release_packets(releases):
+                self._send_pipelined(packet)
+        return payload
+
+    def request_spare(self, key, request):
+        """Sends ``request`` (a create) pipelined: read with a later reply, it becomes the spare
+        array that the next create of the same ``key`` takes without waiting. At most _SPARES
+        kinds; the oldest goes first (released with the next request)."""
+        if self.broken or key in self.spares:
+            return
+        while len(self.spares) >= _SPARES:
+            del self.spares[next(iter(self.spares))]
+        self._send_pipelined(self._with_releases(request.SerializeToString()), ("spare", key))
+        self.spares[key] = None
+
+    def take_spare(self, key):
+        """The spare array of ``key`` (as map() returns it), or None."""
+        if key not in self.spares:
+            return None
+        if self.spares[key] is None and self.unread:
+            self._exchange([])  # its reply is due: it came long ago, or comes at once
+        return self.spares.pop(key, None)
+
+    def _spare_arrived(self, key, data, fds):
+        got = None
+        try:
+            reply = pb.Reply.FromString(data)
+            if reply.code == Code.OK and reply.WhichOneof("body") == "attach":
+                got = self._materialize(reply.attach, fds, None)
+        except Exception:  # noqa: BLE001 (no spare: the next create waits, as without one)
+            got = None
+        finally:
+            close_fds(fds)
+        if key in self.spares and self.spares[key] is None:
+            if got is None:
+                del self.spares[key]
+            else:
+                self.spares[key] = got
+        # Otherwise it is no longer wanted: dropped here, its attachment is released.
+
     def fast_attach(self, name, writable, ticket, fast):
         """Unpickling an array that came through multiprocessing: when this connection maps the
         block's shared region, the bytes are readable at once and the attach goes pipelined,
@@ -440,16 +503,7 @@ class Connection:
         a.ticket = ticket
         a.by_ticket = True
         a.attachment_id = aid
-        payload = req.SerializeToString()
-        releases = self._take_releases()
-        if releases:  # They ride along, as on any request.
-            ride = self._releases_field(releases[-_RIDE:])
-            if len(payload) + len(ride) <= self.max_request:
-                payload += ride
-                del releases[-_RIDE:]
-            for packet in self._release_packets(releases):
-                self._send_pipelined(packet)
-        self._send_pipelined(payload, (aid, name))
+        self._send_pipelined(self._with_releases(req.SerializeToString()), ("fast", aid, name))
         anchor = np.ndarray.__new__(Anchor, (nbytes,), np.uint8, buffer=view, offset=boff)
         anchor._conn = self
         anchor._aid = aid
@@ -663,7 +717,7 @@ class Connection:
                 self.pending.append(aid)
 
 
-def _check_fast_attach(kind, data):
+def _check_fast_attach(name, data):
     """The late reply to a fast attach: its array is in use already, so a failure can only be
     reported. It means the segment was not held for it (a ticket the daemon refused, or one
     that lapsed while this process stalled for half the in-flight timeout). Warns (with
@@ -674,7 +728,7 @@ def _check_fast_attach(kind, data):
         return
     if reply.code != Code.OK:
         warnings.warn(
-            f"shmbroker: the attach of '{kind[1]}', whose bytes were read before it was "
+            f"shmbroker: the attach of '{name}', whose bytes were read before it was "
             f"confirmed, failed ({error_for(reply.code, reply.message)}); that array's memory "
             "may be reused",
             RuntimeWarning,

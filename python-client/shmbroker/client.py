@@ -52,6 +52,7 @@ from .errors import (
     Error,
     FailedPreconditionError,
     InvalidArgumentError,
+    ResourceExhaustedError,
     UnavailableError,
 )
 
@@ -164,15 +165,20 @@ class Client:
     ``trusted_uid``: a daemon is trusted when it runs as root or as this user, or when only root
     can have put its socket where it is; this (a uid or user name) also trusts a daemon run by
     that user, for deliberate cross-user setups. Default: $SHMBROKER_TRUST_UID if set.
+    ``ahead``: make small refcount and connection arrays with generated names ahead, so that
+    such creates wait on no round trip (see :meth:`create`); off by default, because each kind
+    then keeps one spare segment, named, listed and charged, until the client closes.
     """
 
     def __init__(
-        self, socket=None, *, client_name=None, prefault=True, trusted_uid=None, _lazy=False
+        self, socket=None, *, client_name=None, prefault=True, trusted_uid=None, ahead=False,
+        _lazy=False,
     ):
         self._socket = os.fspath(socket) if socket else None
         self._trusted_uid = trusted_uid
         self._client_name = client_name
         self._prefault = prefault
+        self._ahead = bool(ahead)
         # scope() makes clients whose segments are connection-lifetime by default.
         self._lifetime = "persistent"
         self._prefix = "auto/"
@@ -318,8 +324,17 @@ class Client:
 
         ``prefault``: fill the page tables at once (arrays of 256 KiB and up), which pays when
         the whole array is written next; False leaves it to page faults (a sparse fill, or a
-        huge array touched in parts). None: the client's default."""
-        name = self._generate_name() if name is None else _check_name(name)
+        huge array touched in parts). None: the client's default.
+
+        With ``connect(ahead=True)``: a small array (a block of a shared region) with a generated
+        name, lifetime ``"refcount"`` or ``"connection"`` and no ttl or attrs is followed,
+        without waiting, by the create of the next one of the same shape, dtype, order and mode,
+        which the next such call takes at once. One spare of each kind, four kinds at most,
+        named, listed and charged as any segment until taken or the client closes (a refcount
+        spare counts as this client's reference); given back before a create is refused for
+        memory."""
+        generated = name is None
+        name = self._generate_name() if generated else _check_name(name)
         shape = _check_shape(shape)
         dt = _check_dtype(dtype)
         order = _check_order(order)
@@ -345,7 +360,31 @@ class Client:
                 if not isinstance(k, str) or not isinstance(v, str):
                     raise TypeError("attrs must map str to str")
                 c.attrs[k] = v
-        mapped = self._map(req, (0, None), prefault)
+        key = None
+        if self._ahead and generated and c.lifetime != pb.PERSISTENT and ttl is None and not attrs:
+            key = (shape, c.dtype, order, mode, c.lifetime)
+        if prefault is None:
+            prefault = self._prefault
+        with self._lock:
+            conn = self._connection()
+            mapped = conn.take_spare(key) if key is not None else None
+            if mapped is None:
+                try:
+                    mapped = conn.map(req, (0, None) if prefault else None)
+                except ResourceExhaustedError:
+                    if not conn.spares:
+                        raise
+                    # The spares' memory goes back with the retry (their releases ride on it),
+                    # those still in flight once their replies are read.
+                    conn.spares.clear()
+                    if conn.unread:
+                        conn._exchange([])
+                    mapped = conn.map(req, (0, None) if prefault else None)
+            if key is not None and getattr(mapped[0], "_fast", None) is not None:
+                spare = pb.Request()
+                spare.CopyFrom(req)
+                spare.create.name = self._generate_name()
+                conn.request_spare(key, spare)
         return self._array(mapped, shape, dt, order)
 
     def attach(self, name, *, writable=False, prefault=None, owner=None, wait=None,
@@ -609,11 +648,13 @@ def scope(prefix=None, *, socket=None, client_name=None):
     return c
 
 
-def connect(socket=None, *, client_name=None, prefault=True, trusted_uid=None):
+def connect(socket=None, *, client_name=None, prefault=True, trusted_uid=None, ahead=False):
     """Connects to the daemon now and returns a new :class:`Client`. UnavailableError, naming
     the path tried, when no daemon answers or the one that does is not trusted (see
     :class:`Client`)."""
-    return Client(socket, client_name=client_name, prefault=prefault, trusted_uid=trusted_uid)
+    return Client(
+        socket, client_name=client_name, prefault=prefault, trusted_uid=trusted_uid, ahead=ahead
+    )
 
 
 def default_client():

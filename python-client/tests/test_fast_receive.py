@@ -287,7 +287,7 @@ def test_a_failed_fast_attach_is_reported():
     reply.code = pb.NOT_FOUND
     reply.message = "ticket 5 is not lent"
     with pytest.warns(RuntimeWarning, match="may be reused"):
-        _connection._check_fast_attach((1 << 63 | 1, "auto/x"), reply.SerializeToString())
+        _connection._check_fast_attach("auto/x", reply.SerializeToString())
 
 
 def _serve(conn):

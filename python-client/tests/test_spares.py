@@ -1,0 +1,123 @@
+"""With connect(ahead=True), create(None) of small refcount or connection arrays makes the next one
+ahead, pipelined: after the first of a kind, such creates wait on no round trip. The spares are
+real segments, named and charged; they go with the connection and give their memory back before
+a create is refused. Off by default."""
+
+import gc
+import os
+
+import numpy as np
+import pytest
+
+import shmbroker
+from shmbroker import _testing
+from sbtest import eventually
+from test_segment_lifetimes import _waited_round_trips, private_daemon
+
+N = 512  # float64: a 4 KiB block
+
+
+def _mine(client):
+    """This process's segments with generated names."""
+    return {s.name for s in client.list(f"auto/{os.getpid()}-*")}
+
+
+@pytest.mark.parametrize("lifetime", ["refcount", "connection"])
+def test_creates_after_the_first_wait_on_nothing(lifetime):
+    c = shmbroker.connect(ahead=True)
+    before = _mine(c)
+    waited, ctx = _waited_round_trips(c)
+    arrays = []
+    with ctx:
+        for i in range(10):
+            a = c.create(None, N, lifetime=lifetime)
+            assert a.flags.writeable and not a.any(), i  # zero-filled, as any create
+            a[:] = i
+            arrays.append(a)
+    # The first; each later one was made ahead (reading replies already sent is no round trip).
+    assert len([n for n in waited if n]) == 1, waited
+    names = [shmbroker.segment_name(a) for a in arrays]
+    assert len(set(names)) == 10
+    for i, (a, name) in enumerate(zip(arrays, names)):
+        info = c.stat(name)
+        assert info.lifetime == lifetime and info.shape == (N,) and a.sum() == i * N
+    assert len(_mine(c) - before - set(names)) == 1  # the spare
+    del arrays, a
+    gc.collect()
+    c.flush()
+    if lifetime == "refcount":
+        assert len(_mine(c) - before) == 1  # only the spare is left
+    c.close()
+    # The spare went with the connection.
+    assert eventually(lambda: not _mine(shmbroker.default_client()) - before)
+
+
+def test_only_what_can_be_made_ahead_is():
+    off = shmbroker.connect()
+    before = _mine(off)
+    a = off.create(None, N, lifetime="refcount")
+    b = off.create(None, N, lifetime="refcount")
+    off.flush()
+    assert _mine(off) - before == {a.shm_name, b.shm_name}  # off by default: no spare
+    del a, b
+    off.close()
+    c = shmbroker.connect(ahead=True)
+    before = _mine(c)
+    # Persistent (it would outlive the process), named, with ttl or attrs, large: no spare.
+    kept = [
+        c.create(None, N),
+        c.create(None, N, lifetime="refcount", ttl=60),
+        c.create(None, N, lifetime="refcount", attrs={"k": "v"}),
+        c.create(None, 300_000, lifetime="refcount"),
+    ]
+    assert _mine(c) - before == {shmbroker.segment_name(a) for a in kept}
+    for a in kept[:1]:
+        c.unlink(shmbroker.segment_name(a))
+    # One spare per kind, four kinds at most.
+    made = [c.create(None, N + k, lifetime="refcount") for k in range(6)]
+    c.flush()  # reads the replies: the spares pushed out are dropped...
+    c.flush()  # ...and their releases sent
+    spares = _mine(c) - before - {shmbroker.segment_name(a) for a in kept + made}
+    assert len(spares) == 4, spares
+    del kept, made
+    c.close()
+
+
+def test_spares_give_their_memory_back_before_a_create_is_refused():
+    # 192 KiB of room: a 64 KiB array and its spare leave 64 KiB, too little for 128 KiB, unless
+    # the spare goes.
+    with private_daemon("--max-memory", "192K") as daemon_client:
+        c = shmbroker.connect(daemon_client.socket_path, ahead=True)
+        a = c.create(None, 8192, lifetime="refcount")  # 64 KiB
+        b = c.create(None, 8192, lifetime="refcount")  # the spare: taken; another one is made
+        c.flush()
+        assert c.stats().bytes_held == 3 * 65536
+        d = c.create(None, 16384, dtype="f4", lifetime="refcount")  # 64 KiB of another kind
+        assert d.nbytes == 65536
+        with pytest.raises(shmbroker.ResourceExhaustedError):
+            c.create(None, 16384, lifetime="refcount")  # 128 KiB: refused, even without spares
+        del a, b, d
+        gc.collect()
+        c.close()
+
+
+def test_a_forked_child_has_no_spares_of_its_parent():
+    c = shmbroker.connect(ahead=True)
+    a = c.create(None, N, lifetime="refcount")
+    conn = _testing.connection(c)
+    assert conn.spares
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            b = c.create(None, N, lifetime="refcount")  # a new connection, a fresh one
+            ok = not b.any() and shmbroker.segment_name(b) != shmbroker.segment_name(a)
+            os.write(w, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(w)
+    assert os.read(r, 1) == b"1"
+    os.waitpid(pid, 0)
+    os.close(r)
+    np.testing.assert_array_equal(a, 0)
+    c.close()
