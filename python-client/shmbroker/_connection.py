@@ -180,8 +180,9 @@ class Connection:
         # region id -> (weakref to the memoryview of its mapping, address, size, and the segment's
         # name for a writable region of its own, else None)
         self.regions = {}
-        # Replies still to read for requests sent pipelined (tickets, releases, fast attaches),
-        # before any other reply; for each, None or the (attachment id, name) of a fast attach.
+        # Replies still to read for requests sent pipelined (tickets, releases, fast attaches,
+        # spare creates), before any other reply; for each, None, ("fast", attachment id, name)
+        # or ("spare", kind).
         self.unread = 0
         self.unread_kinds = collections.deque()
         # Arrays made ahead (see request_spare), by kind: what _materialize gave, or None while
@@ -457,6 +458,8 @@ class Connection:
             reply = pb.Reply.FromString(data)
             if reply.code == Code.OK and reply.WhichOneof("body") == "attach":
                 got = self._materialize(reply.attach, fds, None)
+                if got is None:  # its region was unmapped meanwhile: give it back
+                    self.pending.append(reply.attach.attachment_id)
         except Exception:  # noqa: BLE001 (no spare: the next create waits, as without one)
             got = None
         finally:
