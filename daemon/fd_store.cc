@@ -98,9 +98,9 @@ void FdStore::Added(const SegmentEntry& s) {
   // dropped at restore.
   if (!s.shared()) Send(DataName(s.id()), s.memfd());
   std::string record = Journal::EncodePut(s.id(), Describe(s));
-  auto [it, fresh] = put_bytes_.try_emplace(s.id(), 0);
-  live_bytes_ += record.size() - it->second;
-  it->second = static_cast<std::uint32_t>(record.size());
+  std::uint32_t& size = put_bytes_[s.id()];  // 0 for a new one
+  live_bytes_ += record.size() - size;
+  size = static_cast<std::uint32_t>(record.size());
   Write(record, 0);
 }
 

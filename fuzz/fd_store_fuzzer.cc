@@ -1,7 +1,8 @@
 // libFuzzer target: a restarted daemon rebuilding its registry from systemd's fd store
 // (FdStore::Restore), i.e. decoding the journal (journal.h) and older per-segment metadata memfds
-// (store.proto), matching them to the segments' memory, and then serving what it restored. The decoding is not callable on its own,
-// so the input becomes the fds Restore is handed, as TakeListenFds would hand them over.
+// (store.proto), matching them to the segments' memory, and then serving what it restored. The
+// decoding is not callable on its own, so the input becomes the fds Restore is handed, as
+// TakeListenFds would hand them over.
 //
 // Input: [n: 1 byte] then n % 16 entries, then [older_than: u32 little-endian].
 //   An entry: [flags: 1 byte], then [id: 1 byte] unless bit 1 (or [len: 1 byte][len bytes of

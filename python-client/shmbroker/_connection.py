@@ -420,17 +420,24 @@ class Connection:
         self.unread += 1
         self.unread_kinds.append(kind)
 
+    def _ride(self, payload, releases):
+        """``payload`` with the last of ``releases`` (up to _RIDE) riding in its packet, taken
+        out of ``releases``; what is left (a backlog, or all for a request too big to carry
+        them) needs packets of their own, sent first."""
+        tail = (len(releases) - 1) % _RIDE + 1 if releases else 0
+        ride = self._releases_field(releases[len(releases) - tail :])
+        if len(payload) + len(ride) > self.max_request:
+            return payload
+        del releases[len(releases) - tail :]
+        return payload + ride
+
     def _with_releases(self, payload):
-        """``payload`` with the queued releases riding on it, as on any request; a backlog too
-        big for it goes first, pipelined, in packets of its own."""
+        """``payload`` with the queued releases riding on it, as on any request (the backlog
+        goes first, pipelined), for a request sent pipelined itself."""
         releases = self._take_releases()
-        if releases:
-            ride = self._releases_field(releases[-_RIDE:])
-            if len(payload) + len(ride) <= self.max_request:
-                payload += ride
-                del releases[-_RIDE:]
-            for packet in self._release_packets(releases):
-                self._send_pipelined(packet)
+        payload = self._ride(payload, releases)
+        for packet in self._release_packets(releases):
+            self._send_pipelined(packet)
         return payload
 
     def request_spare(self, key, request):
@@ -508,12 +515,17 @@ class Connection:
         a.attachment_id = aid
         self._send_pipelined(self._with_releases(req.SerializeToString()), ("fast", aid, name))
         anchor = np.ndarray.__new__(Anchor, (nbytes,), np.uint8, buffer=view, offset=boff)
+        self._bind(anchor, aid, (rbase, boff, nbytes))
+        return anchor, entry[1] + boff
+
+    def _bind(self, anchor, aid, fast):
+        """Makes ``anchor`` the array of attachment ``aid``: released when it is collected.
+        ``fast``: (region id // 2, offset, length) for a block of a shared region, else None."""
         anchor._conn = self
         anchor._aid = aid
-        anchor._fast = (rbase, boff, nbytes)
+        anchor._fast = fast
         append = self.pending.append
         self.anchors[aid] = weakref.ref(anchor, lambda _r, aid=aid: _queue_release(append, aid))
-        return anchor, entry[1] + boff
 
     def remap_readonly(self, name):
         """Before sealing ``name``: this connection's writable mappings of its memory (a region
@@ -569,13 +581,7 @@ class Connection:
             if not packets and self.unread:
                 self._exchange([])  # and the replies still unread (a fast attach's may warn)
         else:
-            # The releases ride in the request's packet; only a backlog of more than _RIDE (or a
-            # request too big to carry them) needs packets of their own, sent first.
-            tail = (len(releases) - 1) % _RIDE + 1 if releases else 0
-            ride = self._releases_field(releases[len(releases) - tail :])
-            if len(payload) + len(ride) <= self.max_request:
-                payload += ride
-                del releases[len(releases) - tail :]
+            payload = self._ride(payload, releases)
             packets = self._release_packets(releases) + [payload]
         reply = None
         fds = []
@@ -707,11 +713,7 @@ class Connection:
                     if length is None:
                         length = m.length
                     _mem.prefault(address, start, min(length, m.length - start), writable)
-            anchor._conn = self
-            anchor._aid = aid
-            anchor._fast = (rid >> 1, m.offset, m.length) if m.shared and m.length else None
-            append = self.pending.append
-            self.anchors[aid] = weakref.ref(anchor, lambda _r, aid=aid: _queue_release(append, aid))
+            self._bind(anchor, aid, (rid >> 1, m.offset, m.length) if m.shared and m.length else None)
             done = True
             return anchor, address, info, writable
         finally:

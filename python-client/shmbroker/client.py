@@ -33,6 +33,7 @@ from ._types import (
     DaemonLimits,
     DaemonStats,
     Holder,
+    MapInfo,
     PurgeResult,
     SegmentInfo,
     ServerInfo,
@@ -363,14 +364,13 @@ class Client:
         key = None
         if self._ahead and generated and c.lifetime != pb.PERSISTENT and ttl is None and not attrs:
             key = (shape, c.dtype, order, mode, c.lifetime)
-        if prefault is None:
-            prefault = self._prefault
+        pf = (0, None) if (self._prefault if prefault is None else prefault) else None
         with self._lock:
             conn = self._connection()
             mapped = conn.take_spare(key) if key is not None else None
             if mapped is None:
                 try:
-                    mapped = conn.map(req, (0, None) if prefault else None)
+                    mapped = conn.map(req, pf)
                 except ResourceExhaustedError:
                     if not conn.spares:
                         raise
@@ -379,7 +379,7 @@ class Client:
                     conn.spares.clear()
                     if conn.unread:
                         conn._exchange([])
-                    mapped = conn.map(req, (0, None) if prefault else None)
+                    mapped = conn.map(req, pf)
             if key is not None and getattr(mapped[0], "_fast", None) is not None:
                 spare = pb.Request()
                 spare.CopyFrom(req)
@@ -487,14 +487,10 @@ class Client:
         if got is None:
             return None
         anchor, address = got
-        arr = np.ndarray.__new__(
-            SharedArray, shape, dtype, buffer=anchor, offset=offset, strides=strides
-        )
-        arr._shm = SegmentRef(
-            name, self._socket, weakref.ref(anchor), address, fast[3], weakref.ref(self),
-            bool(fast[6]),
-        )
-        return arr
+        # The segment's dtype and shape did not travel (only the view's): _array needs neither.
+        info = MapInfo(name, None, None, None, fast[3], "refcount" if fast[6] else "persistent")
+        return self._array((anchor, address, info, writable), shape, dtype, offset=offset,
+                           strides=strides)
 
     def unlink(self, name):
         """Removes the name at once (owner or root). Processes that have it mapped keep their

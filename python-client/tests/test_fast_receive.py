@@ -47,7 +47,8 @@ def _receive(blob):
     used, ctx = _waited_round_trips(None)
     with ctx:
         arr = pickle.loads(blob)
-    return arr, len(used), _testing.fast_attaches() - fast
+    # Reading replies already sent (an exchange of no packets) is no round trip.
+    return arr, len([n for n in used if n]), _testing.fast_attaches() - fast
 
 
 @pytest.mark.parametrize("lifetime", ["persistent", "refcount"])
