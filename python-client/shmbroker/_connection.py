@@ -385,11 +385,11 @@ class Connection:
             out += b"\x82\x01" + _varint(len(inner)) + inner
         return bytes(out)
 
-    def send_pipelined(self, request):
-        """Sends ``request`` now without waiting for its reply, which the next exchange reads
-        (and ignores). At most _PIPELINE are outstanding, so neither side blocks on a full
-        socket buffer."""
-        self._send_pipelined(request.SerializeToString())
+    def send_pipelined(self, payload):
+        """Sends ``payload`` (a serialized request) now without waiting for its reply, which the
+        next exchange reads (and ignores). At most _PIPELINE are outstanding, so neither side
+        blocks on a full socket buffer."""
+        self._send_pipelined(payload)
 
     def send_releases(self):
         """Sends the queued releases now, pipelined: the daemon learns at once, and nobody
@@ -440,15 +440,15 @@ class Connection:
             self._send_pipelined(packet)
         return payload
 
-    def request_spare(self, key, request):
-        """Sends ``request`` (a create) pipelined: read with a later reply, it becomes the spare
-        array that the next create of the same ``key`` takes without waiting. At most _SPARES
-        kinds; the oldest goes first (released with the next request)."""
+    def request_spare(self, key, payload):
+        """Sends ``payload`` (a serialized create) pipelined: read with a later reply, it becomes
+        the spare array that the next create of the same ``key`` takes without waiting. At most
+        _SPARES kinds; the oldest goes first (released with the next request)."""
         if self.broken or key in self.spares:
             return
         while len(self.spares) >= _SPARES:
             del self.spares[next(iter(self.spares))]
-        self._send_pipelined(self._with_releases(request.SerializeToString()), ("spare", key))
+        self._send_pipelined(self._with_releases(payload), ("spare", key))
         self.spares[key] = None
 
     def take_spare(self, key):
@@ -506,14 +506,8 @@ class Connection:
             return None
         self.next_client_id += 1
         aid = (1 << 63) | self.next_client_id
-        req = pb.Request()
-        a = req.attach
-        a.name = name
-        a.access = pb.READ_WRITE if writable else pb.READ_ONLY
-        a.ticket = ticket
-        a.by_ticket = True
-        a.attachment_id = aid
-        self._send_pipelined(self._with_releases(req.SerializeToString()), ("fast", aid, name))
+        payload = encode_attach_by_ticket(name, writable, ticket, aid)
+        self._send_pipelined(self._with_releases(payload), ("fast", aid, name))
         anchor = np.ndarray.__new__(Anchor, (nbytes,), np.uint8, buffer=view, offset=boff)
         self._bind(anchor, aid, (rbase, boff, nbytes))
         return anchor, entry[1] + boff
@@ -727,6 +721,8 @@ def _check_fast_attach(name, data):
     reported. It means the segment was not held for it (a ticket the daemon refused, or one
     that lapsed while this process stalled for half the in-flight timeout). Warns (with
     RuntimeWarning) unless the reply is OK."""
+    if reply_code(data) == Code.OK:
+        return
     try:
         reply = pb.Reply.FromString(data)
     except Exception:
@@ -766,6 +762,89 @@ def _varint(n):
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+# Hand encoders for the requests of the hot path (a ticket, a fast attach, a spare's create),
+# sent pipelined on every array that travels: building a protobuf message costs several times
+# more here. tests/test_wire_encoding.py checks that protobuf reads them as it would build them.
+
+
+def _len_field(number, payload):
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _uint_field(number, value):
+    return _varint(number << 3) + _varint(value) if value else b""
+
+
+def encode_ticket(attachment_id, ticket):
+    """Request{ticket: TicketRequest{attachment_id, ticket}}, serialized."""
+    return _len_field(11, _uint_field(1, attachment_id) + _uint_field(2, ticket))
+
+
+def encode_attach_by_ticket(name, writable, ticket, attachment_id):
+    """Request{attach: AttachRequest{name, access, ticket, attachment_id, by_ticket}}."""
+    body = (
+        _len_field(1, name.encode("utf-8"))
+        + (b"\x10\x01" if writable else b"")
+        + _uint_field(6, ticket)
+        + _uint_field(8, attachment_id)
+        + b"\x48\x01"
+    )
+    return _len_field(3, body)
+
+
+def encode_create_named(name, tail):
+    """Request{create: CreateRequest} of ``name`` whose other fields are ``tail``, the
+    serialized CreateRequest without its name (create_tail)."""
+    return _len_field(2, _len_field(1, name.encode("utf-8")) + tail)
+
+
+def create_tail(create):
+    """The serialized fields of CreateRequest ``create`` but its name (field 1)."""
+    copy = pb.CreateRequest()
+    copy.CopyFrom(create)
+    copy.ClearField("name")
+    return copy.SerializeToString()
+
+
+def reply_code(data):
+    """The code of a serialized Reply without parsing it all (its top-level fields are walked;
+    only ``code``, field 1, is read). None when ``data`` is not a well-formed message."""
+    i, n = 0, len(data)
+    try:
+        while i < n:
+            key, i = _read_varint(data, i)
+            kind = key & 7
+            if kind == 0:
+                value, i = _read_varint(data, i)
+                if key >> 3 == 1:
+                    return value
+            elif kind == 2:
+                length, i = _read_varint(data, i)
+                i += length
+            elif kind == 1:
+                i += 8
+            elif kind == 5:
+                i += 4
+            else:
+                return None
+    except IndexError:
+        return None
+    return Code.OK if i == n else None
+
+
+def _read_varint(data, i):
+    value = shift = 0
+    while True:
+        b = data[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, i
+        shift += 7
+        if shift > 63:
+            raise IndexError("varint too long")
 
 
 def prod(shape):

@@ -21,8 +21,12 @@ from multiprocessing.reduction import ForkingPickler
 import numpy as np
 
 from ._connection import (
+    _SPARES,
     Connection,
     connections,
+    create_tail,
+    encode_create_named,
+    encode_ticket,
     resolve_socket_path,
     resolve_trusted_uid,
     time_namespace,
@@ -180,6 +184,7 @@ class Client:
         self._client_name = client_name
         self._prefault = prefault
         self._ahead = bool(ahead)
+        self._spare_tails = {}  # kind of spare -> its create serialized without the name
         # scope() makes clients whose segments are connection-lifetime by default.
         self._lifetime = "persistent"
         self._prefix = "auto/"
@@ -253,10 +258,7 @@ class Client:
             if conn is None or conn is not getattr(anchor, "_conn", None) or not conn.usable():
                 return 0, None
             ticket = secrets.randbits(64) or 1
-            req = pb.Request()
-            req.ticket.attachment_id = anchor._aid
-            req.ticket.ticket = ticket
-            conn.send_pipelined(req)
+            conn.send_pipelined(encode_ticket(anchor._aid, ticket))
             where = getattr(anchor, "_fast", None) if transport else None
             if where is None or not conn.server.instance:
                 return ticket, None
@@ -381,10 +383,12 @@ class Client:
                         conn._exchange([])
                     mapped = conn.map(req, pf)
             if key is not None and getattr(mapped[0], "_fast", None) is not None:
-                spare = pb.Request()
-                spare.CopyFrom(req)
-                spare.create.name = self._generate_name()
-                conn.request_spare(key, spare)
+                tail = self._spare_tails.get(key)
+                if tail is None:
+                    if len(self._spare_tails) >= 4 * _SPARES:  # bounded, as the spares
+                        self._spare_tails.clear()
+                    tail = self._spare_tails[key] = create_tail(c)
+                conn.request_spare(key, encode_create_named(self._generate_name(), tail))
         return self._array(mapped, shape, dt, order)
 
     def attach(self, name, *, writable=False, prefault=None, owner=None, wait=None,

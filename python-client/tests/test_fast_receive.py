@@ -203,7 +203,7 @@ def _lend(client, arr, ticket):
     req = pb.Request()
     req.ticket.attachment_id = arr._shm.anchor()._aid
     req.ticket.ticket = ticket
-    _testing.connection(client).send_pipelined(req)
+    _testing.connection(client).send_pipelined(req.SerializeToString())
 
 
 def test_an_attach_that_overtakes_its_ticket_waits_for_it(producer):
