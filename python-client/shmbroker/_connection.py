@@ -375,8 +375,8 @@ class Connection:
     def _releases_field(releases):
         """``releases`` encoded as Request.releases (field 16, DetachRequests): appended to a
         serialized Request, protobuf merges them into it, so one packet carries the request and
-        the releases before it. Encoded by hand: a protobuf message per release cost more than
-        the rest of a release."""
+        the releases before it. Encoded by hand, as the other hot requests (see _len_field),
+        with the tags inline: _len_field and _uint_field here cost 70 % more per release."""
         out = bytearray()
         for aid, rid in releases:
             inner = b"\x08" + _varint(aid)
@@ -764,8 +764,8 @@ def _varint(n):
     return bytes(out)
 
 
-# Hand encoders for the requests of the hot path (a ticket, a fast attach, a spare's create),
-# sent pipelined on every array that travels: building a protobuf message costs several times
+# Hand encoders for the requests of the hot path (releases, a ticket, a fast attach, a spare's
+# create), sent on every array that travels: building a protobuf message costs several times
 # more here. tests/test_wire_encoding.py checks that protobuf reads them as it would build them.
 
 
