@@ -424,7 +424,9 @@ class Connection:
         """``payload`` with the last of ``releases`` (up to _RIDE) riding in its packet, taken
         out of ``releases``; what is left (a backlog, or all for a request too big to carry
         them) needs packets of their own, sent first."""
-        tail = (len(releases) - 1) % _RIDE + 1 if releases else 0
+        if not releases:
+            return payload
+        tail = (len(releases) - 1) % _RIDE + 1
         ride = self._releases_field(releases[len(releases) - tail :])
         if len(payload) + len(ride) > self.max_request:
             return payload
@@ -558,13 +560,14 @@ class Connection:
             self.call(d, "empty")
 
     def call(self, request, expect, fds_out=None):
-        """One round trip, after any queued releases. Returns the Reply; raises the reply's
-        error when it is not OK. Descriptors are put in ``fds_out`` (a list) when given and
-        refused otherwise."""
+        """One round trip, after any queued releases: ``request`` a Request or its serialized
+        bytes; None only sends the releases. Returns the Reply; raises the reply's error when it
+        is not OK. Descriptors are put in ``fds_out`` (a list) when given and refused
+        otherwise."""
         if self.broken:
             raise UnavailableError(f"the connection to shmbrokerd at '{self.path}' was lost")
         if request is not None:
-            payload = request.SerializeToString()
+            payload = request if type(request) is bytes else request.SerializeToString()
             if len(payload) > self.max_request:
                 raise InvalidArgumentError(
                     f"request of {len(payload)} bytes exceeds the protocol's {self.max_request}"
@@ -574,9 +577,11 @@ class Connection:
             packets = self._release_packets(releases)
             if not packets and self.unread:
                 self._exchange([])  # and the replies still unread (a fast attach's may warn)
-        else:
+        elif releases:
             payload = self._ride(payload, releases)
             packets = self._release_packets(releases) + [payload]
+        else:
+            packets = [payload]
         reply = None
         fds = []
         for start in range(0, len(packets), _PIPELINE):
@@ -645,23 +650,25 @@ class Connection:
         raise ProtocolError("the daemon did not send the descriptor of a region not mapped here")
 
     def _materialize(self, a, fds, prefault):
+        # Each field read once: every read of a protobuf field builds a Python object.
         m = a.mapping
         aid = a.attachment_id
         rid = m.region_id
         writable = m.access == pb.READ_WRITE
+        offset, length, size, shared = m.offset, m.length, m.region_size, m.shared
         done = False
         try:
             info = map_info_from_wire(a.info)
             if (
-                m.length != info.nbytes
-                or m.offset > m.region_size
-                or m.length > m.region_size - m.offset
+                length != info.nbytes
+                or offset > size
+                or length > size - offset
                 or info.dtype.itemsize * prod(info.shape) != info.nbytes
             ):
                 raise ProtocolError(
                     "the daemon described a mapping that does not fit its region"
                 )
-            if m.length == 0:
+            if length == 0:
                 if fds:
                     raise ProtocolError("unexpected descriptor with the reply")
                 anchor = np.ndarray.__new__(Anchor, (0,), np.uint8)
@@ -673,16 +680,16 @@ class Connection:
                     fd = fds.pop()
                     try:
                         view, base, ref = _mem.map_fd(
-                            fd, m.region_size, writable, self._region_released(rid)
+                            fd, size, writable, self._region_released(rid)
                         )
                     except OSError as e:
                         cls = Code.RESOURCE_EXHAUSTED if e.errno == errno.ENOMEM else Code.INTERNAL
                         raise error_for(
                             cls, f"cannot map segment '{info.name}': {e.strerror}"
                         ) from None
-                    own = info.name if writable and not m.shared else None
-                    self.regions[rid] = (ref, base, m.region_size, own)
-                    if m.shared:
+                    own = info.name if writable and not shared else None
+                    self.regions[rid] = (ref, base, size, own)
+                    if shared:
                         self.kept[rid] = view
                 else:
                     if fds:
@@ -695,19 +702,17 @@ class Connection:
                         done = True  # the caller gives the attachment back itself
                         return None
                     base = entry[1]
-                anchor = np.ndarray.__new__(
-                    Anchor, (m.length,), np.uint8, buffer=view, offset=m.offset
-                )
+                anchor = np.ndarray.__new__(Anchor, (length,), np.uint8, buffer=view, offset=offset)
                 if anchor.base is not view:
                     # The unmap is tied to `view`: it must be what keeps the memory alive.
                     raise InternalError("this NumPy does not keep buffer= objects as base")
-                address = base + m.offset
+                address = base + offset
                 if prefault is not None:
-                    start, length = prefault
-                    if length is None:
-                        length = m.length
-                    _mem.prefault(address, start, min(length, m.length - start), writable)
-            self._bind(anchor, aid, (rid >> 1, m.offset, m.length) if m.shared and m.length else None)
+                    start, want = prefault
+                    if want is None:
+                        want = length
+                    _mem.prefault(address, start, min(want, length - start), writable)
+            self._bind(anchor, aid, (rid >> 1, offset, length) if shared and length else None)
             done = True
             return anchor, address, info, writable
         finally:
@@ -753,9 +758,12 @@ def time_namespace():
     return _timens[1]
 
 
+_BYTES = [bytes((i,)) for i in range(256)]
+
+
 def _varint(n):
     if n < 0x80:
-        return bytes((n,))
+        return _BYTES[n]
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
@@ -764,17 +772,18 @@ def _varint(n):
     return bytes(out)
 
 
-# Hand encoders for the requests of the hot path (releases, a ticket, a fast attach, a spare's
-# create), sent on every array that travels: building a protobuf message costs several times
-# more here. tests/test_wire_encoding.py checks that protobuf reads them as it would build them.
+# Hand encoders for the requests of the hot path (create, attach, unlink, releases, a ticket),
+# sent for every array made or shared: building a protobuf message costs several times more
+# here. tests/test_wire_encoding.py checks that protobuf reads them as it would build them.
 
 
-def _len_field(number, payload):
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+def _len_field(number, payload):  # numbers below 16: one-byte keys
+    n = len(payload)
+    return _BYTES[number << 3 | 2] + (_BYTES[n] if n < 0x80 else _varint(n)) + payload
 
 
-def _uint_field(number, value):
-    return _varint(number << 3) + _varint(value) if value else b""
+def _uint_field(number, value):  # numbers below 16: one-byte keys
+    return _BYTES[number << 3] + _varint(value) if value else b""
 
 
 def encode_ticket(attachment_id, ticket):
@@ -782,30 +791,59 @@ def encode_ticket(attachment_id, ticket):
     return _len_field(11, _uint_field(1, attachment_id) + _uint_field(2, ticket))
 
 
-def encode_attach_by_ticket(name, writable, ticket, attachment_id):
-    """Request{attach: AttachRequest{name, access, ticket, attachment_id, by_ticket}}."""
-    body = (
-        _len_field(1, name.encode("utf-8"))
-        + (b"\x10\x01" if writable else b"")
-        + _uint_field(6, ticket)
-        + _uint_field(8, attachment_id)
-        + b"\x48\x01"
-    )
+def encode_attach(name, writable, owner_uid=None, wait_ms=None, sealed=False, ticket=0,
+                  attachment_id=0, by_ticket=False):
+    """Request{attach: AttachRequest{...}}, serialized (``owner_uid`` and ``wait_ms`` are
+    optional fields: None leaves them out)."""
+    body = _len_field(1, name.encode("utf-8"))
+    if writable:
+        body += b"\x10\x01"
+    if owner_uid is not None:
+        body += b"\x18" + _varint(owner_uid)
+    if wait_ms is not None:
+        body += b"\x20" + _varint(wait_ms)
+    if sealed:
+        body += b"\x28\x01"
+    body += _uint_field(6, ticket) + _uint_field(8, attachment_id)
+    if by_ticket:
+        body += b"\x48\x01"
     return _len_field(3, body)
 
 
+def encode_attach_by_ticket(name, writable, ticket, attachment_id):
+    """Request{attach: AttachRequest{name, access, ticket, attachment_id, by_ticket}}."""
+    return encode_attach(name, writable, None, None, False, ticket, attachment_id, True)
+
+
+def encode_unlink(name):
+    """Request{unlink: UnlinkRequest{name}}, serialized."""
+    return _len_field(5, _len_field(1, name.encode("utf-8")))
+
+
 def encode_create_named(name, tail):
-    """Request{create: CreateRequest} of ``name`` whose other fields are ``tail``, the
-    serialized CreateRequest without its name (create_tail)."""
+    """Request{create: CreateRequest} of ``name`` whose other fields are ``tail`` (create_tail)."""
     return _len_field(2, _len_field(1, name.encode("utf-8")) + tail)
 
 
-def create_tail(create):
-    """The serialized fields of CreateRequest ``create`` but its name (field 1)."""
-    copy = pb.CreateRequest()
-    copy.CopyFrom(create)
-    copy.ClearField("name")
-    return copy.SerializeToString()
+def create_tail(dtype, shape, fortran, mode, lifetime, ttl_ms=None, attrs=None):
+    """The serialized fields of a CreateRequest but its name: ``dtype`` a NumPy type string,
+    ``shape`` ints in [0, 2^64), ``mode`` (always sent: the field is optional) and
+    ``lifetime`` ints, ``ttl_ms`` None or an int, ``attrs`` None or a dict of str to str."""
+    out = _len_field(2, dtype.encode("utf-8"))
+    if shape:
+        out += _len_field(3, b"".join([_varint(d) for d in shape]))  # packed
+    if fortran:
+        out += b"\x20\x01"
+    out += b"\x28" + _varint(mode)
+    if attrs:
+        for k, v in attrs.items():
+            entry = _len_field(1, k.encode("utf-8")) + _len_field(2, v.encode("utf-8"))
+            out += _len_field(6, entry)
+    if lifetime:
+        out += b"\x38" + _varint(lifetime)
+    if ttl_ms is not None:
+        out += b"\x40" + _varint(ttl_ms)
+    return out
 
 
 def reply_code(data):

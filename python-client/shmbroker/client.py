@@ -25,8 +25,10 @@ from ._connection import (
     Connection,
     connections,
     create_tail,
+    encode_attach,
     encode_create_named,
     encode_ticket,
+    encode_unlink,
     resolve_socket_path,
     resolve_trusted_uid,
     time_namespace,
@@ -107,8 +109,11 @@ def _check_shape(shape):
         shape = tuple(operator.index(d) for d in shape)
     except TypeError:
         raise TypeError(f"shape must be an int or a sequence of ints, not {shape!r}") from None
-    if any(d < 0 for d in shape):
-        raise InvalidArgumentError(f"shape {shape} has a negative dimension")
+    for d in shape:
+        if d < 0:
+            raise InvalidArgumentError(f"shape {shape} has a negative dimension")
+        if d >> 64:
+            raise InvalidArgumentError(f"shape {shape} has a dimension out of range")
     return shape
 
 
@@ -343,34 +348,31 @@ class Client:
         order = _check_order(order)
         if not isinstance(mode, int) or isinstance(mode, bool):
             raise TypeError("mode must be an int such as 0o600")
-        req = pb.Request()
-        c = req.create
-        c.name = name
-        c.dtype = dt.str
-        try:
-            c.shape.extend(shape)
-        except ValueError:
-            raise InvalidArgumentError(f"shape {shape} has a dimension out of range") from None
-        c.order = pb.ORDER_F if order == "F" else pb.ORDER_C
         if not 0 <= mode <= 0xFFFFFFFF:
             raise InvalidArgumentError(f"mode {mode:#o} is out of range")
-        c.mode = mode
-        c.lifetime = _check_lifetime(self._lifetime if lifetime is None else lifetime)
-        if ttl is not None:
-            c.ttl_ms = _milliseconds(ttl, "ttl", _TEN_YEARS)
+        life = _check_lifetime(self._lifetime if lifetime is None else lifetime)
+        ttl_ms = None if ttl is None else _milliseconds(ttl, "ttl", _TEN_YEARS)
         if attrs:
-            for k, v in dict(attrs).items():
+            attrs = dict(attrs)
+            for k, v in attrs.items():
                 if not isinstance(k, str) or not isinstance(v, str):
                     raise TypeError("attrs must map str to str")
-                c.attrs[k] = v
         key = None
-        if self._ahead and generated and c.lifetime != pb.PERSISTENT and ttl is None and not attrs:
-            key = (shape, c.dtype, order, mode, c.lifetime)
+        if self._ahead and generated and life != pb.PERSISTENT and ttl is None and not attrs:
+            key = (shape, dt.str, order, mode, life)
+            tail = self._spare_tails.get(key)
+            if tail is None:
+                if len(self._spare_tails) >= 4 * _SPARES:  # bounded, as the spares
+                    self._spare_tails.clear()
+                tail = self._spare_tails[key] = create_tail(dt.str, shape, order == "F", mode, life)
+        else:
+            tail = create_tail(dt.str, shape, order == "F", mode, life, ttl_ms, attrs)
         pf = (0, None) if (self._prefault if prefault is None else prefault) else None
         with self._lock:
             conn = self._connection()
             mapped = conn.take_spare(key) if key is not None else None
             if mapped is None:
+                req = encode_create_named(name, tail)
                 try:
                     mapped = conn.map(req, pf)
                 except ResourceExhaustedError:
@@ -383,11 +385,6 @@ class Client:
                         conn._exchange([])
                     mapped = conn.map(req, pf)
             if key is not None and getattr(mapped[0], "_fast", None) is not None:
-                tail = self._spare_tails.get(key)
-                if tail is None:
-                    if len(self._spare_tails) >= 4 * _SPARES:  # bounded, as the spares
-                        self._spare_tails.clear()
-                    tail = self._spare_tails[key] = create_tail(c)
                 conn.request_spare(key, encode_create_named(self._generate_name(), tail))
         return self._array(mapped, shape, dt, order)
 
@@ -413,14 +410,13 @@ class Client:
         when the time runs out. ``sealed=True``: only a sealed segment will do (see
         :meth:`seal`): with ``wait``, wait for the seal too; without, FailedPreconditionError
         if it is not sealed."""
-        req = pb.Request()
-        req.attach.name = _check_name(name)
-        req.attach.access = pb.READ_WRITE if writable else pb.READ_ONLY
-        if owner is not None:
-            req.attach.owner_uid = uid_of(owner)
-        if wait is not None:
-            req.attach.wait_ms = _milliseconds(wait, "wait", _DAY)
-        req.attach.sealed = bool(sealed)
+        req = encode_attach(
+            _check_name(name),
+            writable,
+            None if owner is None else uid_of(owner),
+            None if wait is None else _milliseconds(wait, "wait", _DAY),
+            sealed,
+        )
         mapped = self._map(req, (0, None), prefault)
         info = mapped[2]
         return self._array(mapped, info.shape, info.dtype, info.order)
@@ -467,10 +463,7 @@ class Client:
             arr = self._fast_view(name, writable, offset, shape, strides, dtype, ticket, fast, hi)
             if arr is not None:
                 return arr
-        req = pb.Request()
-        req.attach.name = name
-        req.attach.access = pb.READ_WRITE if writable else pb.READ_ONLY
-        req.attach.ticket = ticket
+        req = encode_attach(name, writable, ticket=ticket)
         mapped = self._map(req, (lo, hi - lo))
         try:
             return self._array(mapped, shape, dtype, offset=offset, strides=strides)
@@ -499,9 +492,7 @@ class Client:
     def unlink(self, name):
         """Removes the name at once (owner or root). Processes that have it mapped keep their
         memory until they let go of it."""
-        req = pb.Request()
-        req.unlink.name = _check_name(name)
-        self._call(req, "empty")
+        self._call(encode_unlink(_check_name(name)), "empty")
 
     def stat(self, name):
         """:class:`SegmentInfo` of segment ``name``."""

@@ -177,6 +177,8 @@ def test_errors_are_typed(names):
         shmbroker.create(names("r"), 1, [("a", "<i4"), ("b", "<f8")])
     with pytest.raises(shmbroker.InvalidArgumentError):
         shmbroker.create(names("n"), (-1,), "u1")
+    with pytest.raises(shmbroker.InvalidArgumentError, match="out of range"):
+        shmbroker.create(names("n"), (2, 2**64), "u1")  # not a uint64
     with pytest.raises(shmbroker.InvalidArgumentError, match="exceeds"):
         shmbroker.stat("x" * 70000)  # larger than a request may be; never sent
 

@@ -36,23 +36,78 @@ def test_attach_by_ticket(name, writable, ticket, aid):
     assert got == want
 
 
-@pytest.mark.parametrize("name", NAMES)
+SHAPES = [(), (0,), (1,), (3, 2**40, 0), (2**64 - 1,), tuple(range(32))]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("fortran", [False, True])
+@pytest.mark.parametrize("mode", [0, 0o600, 0xFFFFFFFF])
+@pytest.mark.parametrize("lifetime", [pb.PERSISTENT, pb.REFCOUNT])
 @pytest.mark.parametrize("ttl", [None, 1, 2**40])
-def test_create_from_tail(name, ttl):
+def test_create(shape, fortran, mode, lifetime, ttl):
     want = pb.Request()
     cr = want.create
-    cr.name = "placeholder"
-    cr.dtype = "<f8"
-    cr.shape.extend([3, 2**40, 0])
-    cr.order = pb.ORDER_F
-    cr.mode = 0o640
-    cr.lifetime = pb.REFCOUNT
-    cr.attrs["k"] = "v"
+    cr.name = "auto/1-2-abc"
+    cr.dtype = "<M8[ns]"
+    cr.shape.extend(shape)
+    cr.order = pb.ORDER_F if fortran else pb.ORDER_C
+    cr.mode = mode  # optional: present even when 0
+    cr.lifetime = lifetime
     if ttl is not None:
         cr.ttl_ms = ttl
-    tail = c.create_tail(cr)
+    tail = c.create_tail("<M8[ns]", shape, fortran, mode, lifetime, ttl)
+    got = pb.Request.FromString(c.encode_create_named("auto/1-2-abc", tail))
+    assert got == want and got.create.HasField("mode")
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("attrs", [None, {}, {"k": "v"}, {"": "", "été": "x" * 300, "b": "ü"}])
+def test_create_names_and_attrs(name, attrs):
+    want = pb.Request()
+    cr = want.create
     cr.name = name
+    cr.dtype = "|u1"
+    cr.shape.append(7)
+    cr.mode = 0o644
+    for k, v in (attrs or {}).items():
+        cr.attrs[k] = v
+    tail = c.create_tail("|u1", (7,), False, 0o644, pb.PERSISTENT, None, attrs)
     assert pb.Request.FromString(c.encode_create_named(name, tail)) == want
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("writable", [False, True])
+@pytest.mark.parametrize("owner", [None, 0, 65534, 2**32 - 1])
+@pytest.mark.parametrize("wait", [None, 1, 86400000])
+@pytest.mark.parametrize("sealed", [False, True])
+def test_attach(name, writable, owner, wait, sealed):
+    want = pb.Request()
+    a = want.attach
+    a.name = name
+    a.access = pb.READ_WRITE if writable else pb.READ_ONLY
+    if owner is not None:
+        a.owner_uid = owner  # optional: present even when 0 (root)
+    if wait is not None:
+        a.wait_ms = wait
+    a.sealed = sealed
+    got = pb.Request.FromString(c.encode_attach(name, writable, owner, wait, sealed))
+    assert got == want and got.attach.HasField("owner_uid") == (owner is not None)
+
+
+@pytest.mark.parametrize("ticket", [0, 5, 2**64 - 1])
+def test_attach_with_a_ticket(ticket):
+    want = pb.Request()
+    want.attach.name = "n"
+    want.attach.ticket = ticket
+    assert pb.Request.FromString(c.encode_attach("n", False, ticket=ticket)) == want
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_unlink(name):
+    want = pb.Request()
+    want.unlink.name = name
+    got = pb.Request.FromString(c.encode_unlink(name))
+    assert got == want and got.WhichOneof("body") == "unlink"
 
 
 def _reply(code, message="", attach=False):
