@@ -58,7 +58,8 @@ SharedRegion::SharedRegion(std::uint64_t id, ArenaKey key, UniqueFd fd, std::uin
       size_(size),
       top_(std::countr_zero(size)),
       map_(static_cast<std::byte*>(map)) {
-  free_[top_].emplace(0, false);
+  resident_.assign((size + kPage * 64 - 1) / (kPage * 64), 0);
+  free_[top_].insert(0);
 }
 
 SharedRegion::~SharedRegion() { ::munmap(map_, size_); }
@@ -69,24 +70,49 @@ std::uint64_t SharedRegion::resident() const {
   return static_cast<std::uint64_t>(st.st_blocks) * 512;
 }
 
+bool SharedRegion::Resident(std::uint64_t offset, std::uint64_t length) const {
+  for (std::uint64_t p = offset / kPage; p <= (offset + length - 1) / kPage; ++p) {
+    if ((resident_[p / 64] >> (p % 64) & 1) == 0) return false;
+  }
+  return true;
+}
+
+void SharedRegion::MarkResident(std::uint64_t offset, std::uint64_t length, bool resident) {
+  for (std::uint64_t p = offset / kPage; p <= (offset + length - 1) / kPage; ++p) {
+    std::uint64_t& word = resident_[p / 64];
+    const std::uint64_t bit = std::uint64_t{1} << (p % 64);
+    if (((word & bit) != 0) == resident) continue;
+    word ^= bit;
+    if (resident) {
+      resident_bytes_ += kPage;
+    } else {
+      resident_bytes_ -= kPage;
+    }
+  }
+}
+
 Result<std::uint64_t> SharedRegion::Allocate(int order) {
   if (!reuse_) return Status::NotFound("the region hands out no blocks");
   int j = order;
   while (j <= top_ && free_[j].empty()) ++j;
   if (j > top_) return Status::NotFound("no free block");
-  auto [offset, resident] = *free_[j].begin();
+  std::uint64_t offset = *free_[j].begin();
   free_[j].erase(free_[j].begin());
   while (j > order) {  // Split: keep the lower half, free the upper.
     --j;
-    free_[j].emplace(offset + (std::uint64_t{1} << j), resident);
+    free_[j].insert(offset + (std::uint64_t{1} << j));
   }
   std::uint64_t length = std::uint64_t{1} << order;
-  if (!resident && Fallocate(region_->memfd(), 0, offset, length) != 0) {
-    int err = errno;
-    allocated_ += length;  // Free() takes it off again.
-    Free(offset, order);
-    return Status::ResourceExhausted("cannot reserve " + std::to_string(length) +
-                                     " bytes: " + std::strerror(err));
+  if (!Resident(offset, length)) {
+    ++reservations_;
+    if (Fallocate(region_->memfd(), 0, offset, length) != 0) {
+      int err = errno;
+      allocated_ += length;  // Free() takes it off again (no client saw it: nothing to zero).
+      Free(offset, order);
+      return Status::ResourceExhausted("cannot reserve " + std::to_string(length) +
+                                       " bytes: " + std::strerror(err));
+    }
+    MarkResident(offset, length, true);
   }
   allocated_ += length;
   return offset;
@@ -109,19 +135,19 @@ Status SharedRegion::Take(std::uint64_t offset, int order) {
     return Status::FailedPrecondition("block " + std::to_string(offset) + "+" +
                                       std::to_string(length) + " overlaps another");
   }
-  bool resident = free_[j][start];
   free_[j].erase(start);
   while (j > order) {
     --j;
     std::uint64_t half = std::uint64_t{1} << j;
     // Keep the half holding `offset`, free the other.
     if (offset >= start + half) {
-      free_[j].emplace(start, resident);
+      free_[j].insert(start);
       start += half;
     } else {
-      free_[j].emplace(start + half, resident);
+      free_[j].insert(start + half);
     }
   }
+  MarkResident(offset, length, true);  // Its bytes came back with it.
   allocated_ += length;
   return Status::Ok();
 }
@@ -139,28 +165,26 @@ void SharedRegion::Free(std::uint64_t offset, int order) {
     if (allocated_ == 0 && on_empty_) std::exchange(on_empty_, nullptr)();
     return;
   }
-  // Merge with free buddies. The merged block is resident only if every part of it is.
-  bool whole = true;
+  // Merge with free buddies.
   while (order < top_) {
     auto it = free_[order].find(offset ^ (std::uint64_t{1} << order));
     if (it == free_[order].end()) break;
-    whole = whole && it->second;
-    offset = std::min(offset, it->first);
+    offset = std::min(offset, *it);
     free_[order].erase(it);
     ++order;
   }
   std::uint64_t length = std::uint64_t{1} << order;
   // Large free blocks go back to the kernel once the region keeps enough free memory.
-  bool punch = length >= kPunchMinBytes && resident() > allocated_ + kKeepFreeBytes;
+  bool punch = length >= kPunchMinBytes && resident_bytes_ > allocated_ + kKeepFreeBytes;
   if (punch && Fallocate(region_->memfd(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset,
                          length) == 0) {
-    whole = false;
-  } else {
+    MarkResident(offset, length, false);
+  } else if (Resident(freed, freed_length)) {
     // Holes read as zeros, and the rest of the block was zeroed when freed: only this part
-    // holds old bytes.
+    // holds old bytes. (Not resident: a reservation that failed, which no client saw.)
     std::memset(map_ + freed, 0, freed_length);
   }
-  free_[order].emplace(offset, whole);
+  free_[order].insert(offset);
 }
 
 Arena::Arena(ArenaOptions options) : options_(std::move(options)) {

@@ -6,7 +6,9 @@
 //
 // Blocks come from a buddy allocator per region (powers of two from 64 bytes: cache-line
 // aligned, O(log size) to allocate and free, free neighbours merge). A block's pages are reserved
-// (fallocate) when it is handed out, so no client ever takes a SIGBUS. A block goes back when its
+// (fallocate) when it is handed out, so no client ever takes a SIGBUS; a bit per page remembers
+// which are, so a block handed out again over kept pages costs no system call. A block goes back
+// when its
 // segment is destroyed, i.e. after every attachment and reply in flight let go of it; it is zeroed
 // then (memset through the daemon's mapping), or, when a large free block forms and the region
 // already keeps enough free memory, its pages go back to the kernel (FALLOC_FL_PUNCH_HOLE; holes
@@ -21,6 +23,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <vector>
 
 #include "common/unique_fd.h"
@@ -78,6 +81,10 @@ class SharedRegion {
   void StopReuse(std::function<void()> on_empty);
   bool reuses() const { return reuse_; }
 
+  // Times pages were reserved (fallocate): a block freed and handed out again over pages the
+  // region kept is not reserved again.
+  std::uint64_t reservations() const { return reservations_; }
+
   // Free memory a region keeps resident for reuse before it punches large free blocks.
   static constexpr std::uint64_t kKeepFreeBytes = 8 << 20;
   // Free blocks from this size up may be punched.
@@ -85,9 +92,17 @@ class SharedRegion {
 
  private:
   SharedRegion(std::uint64_t id, ArenaKey key, UniqueFd fd, std::uint64_t size, void* map);
+  static constexpr std::uint64_t kPage = 4096;
   int top() const { return top_; }
-  // Free blocks by order: offset -> whether every page of it is resident (and zero).
-  std::array<std::map<std::uint64_t, bool>, kMaxOrder + 1> free_;
+  // Whether every page of [offset, offset + length) is reserved.
+  bool Resident(std::uint64_t offset, std::uint64_t length) const;
+  void MarkResident(std::uint64_t offset, std::uint64_t length, bool resident);
+  // Free blocks by order (offsets). Their reserved pages hold zeros.
+  std::array<std::set<std::uint64_t>, kMaxOrder + 1> free_;
+  // One bit per page: reserved and not punched since; and their bytes.
+  std::vector<std::uint64_t> resident_;
+  std::uint64_t resident_bytes_ = 0;
+  std::uint64_t reservations_ = 0;
   std::shared_ptr<Region> region_;
   ArenaKey key_;
   std::uint64_t size_;
