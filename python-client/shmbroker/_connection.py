@@ -375,13 +375,11 @@ class Connection:
     def _releases_field(releases):
         """``releases`` encoded as Request.releases (field 16, DetachRequests): appended to a
         serialized Request, protobuf merges them into it, so one packet carries the request and
-        the releases before it. Encoded by hand, as the other hot requests (see _len_field),
-        with the tags inline: _len_field and _uint_field here cost 70 % more per release."""
+        the releases before it. Encoded by hand, as the other hot requests (see _len_field);
+        field 16 takes a two-byte key."""
         out = bytearray()
         for aid, rid in releases:
-            inner = b"\x08" + _varint(aid)
-            if rid:
-                inner += b"\x10" + _varint(rid)
+            inner = _uint_field(1, aid) + _uint_field(2, rid)
             out += b"\x82\x01" + _varint(len(inner)) + inner
         return bytes(out)
 
@@ -508,7 +506,7 @@ class Connection:
             return None
         self.next_client_id += 1
         aid = (1 << 63) | self.next_client_id
-        payload = encode_attach_by_ticket(name, writable, ticket, aid)
+        payload = encode_attach(name, writable, ticket=ticket, attachment_id=aid, by_ticket=True)
         self._send_pipelined(self._with_releases(payload), ("fast", aid, name))
         anchor = np.ndarray.__new__(Anchor, (nbytes,), np.uint8, buffer=view, offset=boff)
         self._bind(anchor, aid, (rbase, boff, nbytes))
@@ -577,11 +575,9 @@ class Connection:
             packets = self._release_packets(releases)
             if not packets and self.unread:
                 self._exchange([])  # and the replies still unread (a fast attach's may warn)
-        elif releases:
+        else:
             payload = self._ride(payload, releases)
             packets = self._release_packets(releases) + [payload]
-        else:
-            packets = [payload]
         reply = None
         fds = []
         for start in range(0, len(packets), _PIPELINE):
@@ -808,11 +804,6 @@ def encode_attach(name, writable, owner_uid=None, wait_ms=None, sealed=False, ti
     if by_ticket:
         body += b"\x48\x01"
     return _len_field(3, body)
-
-
-def encode_attach_by_ticket(name, writable, ticket, attachment_id):
-    """Request{attach: AttachRequest{name, access, ticket, attachment_id, by_ticket}}."""
-    return encode_attach(name, writable, None, None, False, ticket, attachment_id, True)
 
 
 def encode_unlink(name):

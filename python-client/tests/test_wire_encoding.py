@@ -32,7 +32,8 @@ def test_attach_by_ticket(name, writable, ticket, aid):
     a.ticket = ticket
     a.attachment_id = aid
     a.by_ticket = True
-    got = pb.Request.FromString(c.encode_attach_by_ticket(name, writable, ticket, aid))
+    payload = c.encode_attach(name, writable, ticket=ticket, attachment_id=aid, by_ticket=True)
+    got = pb.Request.FromString(payload)
     assert got == want
 
 
