@@ -35,6 +35,7 @@ struct Daemon {
   pid_t pid = -1;
   std::string socket;
   std::optional<Client> client;
+  std::optional<Client> pipelined;  // With ClientOptions::pipeline_releases.
 };
 Daemon g_auto;   // --huge-pages auto (the default): every benchmark but the large "never" ones.
 Daemon g_never;  // --huge-pages never.
@@ -276,9 +277,11 @@ void BM_AttachOwnRegion(benchmark::State& state) {
 BENCHMARK(BM_AttachOwnRegion)->Arg(4 << 20)->UseManualTime();
 
 // What a user pays for a whole cycle: Create() + destroying the Segment (detach) + Unlink().
+//   pipelined:0: destroying the Segment waits for the daemon's answer (three round trips);
+//   pipelined:1: with ClientOptions::pipeline_releases the release rides on the Unlink (two).
 void BM_CreateDetachUnlink(benchmark::State& state) {
   const auto size = static_cast<std::uint64_t>(state.range(0));
-  Client& c = *g_auto.client;
+  Client& c = state.range(1) != 0 ? *g_auto.pipelined : *g_auto.client;
   Paired paired(state);
   for (auto _ : state) {
     bool ok = paired.Time([&] {
@@ -288,7 +291,10 @@ void BM_CreateDetachUnlink(benchmark::State& state) {
     if (!ok) break;
   }
 }
-BENCHMARK(BM_CreateDetachUnlink)->Arg(4096)->UseManualTime();
+BENCHMARK(BM_CreateDetachUnlink)
+    ->ArgsProduct({{4096}, {0, 1}})
+    ->ArgNames({"", "pipelined"})
+    ->UseManualTime();
 
 // --- Large segments: regions of their own -------------------------------------------------------
 
@@ -405,6 +411,10 @@ void StartDaemon(Daemon& d, const std::string& name, const char* huge_pages,
     auto c = Client::Connect({.socket_path = d.socket, .client_name = "bench"});
     if (c.ok()) {
       d.client.emplace(std::move(c).value());
+      auto p = Client::Connect(
+          {.socket_path = d.socket, .client_name = "bench-pipelined", .pipeline_releases = true});
+      if (!p.ok()) break;
+      d.pipelined.emplace(std::move(p).value());
       return;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -415,6 +425,7 @@ void StartDaemon(Daemon& d, const std::string& name, const char* huge_pages,
 
 void StopDaemon(Daemon& d) {
   d.client.reset();
+  d.pipelined.reset();
   ::kill(d.pid, SIGTERM);
   ::waitpid(d.pid, nullptr, 0);
   std::filesystem::remove_all(std::filesystem::path(d.socket).parent_path());
@@ -473,7 +484,8 @@ void PrintSummary(const MedianReporter& reporter) {
       {"BM_SmallAttach/4096", "attach 4 KiB, region mapped", 1},
       {"BM_SmallAttach/65536", "attach 64 KiB, region mapped", 1},
       {"BM_AttachOwnRegion/4194304", "attach 4 MiB own region: fd+mmap", 1},
-      {"BM_CreateDetachUnlink/4096", "create+detach+unlink 4 KiB", 3},
+      {"BM_CreateDetachUnlink/4096/pipelined:0", "create+detach+unlink 4 KiB", 3},
+      {"BM_CreateDetachUnlink/4096/pipelined:1", "same, release riding on the unlink", 2},
   };
   // Medians over the repetitions; x floor is the median of each repetition's own ratio.
   std::printf("\n%-38s %9s %9s %8s %4s %9s\n", "operation", "median us", "floor us", "x floor",

@@ -72,7 +72,6 @@ Result<wire::Reply> ClientCore::CallLocked(const wire::Request& request,
                                            std::vector<UniqueFd>* fds) {
   if (broken_)
     return Status::Unavailable("the connection to shmbrokerd at '" + path_ + "' was lost");
-  if (Status s = DrainLocked(); !s.ok()) return s;
   std::string bytes;
   if (!request.SerializeToString(&bytes)) return Status::Internal("cannot serialize a request");
   if (bytes.size() > wire::kMaxRequestBytes) {
@@ -80,6 +79,10 @@ Result<wire::Reply> ClientCore::CallLocked(const wire::Request& request,
                                    " bytes exceeds the protocol's " +
                                    std::to_string(wire::kMaxRequestBytes));
   }
+  if (!queued_.empty() && !RideLocked(bytes)) {
+    if (Status s = SendQueuedLocked(); !s.ok()) return s;
+  }
+  if (Status s = DrainLocked(); !s.ok()) return s;
   if (int err = wire::SendPacket(sock_.get(), std::as_bytes(std::span(bytes)), {}, false)) {
     // A daemon that refuses a connection (too many, no descriptors left) says why and closes,
     // maybe before our first request left: its reason is then waiting to be read.
@@ -262,15 +265,56 @@ Status ClientCore::Release(Segment& segment, bool wait) {
   }
   if (wait) return CallLocked(req, wire::Reply::kEmpty, nullptr).status();
   if (broken_) return Status::Unavailable("the connection was lost");
+  queued_.emplace_back(d->attachment_id(), d->released_region_id());
+  if (client_gone_ || queued_.size() >= kRide) return SendQueuedLocked();
+  return Status::Ok();
+}
+
+bool ClientCore::RideLocked(std::string& bytes) {
+  wire::Request ride;
+  for (auto [attachment, region] : queued_) {
+    auto* r = ride.add_releases();
+    r->set_attachment_id(attachment);
+    r->set_released_region_id(region);
+  }
+  // Serialized messages concatenate as a merge: the repeated field gathers these releases.
+  if (bytes.size() + ride.ByteSizeLong() > wire::kMaxRequestBytes) return false;
+  ride.AppendToString(&bytes);
+  queued_.clear();
+  return true;
+}
+
+Status ClientCore::SendQueuedLocked() {
+  if (queued_.empty()) return Status::Ok();
   if (unread_ >= kPipeline) {
     if (Status s = DrainLocked(); !s.ok()) return s;
   }
+  // A detach of the first, the rest riding on it: within a packet, as at most kRide are queued.
+  wire::Request req;
+  req.mutable_detach()->set_attachment_id(queued_.front().first);
+  req.mutable_detach()->set_released_region_id(queued_.front().second);
   std::string bytes = req.SerializeAsString();
+  queued_.erase(queued_.begin());
+  if (!queued_.empty()) (void)RideLocked(bytes);  // fits: see kRide
   if (int err = wire::SendPacket(sock_.get(), std::as_bytes(std::span(bytes)), {}, false)) {
     return Broken(std::string("cannot send to the daemon: ") + std::strerror(err));
   }
   ++unread_;
   return Status::Ok();
+}
+
+Status ClientCore::Flush() {
+  std::lock_guard lock(mu_);
+  if (broken_)
+    return Status::Unavailable("the connection to shmbrokerd at '" + path_ + "' was lost");
+  if (Status s = SendQueuedLocked(); !s.ok()) return s;
+  return DrainLocked();
+}
+
+void ClientCore::ClientGone() {
+  std::lock_guard lock(mu_);
+  client_gone_ = true;
+  if (!broken_) (void)SendQueuedLocked();
 }
 
 }  // namespace internal
@@ -337,8 +381,16 @@ Status Segment::CheckView(std::string_view dtype, bool write, std::size_t elem_s
 
 Client::Client(std::shared_ptr<internal::ClientCore> core) : core_(std::move(core)) {}
 Client::Client(Client&&) noexcept = default;
-Client& Client::operator=(Client&&) noexcept = default;
-Client::~Client() = default;
+Client& Client::operator=(Client&& o) noexcept {
+  if (this != &o) {
+    if (core_) core_->ClientGone();
+    core_ = std::move(o.core_);
+  }
+  return *this;
+}
+Client::~Client() {
+  if (core_) core_->ClientGone();
+}
 
 Result<Client> Client::Connect(const ClientOptions& options) {
   std::string path = ResolveSocketPath(options.socket_path);
@@ -413,6 +465,8 @@ Result<Segment> Client::Attach(std::string_view name, const AttachOptions& o) {
   req.mutable_attach()->set_sealed(o.sealed);
   return core_->Map(req, o.prefault);
 }
+
+Status Client::Flush() { return core_->Flush(); }
 
 Result<SegmentInfo> Client::Seal(std::string_view name) {
   wire::Request req;

@@ -41,8 +41,16 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   // Create or attach: one round trip and the mapping. `prefault` unset: the client's default.
   Result<Segment> Map(const wire::Request& request, std::optional<bool> prefault);
 
-  // Called by ~Segment (`wait` false: the release is pipelined) and Segment::Detach (true).
+  // Called by ~Segment (`wait` false: the release is queued, to ride on the next request) and
+  // Segment::Detach (true).
   Status Release(Segment& segment, bool wait);
+
+  // Sends the queued releases and reads every reply still due: the daemon has applied them all.
+  Status Flush();
+
+  // The Client is gone: no request will carry queued releases any more, so they go now, and
+  // later ones (of Segments that outlive it) at once.
+  void ClientGone();
 
   const ServerInfo& server() const { return server_; }
   bool pipeline_releases() const { return pipeline_releases_; }
@@ -54,6 +62,11 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   Status Broken(const std::string& what);
   // Reads the replies of pipelined releases (ignored: a failed release changes nothing here).
   Status DrainLocked();
+  // Appends the queued releases to the serialized request `bytes` (field `releases`) when they
+  // fit in one packet with it; false, changing nothing, when they do not.
+  bool RideLocked(std::string& bytes);
+  // Sends the queued releases pipelined, in packets of their own.
+  Status SendQueuedLocked();
 
   std::mutex mu_;
   UniqueFd sock_;
@@ -67,6 +80,12 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   // block on a full socket buffer while the other waits.
   static constexpr int kPipeline = 32;
   int unread_ = 0;
+  // Releases queued by destroyed Segments (pipeline_releases): (attachment id, released region
+  // id or 0). At most kRide: a full queue goes at once, so one packet always carries it.
+  static constexpr std::size_t kRide = 1024;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> queued_;
+  static_assert(kRide * 26 + 64 < wire::kMaxRequestBytes, "a full queue fits in one packet");
+  bool client_gone_ = false;
   std::unordered_map<std::uint64_t, std::weak_ptr<Region>> regions_;
   // Shared regions (small segments' blocks) stay mapped while the connection lives: later
   // segments in them need no descriptor and no mmap.

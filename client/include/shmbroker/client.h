@@ -39,10 +39,12 @@ struct ClientOptions {
   // kernels before 5.14): far cheaper than a page fault per 4 KiB when the data is read whole.
   // The default for Create and Attach, which can choose per call.
   bool prefault = true;
-  // Destroying a Segment sends its release without waiting for the daemon's answer (read with a
-  // later request): no round trip per Segment. The daemon then learns of it a little later, so
-  // another connection (a Seal, a Stat, a refcount segment's end) may not see it at once; keep
-  // false where that matters, or call Segment::Detach(), which always waits.
+  // Destroying a Segment queues its release, which rides on the client's next request (applied
+  // before it) or goes with Client::Flush(): no round trip and no packet of its own. Until then
+  // the daemon still counts the attachment, so another connection (a Seal, a Stat, the end of a
+  // refcount segment) does not see it go; keep false where that matters, or call
+  // Segment::Detach(), which always waits. At most 1024 wait in the queue; once the Client is
+  // destroyed they are sent at once.
   bool pipeline_releases = false;
   // A daemon is trusted when it runs as root or as this user, or when only root can have put its
   // socket where it is. Set this to also trust a daemon run by this uid (a deliberate cross-user
@@ -238,6 +240,10 @@ class Client {
   // Gives the warm pool's memory back to the kernel: all of it for root or the daemon's own
   // user, otherwise what the pool keeps for this user's segments.
   Result<TrimResult> Trim();
+
+  // Sends the releases queued by destroyed Segments (ClientOptions::pipeline_releases) and reads
+  // every reply still due: when it returns, the daemon has applied them all.
+  Status Flush();
 
   const ServerInfo& server() const;
   const std::string& socket_path() const;

@@ -96,8 +96,8 @@ constexpr std::string_view DtypeOf() {
 // A segment mapped into this process. Move-only; owns its mapping and its attachment: when the
 // Segment is destroyed (or Detach() is called) the daemon is told and, once no Segment of this
 // client uses the memory, it is unmapped. Spans taken from a Segment must not outlive it.
-// With ClientOptions::pipeline_releases, destruction tells the daemon without waiting for its
-// answer (sent at once, the reply read with a later request): no round trip per Segment.
+// With ClientOptions::pipeline_releases, destruction queues the release, which rides on the
+// client's next request (or Client::Flush()): no round trip and no packet per Segment.
 //
 // The memory stays valid even if the segment is unlinked or the Client is destroyed: the Segment
 // keeps what it needs alive. A Segment may be used from any thread; concurrent writes to the
@@ -140,9 +140,9 @@ class Segment {
     return std::span<const T>(reinterpret_cast<const T*>(data_), size_bytes() / sizeof(T));
   }
 
-  // Releases the attachment now and waits for the daemon to acknowledge it. The Segment is
-  // empty afterwards. The destructor does the same (without waiting with
-  // ClientOptions::pipeline_releases) and ignores failures.
+  // Releases the attachment now and waits for the daemon to acknowledge it (releases queued
+  // before it ride along). The Segment is empty afterwards. The destructor does the same (with
+  // ClientOptions::pipeline_releases it queues the release instead) and ignores failures.
   Status Detach();
 
  private:
