@@ -654,99 +654,90 @@ TEST(Broker, PipelinedReleasesAreAppliedBeforeTheNextRequest) {
   EXPECT_TRUE(other.Seal("held").ok());
 }
 
-// The attachment count of `name` as another connection sees it.
-std::uint64_t AttachmentsSeenBy(Client& other, const std::string& name) {
-  auto st = other.Stat(name);
-  EXPECT_TRUE(st.ok()) << st.status().ToString();
-  return st.ok() ? st->attachments : ~std::uint64_t{0};
-}
-
-// With pipeline_releases, dropping a Segment sends nothing: the release rides on the client's
-// next request (one packet, one wake of the daemon) or goes with Flush().
-TEST(Broker, PipelinedReleasesRideOnTheNextRequestOrFlush) {
-  TestDaemon d;
-  auto c = Client::Connect({.socket_path = d.socket(), .pipeline_releases = true});
-  ASSERT_TRUE(c.ok());
-  Client other = d.MustConnect();
-  auto owner = c->Create({.name = "p", .shape = {100}});
-  ASSERT_TRUE(owner.ok());
-  {
-    std::vector<Segment> views;
-    for (int i = 0; i < 3; ++i) views.push_back(c->Attach("p").value());
+// A daemon, a client with pipeline_releases that made segment "p" (and holds it: one
+// attachment), and another connection that watches p's attachment count.
+class PipelinedReleases : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto connected = Client::Connect({.socket_path = d_.socket(), .pipeline_releases = true});
+    ASSERT_TRUE(connected.ok());
+    c_.emplace(std::move(connected).value());
+    auto made = c_->Create({.name = "p", .shape = {100}});
+    ASSERT_TRUE(made.ok());
+    owner_ = std::move(made).value();
   }
-  EXPECT_EQ(AttachmentsSeenBy(other, "p"), 4u) << "a release left before a request carried it";
-  ASSERT_TRUE(c->Flush().ok());
-  EXPECT_EQ(AttachmentsSeenBy(other, "p"), 1u);
-  ASSERT_TRUE(c->Flush().ok());  // nothing queued: nothing to do
 
-  { auto v = c->Attach("p"); }
-  EXPECT_EQ(AttachmentsSeenBy(other, "p"), 2u);
-  ASSERT_TRUE(c->Stat("p").ok());  // any request carries it
-  EXPECT_EQ(AttachmentsSeenBy(other, "p"), 1u);
-}
+  // p's attachment count as the other connection sees it.
+  std::uint64_t Seen() {
+    auto st = other_.Stat("p");
+    EXPECT_TRUE(st.ok()) << st.status().ToString();
+    return st.ok() ? st->attachments : ~std::uint64_t{0};
+  }
 
-// However many are dropped at once, few stay queued (the rest go in packets of their own), and
-// the next request finds every one applied.
-TEST(Broker, PipelinedReleasesBeyondOnePacketAreAllApplied) {
-  TestDaemon d;
-  auto c = Client::Connect({.socket_path = d.socket(), .pipeline_releases = true});
-  ASSERT_TRUE(c.ok());
-  Client other = d.MustConnect();
-  auto owner = c->Create({.name = "p", .shape = {100}});
-  ASSERT_TRUE(owner.ok());
-  {
+  // Attaches p `n` times, then drops them all at once.
+  void AttachAndDrop(int n) {
     std::vector<Segment> views;
-    for (int i = 0; i < 2500; ++i) {
-      auto v = c->Attach("p");
+    for (int i = 0; i < n; ++i) {
+      auto v = c_->Attach("p");
       ASSERT_TRUE(v.ok()) << i << ": " << v.status().ToString();
       views.push_back(std::move(v).value());
     }
   }
-  std::uint64_t seen = AttachmentsSeenBy(other, "p");
+
+  TestDaemon d_;
+  Client other_ = d_.MustConnect();
+  std::optional<Client> c_;
+  Segment owner_;
+};
+
+// Dropping a Segment sends nothing: the release rides on the client's next request (one packet,
+// one wake of the daemon) or goes with Flush().
+TEST_F(PipelinedReleases, RideOnTheNextRequestOrFlush) {
+  AttachAndDrop(3);
+  EXPECT_EQ(Seen(), 4u) << "a release left before a request carried it";
+  ASSERT_TRUE(c_->Flush().ok());
+  EXPECT_EQ(Seen(), 1u);
+  ASSERT_TRUE(c_->Flush().ok());  // nothing queued: nothing to do
+
+  AttachAndDrop(1);
+  EXPECT_EQ(Seen(), 2u);
+  ASSERT_TRUE(c_->Stat("p").ok());  // any request carries it
+  EXPECT_EQ(Seen(), 1u);
+}
+
+// However many are dropped at once, few stay queued (the rest go in packets of their own), and
+// the next request finds every one applied.
+TEST_F(PipelinedReleases, BeyondOnePacketAreAllApplied) {
+  AttachAndDrop(2500);
+  std::uint64_t seen = Seen();
   EXPECT_GT(seen, 1u);
   EXPECT_LE(seen, 1u + 1024u) << "more releases queued than one packet carries";
-  ASSERT_TRUE(c->Stat("p").ok());
-  EXPECT_EQ(AttachmentsSeenBy(other, "p"), 1u);
+  ASSERT_TRUE(c_->Stat("p").ok());
+  EXPECT_EQ(Seen(), 1u);
 }
 
 // A request with no room left for the queued releases (here one the daemon refuses as too big
 // a set of attrs) does not lose them: they go first, in a packet of their own.
-TEST(Broker, PipelinedReleasesGoApartFromARequestWithoutRoomForThem) {
-  TestDaemon d;
-  auto c = Client::Connect({.socket_path = d.socket(), .pipeline_releases = true});
-  ASSERT_TRUE(c.ok());
-  Client other = d.MustConnect();
-  auto owner = c->Create({.name = "p", .shape = {100}});
-  ASSERT_TRUE(owner.ok());
-  {
-    std::vector<Segment> views;
-    for (int i = 0; i < 1000; ++i) views.push_back(c->Attach("p").value());
-  }
+TEST_F(PipelinedReleases, GoApartFromARequestWithoutRoomForThem) {
+  AttachAndDrop(1000);
   std::map<std::string, std::string> attrs;
   for (int i = 0; i < 40; ++i) attrs["k" + std::to_string(i)] = std::string(1500, 'v');
-  auto big = c->Create({.name = "big", .shape = {1}, .attrs = attrs});
+  auto big = c_->Create({.name = "big", .shape = {1}, .attrs = attrs});
   EXPECT_EQ(big.status().code(), Code::kInvalidArgument) << big.status().ToString();
-  EXPECT_EQ(AttachmentsSeenBy(other, "p"), 1u);
-  ASSERT_TRUE(c->Stat("p").ok());  // and the connection is still in step
+  EXPECT_EQ(Seen(), 1u);
+  ASSERT_TRUE(c_->Stat("p").ok());  // and the connection is still in step
 }
 
 // Once the Client is gone no request will carry them: what was queued goes then, and later
 // releases (of Segments that outlive the Client) go at once.
-TEST(Broker, PipelinedReleasesGoWhenTheClientGoes) {
-  TestDaemon d;
-  Client other = d.MustConnect();
-  std::optional<Segment> keep, later;
-  {
-    auto c = Client::Connect({.socket_path = d.socket(), .pipeline_releases = true});
-    ASSERT_TRUE(c.ok());
-    keep = c->Create({.name = "p", .shape = {100}}).value();
-    later = c->Attach("p").value();
-    { auto v = c->Attach("p"); }
-    EXPECT_EQ(AttachmentsSeenBy(other, "p"), 3u);
-  }
-  EXPECT_TRUE(Eventually([&] { return AttachmentsSeenBy(other, "p") == 2u; }));
+TEST_F(PipelinedReleases, GoWhenTheClientGoes) {
+  std::optional<Segment> later = c_->Attach("p").value();
+  AttachAndDrop(1);
+  EXPECT_EQ(Seen(), 3u);
+  c_.reset();
+  EXPECT_TRUE(Eventually([&] { return Seen() == 2u; }));
   later.reset();
-  EXPECT_TRUE(Eventually([&] { return AttachmentsSeenBy(other, "p") == 1u; }));
+  EXPECT_TRUE(Eventually([&] { return Seen() == 1u; }));
 }
 
 TEST(Broker, ManyCyclesLeakNoFdsOrMappings) {
