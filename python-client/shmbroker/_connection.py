@@ -188,6 +188,9 @@ class Connection:
         # Arrays made ahead (see request_spare), by kind: what _materialize gave, or None while
         # the reply is still to be read. Oldest first.
         self.spares = {}
+        # By kind, the name of each spare that a release alone does not free (lifetime
+        # "connection"): unlinked when the spare is dropped.
+        self.spare_unlinks = {}
         self.next_client_id = 0  # Attachment ids this client picks (bit 63 set): fast attaches.
         # Shared regions (small segments' blocks) stay mapped while the connection lives: later
         # segments in them need no descriptor and no mmap.
@@ -248,6 +251,7 @@ class Connection:
         self.regions.clear()
         self.kept.clear()
         self.spares.clear()
+        self.spare_unlinks.clear()
 
     def __del__(self):
         sock = self.sock
@@ -440,16 +444,32 @@ class Connection:
             self._send_pipelined(packet)
         return payload
 
-    def request_spare(self, key, payload):
+    def request_spare(self, key, payload, unlink_name=None):
         """Sends ``payload`` (a serialized create) pipelined: read with a later reply, it becomes
         the spare array that the next create of the same ``key`` takes without waiting. At most
-        _SPARES kinds; the oldest goes first (released with the next request)."""
+        _SPARES kinds; the oldest goes first (released with the next request, and unlinked if
+        ``unlink_name`` was given for it: a connection's segment outlives its release)."""
         if self.broken or key in self.spares:
             return
         while len(self.spares) >= _SPARES:
-            del self.spares[next(iter(self.spares))]
+            self._drop_spare(next(iter(self.spares)))
         self._send_pipelined(self._with_releases(payload), ("spare", key))
         self.spares[key] = None
+        if unlink_name is not None:
+            self.spare_unlinks[key] = unlink_name
+
+    def drop_spares(self):
+        """Gives every spare back, pipelined: before a retry that needs their memory."""
+        for key in list(self.spares):
+            self._drop_spare(key)
+
+    def _drop_spare(self, key):
+        # One still in flight is released when its reply finds no spare waiting; its unlink
+        # follows its create on this connection, so the daemon sees them in that order.
+        del self.spares[key]
+        name = self.spare_unlinks.pop(key, None)
+        if name is not None:
+            self._send_pipelined(encode_unlink(name))
 
     def take_spare(self, key):
         """The spare array of ``key`` (as map() returns it), or None."""
@@ -457,6 +477,7 @@ class Connection:
             return None
         if self.spares[key] is None and self.unread:
             self._exchange([])  # its reply is due: it came long ago, or comes at once
+        self.spare_unlinks.pop(key, None)
         return self.spares.pop(key, None)
 
     def _spare_arrived(self, key, data, fds):
@@ -474,6 +495,7 @@ class Connection:
         if key in self.spares and self.spares[key] is None:
             if got is None:
                 del self.spares[key]
+                self.spare_unlinks.pop(key, None)
             else:
                 self.spares[key] = got
         # Otherwise it is no longer wanted: dropped here, its attachment is released.

@@ -340,7 +340,8 @@ class Client:
         which the next such call takes at once. One spare of each kind, four kinds at most,
         named, listed and charged as any segment until taken or the client closes (a refcount
         spare counts as this client's reference); given back before a create is refused for
-        memory."""
+        memory, or when a fifth kind pushes it out (a connection's spare is then unlinked too,
+        since its release alone would keep it until the connection closes)."""
         generated = name is None
         name = self._generate_name() if generated else _check_name(name)
         shape = _check_shape(shape)
@@ -380,12 +381,17 @@ class Client:
                         raise
                     # The spares' memory goes back with the retry (their releases ride on it),
                     # those still in flight once their replies are read.
-                    conn.spares.clear()
+                    conn.drop_spares()
                     if conn.unread:
                         conn._exchange([])
                     mapped = conn.map(req, pf)
             if key is not None and getattr(mapped[0], "_fast", None) is not None:
-                conn.request_spare(key, encode_create_named(self._generate_name(), tail))
+                spare = self._generate_name()
+                conn.request_spare(
+                    key,
+                    encode_create_named(spare, tail),
+                    spare if life == pb.CONNECTION else None,
+                )
         return self._array(mapped, shape, dt, order)
 
     def attach(self, name, *, writable=False, prefault=None, owner=None, wait=None,

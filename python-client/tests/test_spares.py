@@ -1,7 +1,7 @@
 """With connect(ahead=True), create(None) of small refcount or connection arrays makes the next one
 ahead, pipelined: after the first of a kind, such creates wait on no round trip. The spares are
 real segments, named and charged; they go with the connection and give their memory back before
-a create is refused. Off by default."""
+a create is refused (a connection's spare is unlinked when dropped). Off by default."""
 
 import gc
 import os
@@ -83,19 +83,34 @@ def test_only_what_can_be_made_ahead_is():
     c.close()
 
 
-def test_spares_give_their_memory_back_before_a_create_is_refused():
+def test_connection_spares_pushed_out_are_unlinked():
+    # A release alone would leave a connection's spare until the connection closes: one more for
+    # every kind that comes and goes.
+    c = shmbroker.connect(ahead=True)
+    before = _mine(c)
+    for k in range(20):
+        a = c.create(None, N + k, lifetime="connection")
+        c.unlink(shmbroker.segment_name(a))
+        del a
+    c.flush()
+    assert len(_mine(c) - before) == 4  # the spares of the last four kinds
+    c.close()
+
+
+@pytest.mark.parametrize("lifetime", ["refcount", "connection"])
+def test_spares_give_their_memory_back_before_a_create_is_refused(lifetime):
     # 192 KiB of room: a 64 KiB array and its spare leave 64 KiB, too little for 128 KiB, unless
-    # the spare goes.
+    # the spare goes (a connection's spare is unlinked too: its release alone frees nothing).
     with private_daemon("--max-memory", "192K") as daemon_client:
         c = shmbroker.connect(daemon_client.socket_path, ahead=True)
-        a = c.create(None, 8192, lifetime="refcount")  # 64 KiB
-        b = c.create(None, 8192, lifetime="refcount")  # the spare: taken; another one is made
+        a = c.create(None, 8192, lifetime=lifetime)  # 64 KiB
+        b = c.create(None, 8192, lifetime=lifetime)  # the spare: taken; another one is made
         c.flush()
         assert c.stats().bytes_held == 3 * 65536
-        d = c.create(None, 16384, dtype="f4", lifetime="refcount")  # 64 KiB of another kind
+        d = c.create(None, 16384, dtype="f4", lifetime=lifetime)  # 64 KiB of another kind
         assert d.nbytes == 65536
         with pytest.raises(shmbroker.ResourceExhaustedError):
-            c.create(None, 16384, lifetime="refcount")  # 128 KiB: refused, even without spares
+            c.create(None, 16384, lifetime=lifetime)  # 128 KiB: refused, even without spares
         del a, b, d
         gc.collect()
         c.close()
