@@ -6,6 +6,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstring>
@@ -24,6 +25,21 @@
 
 namespace shmbroker {
 
+namespace {
+
+// pid and counter make it unique here; the random part makes it unguessable, so that nobody can
+// take the name first.
+std::string GeneratedName() {
+  static std::atomic<std::uint64_t> counter{0};
+  thread_local std::random_device device;  // The kernel's randomness (getrandom).
+  std::uint64_t random = (std::uint64_t{device()} << 32 | device()) & 0xffff'ffff'ffffULL;
+  char hex[13];
+  std::snprintf(hex, sizeof(hex), "%012llx", static_cast<unsigned long long>(random));
+  return "auto/" + std::to_string(::getpid()) + "-" + std::to_string(++counter) + "-" + hex;
+}
+
+}  // namespace
+
 namespace internal {
 
 constexpr std::uint64_t kPrefaultMinBytes = 256 << 10;
@@ -38,11 +54,13 @@ Region::~Region() {
   if (addr != nullptr) ::munmap(addr, length);
 }
 
-ClientCore::ClientCore(UniqueFd sock, std::string path, bool prefault, bool pipeline_releases)
+ClientCore::ClientCore(UniqueFd sock, std::string path, bool prefault, bool pipeline_releases,
+                       bool ahead)
     : sock_(std::move(sock)),
       path_(std::move(path)),
       prefault_(prefault),
       pipeline_releases_(pipeline_releases),
+      ahead_(ahead),
       buffer_(wire::kMaxReplyBytes + 1) {}
 
 Status ClientCore::Broken(const std::string& what) {
@@ -57,12 +75,15 @@ Result<wire::Reply> ClientCore::Call(const wire::Request& request, wire::Reply::
 }
 
 Status ClientCore::DrainLocked() {
-  for (; unread_ > 0; --unread_) {
+  while (!unread_.empty()) {
     wire::RecvResult r = wire::RecvPacket(sock_.get(), buffer_, /*nonblocking=*/false);
     if (r.status == wire::RecvStatus::kClosed) return Broken("the daemon closed the connection");
     if (r.status != wire::RecvStatus::kOk) {
       return Broken(std::string("cannot receive from the daemon: ") + std::strerror(r.error));
     }
+    std::uint64_t seq = unread_.front();
+    unread_.pop_front();
+    if (seq != 0) SpareArrivedLocked(seq, r);
   }
   return Status::Ok();
 }
@@ -79,10 +100,14 @@ Result<wire::Reply> ClientCore::CallLocked(const wire::Request& request,
                                    " bytes exceeds the protocol's " +
                                    std::to_string(wire::kMaxRequestBytes));
   }
+  // Packets due first, then every reply due (this request's must be the next to come): a
+  // spare's may queue a release, which then rides on this request.
+  if (Status s = SendUnlinksLocked(); !s.ok()) return s;
+  if (Status s = DrainLocked(); !s.ok()) return s;
   if (!queued_.empty() && !RideLocked(bytes)) {
     if (Status s = SendQueuedLocked(); !s.ok()) return s;
+    if (Status s = DrainLocked(); !s.ok()) return s;
   }
-  if (Status s = DrainLocked(); !s.ok()) return s;
   if (int err = wire::SendPacket(sock_.get(), std::as_bytes(std::span(bytes)), {}, false)) {
     // A daemon that refuses a connection (too many, no descriptors left) says why and closes,
     // maybe before our first request left: its reason is then waiting to be read.
@@ -185,14 +210,24 @@ Result<Segment> ClientCore::Map(const wire::Request& request, std::optional<bool
   std::vector<UniqueFd> fds;
   auto reply = CallLocked(request, wire::Reply::kAttach, &fds);
   if (!reply.ok()) return reply.status();
-  const wire::AttachReply& a = reply->attach();
+  return MaterializeLocked(*reply, std::move(fds), prefault, /*wait_on_failure=*/true);
+}
+
+Result<Segment> ClientCore::MaterializeLocked(const wire::Reply& reply, std::vector<UniqueFd> fds,
+                                              std::optional<bool> prefault, bool wait_on_failure) {
+  const wire::AttachReply& a = reply.attach();
   const wire::Mapping& m = a.mapping();
   // The daemon counts the attachment from here on: a failure below must give it back (and the
   // region, if its fd came with this reply) before returning.
   auto fail = [&](Status status) -> Status {
+    std::uint64_t region = m.fd_attached() ? m.region_id() : 0;
+    if (!wait_on_failure) {
+      queued_.emplace_back(a.attachment_id(), region);
+      return status;
+    }
     wire::Request detach;
     detach.mutable_detach()->set_attachment_id(a.attachment_id());
-    if (m.fd_attached()) detach.mutable_detach()->set_released_region_id(m.region_id());
+    detach.mutable_detach()->set_released_region_id(region);
     (void)CallLocked(detach, wire::Reply::kEmpty, nullptr);
     return status;
   };
@@ -249,24 +284,148 @@ Result<Segment> ClientCore::Map(const wire::Request& request, std::optional<bool
   return seg;
 }
 
-Status ClientCore::Release(Segment& segment, bool wait) {
-  std::lock_guard lock(mu_);
-  wire::Request req;
-  auto* d = req.mutable_detach();
-  d->set_attachment_id(segment.attachment_id_);
+std::pair<std::uint64_t, std::uint64_t> ClientCore::ReleaseOfLocked(Segment& segment) {
+  std::uint64_t region = 0;
   if (segment.region_) {
     std::uint64_t id = segment.region_->id;
     segment.region_.reset();
     auto it = regions_.find(id);
     if (it != regions_.end() && it->second.expired()) {
       regions_.erase(it);
-      d->set_released_region_id(id);
+      region = id;
     }
   }
-  if (wait) return CallLocked(req, wire::Reply::kEmpty, nullptr).status();
+  return {segment.attachment_id_, region};
+}
+
+Status ClientCore::Release(Segment& segment, bool wait) {
+  std::lock_guard lock(mu_);
+  auto [attachment, region] = ReleaseOfLocked(segment);
+  if (wait) {
+    wire::Request req;
+    req.mutable_detach()->set_attachment_id(attachment);
+    req.mutable_detach()->set_released_region_id(region);
+    return CallLocked(req, wire::Reply::kEmpty, nullptr).status();
+  }
   if (broken_) return Status::Unavailable("the connection was lost");
-  queued_.emplace_back(d->attachment_id(), d->released_region_id());
+  queued_.emplace_back(attachment, region);
   if (client_gone_ || queued_.size() >= kRide) return SendQueuedLocked();
+  return Status::Ok();
+}
+
+Result<Segment> ClientCore::CreateAhead(const wire::Request& request, std::optional<bool> prefault,
+                                        std::string next_name) {
+  wire::Request next = request;
+  next.mutable_create()->set_name(std::move(next_name));
+  wire::CreateRequest kind = request.create();
+  kind.clear_name();
+  std::string key = kind.SerializeAsString() + (prefault.value_or(prefault_) ? 'p' : '-');
+
+  std::lock_guard lock(mu_);
+  std::optional<Segment> seg;
+  auto spare =
+      std::find_if(spares_.begin(), spares_.end(), [&](const Spare& s) { return s.key == key; });
+  if (spare != spares_.end()) {
+    if (!spare->segment && !unread_.empty()) {
+      // Its reply is due: it came long ago, or comes at once.
+      if (Status s = DrainLocked(); !s.ok()) return s;
+      spare = std::find_if(spares_.begin(), spares_.end(),
+                           [&](const Spare& s) { return s.key == key; });
+    }
+    if (spare != spares_.end() && spare->segment) {
+      seg = std::move(spare->segment);
+      seg->core_ = shared_from_this();
+      spares_.erase(spare);
+    }
+  }
+  if (!seg) {
+    std::vector<UniqueFd> fds;
+    auto reply = CallLocked(request, wire::Reply::kAttach, &fds);
+    if (!reply.ok() && reply.status().code() == Code::kResourceExhausted && !spares_.empty()) {
+      // The spares' memory goes back first (their releases ride on the retry), those still in
+      // flight once their replies are read.
+      if (Status s = DrainLocked(); !s.ok()) return s;
+      while (!spares_.empty()) DropSpareLocked(0);
+      reply = CallLocked(request, wire::Reply::kAttach, &fds);
+    }
+    if (!reply.ok()) return reply.status();
+    auto made = MaterializeLocked(*reply, std::move(fds), prefault, /*wait_on_failure=*/true);
+    if (!made.ok()) return made.status();
+    seg = std::move(made).value();
+  }
+  // Only blocks of shared regions: a spare of a large segment would hold a region of its own.
+  if (seg->region_ && kept_.count(seg->region_->id) != 0 && !broken_) {
+    while (spares_.size() >= kSpares) DropSpareLocked(0);
+    (void)SendUnlinksLocked();
+    std::string bytes;
+    if (next.SerializeToString(&bytes) && (queued_.empty() || RideLocked(bytes)) &&
+        (unread_.size() < kPipeline || DrainLocked().ok()) && !broken_) {
+      if (int err = wire::SendPacket(sock_.get(), std::as_bytes(std::span(bytes)), {}, false)) {
+        (void)Broken(std::string("cannot send to the daemon: ") + std::strerror(err));
+      } else {
+        unread_.push_back(++next_spare_);
+        spares_.push_back({.key = std::move(key),
+                           .seq = next_spare_,
+                           .prefault = prefault.value_or(prefault_),
+                           .name = next.create().name(),
+                           .connection = next.create().lifetime() == wire::CONNECTION});
+      }
+    }
+  }
+  return std::move(seg).value();
+}
+
+void ClientCore::SpareArrivedLocked(std::uint64_t seq, wire::RecvResult& packet) {
+  auto spare =
+      std::find_if(spares_.begin(), spares_.end(), [&](const Spare& s) { return s.seq == seq; });
+  wire::Reply reply;
+  bool ok = reply.ParseFromArray(buffer_.data(), static_cast<int>(packet.size)) &&
+            reply.code() == wire::OK && reply.body_case() == wire::Reply::kAttach;
+  std::vector<UniqueFd> fds = std::move(packet.fds);
+  if (!ok) {  // No spare: the next create of its kind waits, as without one.
+    if (spare != spares_.end()) spares_.erase(spare);
+    return;
+  }
+  // Mapped now even if no longer wanted: a later reply may count on its region being mapped.
+  std::optional<bool> prefault;
+  if (spare != spares_.end()) prefault = spare->prefault;
+  auto made = MaterializeLocked(reply, std::move(fds), prefault, /*wait_on_failure=*/false);
+  if (!made.ok()) {
+    if (spare != spares_.end()) spares_.erase(spare);
+    return;
+  }
+  made->core_.reset();  // Kept here, it must not keep this core alive.
+  if (spare != spares_.end()) {
+    spare->segment = std::move(made).value();
+  } else {
+    queued_.push_back(ReleaseOfLocked(*made));
+  }
+}
+
+void ClientCore::DropSpareLocked(std::size_t i) {
+  Spare& spare = spares_[i];
+  if (spare.segment) queued_.push_back(ReleaseOfLocked(*spare.segment));
+  // One still in flight is released when its reply arrives and finds no spare waiting; its
+  // unlink follows its create on this connection, so the daemon sees them in that order.
+  if (spare.connection) unlinks_.push_back(std::move(spare.name));
+  spares_.erase(spares_.begin() + static_cast<std::ptrdiff_t>(i));
+}
+
+Status ClientCore::SendUnlinksLocked() {
+  while (!unlinks_.empty() && !broken_) {
+    if (unread_.size() >= kPipeline) {
+      if (Status s = DrainLocked(); !s.ok()) return s;
+    }
+    wire::Request req;
+    req.mutable_unlink()->set_name(std::move(unlinks_.back()));
+    unlinks_.pop_back();
+    std::string bytes = req.SerializeAsString();
+    if (!queued_.empty()) (void)RideLocked(bytes);  // else they ride on the next
+    if (int err = wire::SendPacket(sock_.get(), std::as_bytes(std::span(bytes)), {}, false)) {
+      return Broken(std::string("cannot send to the daemon: ") + std::strerror(err));
+    }
+    unread_.push_back(0);
+  }
   return Status::Ok();
 }
 
@@ -286,7 +445,7 @@ bool ClientCore::RideLocked(std::string& bytes) {
 
 Status ClientCore::SendQueuedLocked() {
   if (queued_.empty()) return Status::Ok();
-  if (unread_ >= kPipeline) {
+  if (unread_.size() >= kPipeline) {
     if (Status s = DrainLocked(); !s.ok()) return s;
   }
   // A detach of the first, the rest riding on it: within a packet, as at most kRide are queued.
@@ -299,7 +458,7 @@ Status ClientCore::SendQueuedLocked() {
   if (int err = wire::SendPacket(sock_.get(), std::as_bytes(std::span(bytes)), {}, false)) {
     return Broken(std::string("cannot send to the daemon: ") + std::strerror(err));
   }
-  ++unread_;
+  unread_.push_back(0);
   return Status::Ok();
 }
 
@@ -307,6 +466,7 @@ Status ClientCore::Flush() {
   std::lock_guard lock(mu_);
   if (broken_)
     return Status::Unavailable("the connection to shmbrokerd at '" + path_ + "' was lost");
+  if (Status s = SendUnlinksLocked(); !s.ok()) return s;
   if (Status s = SendQueuedLocked(); !s.ok()) return s;
   return DrainLocked();
 }
@@ -314,6 +474,8 @@ Status ClientCore::Flush() {
 void ClientCore::ClientGone() {
   std::lock_guard lock(mu_);
   client_gone_ = true;
+  while (!spares_.empty()) DropSpareLocked(0);
+  if (!broken_) (void)SendUnlinksLocked();
   if (!broken_) (void)SendQueuedLocked();
 }
 
@@ -408,28 +570,13 @@ Result<Client> Client::Connect(const ClientOptions& options) {
   if (!trusted.ok()) return trusted.status();
   if (Status s = CheckDaemonTrusted(fd->get(), path, *trusted); !s.ok()) return s;
   auto core = std::make_shared<internal::ClientCore>(std::move(*fd), path, options.prefault,
-                                                     options.pipeline_releases);
+                                                     options.pipeline_releases, options.ahead);
   std::string name = options.client_name.empty()
                          ? std::string("cpp:") + program_invocation_short_name
                          : options.client_name;
   if (Status s = core->Handshake(name); !s.ok()) return s;
   return Client(std::move(core));
 }
-
-namespace {
-
-// pid and counter make it unique here; the random part makes it unguessable, so that nobody can
-// take the name first.
-std::string GeneratedName() {
-  static std::atomic<std::uint64_t> counter{0};
-  thread_local std::random_device device;  // The kernel's randomness (getrandom).
-  std::uint64_t random = (std::uint64_t{device()} << 32 | device()) & 0xffff'ffff'ffffULL;
-  char hex[13];
-  std::snprintf(hex, sizeof(hex), "%012llx", static_cast<unsigned long long>(random));
-  return "auto/" + std::to_string(::getpid()) + "-" + std::to_string(++counter) + "-" + hex;
-}
-
-}  // namespace
 
 Result<Segment> Client::Create(const CreateOptions& o) {
   wire::Request req;
@@ -444,6 +591,10 @@ Result<Segment> Client::Create(const CreateOptions& o) {
   if (o.ttl) {
     if (o.ttl->count() <= 0) return Status::InvalidArgument("a ttl must be positive");
     c->set_ttl_ms(static_cast<std::uint64_t>(o.ttl->count()));
+  }
+  if (core_->ahead() && o.name.empty() && o.lifetime != Lifetime::kPersistent && !o.ttl &&
+      o.attrs.empty()) {
+    return core_->CreateAhead(req, o.prefault, GeneratedName());
   }
   return core_->Map(req, o.prefault);
 }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -29,7 +30,7 @@ struct Region {
 
 class ClientCore : public std::enable_shared_from_this<ClientCore> {
  public:
-  ClientCore(UniqueFd sock, std::string path, bool prefault, bool pipeline_releases);
+  ClientCore(UniqueFd sock, std::string path, bool prefault, bool pipeline_releases, bool ahead);
 
   Status Handshake(const std::string& client_name);
 
@@ -40,6 +41,14 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
 
   // Create or attach: one round trip and the mapping. `prefault` unset: the client's default.
   Result<Segment> Map(const wire::Request& request, std::optional<bool> prefault);
+
+  // A create that ClientOptions::ahead applies to (a generated name, not persistent, no ttl, no
+  // attrs): takes the spare made for the same request if there is one, else creates as Map()
+  // does; then, if the segment is a block of a shared region, sends the create of the next one
+  // (named `next_name`) without waiting.
+  Result<Segment> CreateAhead(const wire::Request& request, std::optional<bool> prefault,
+                              std::string next_name);
+  bool ahead() const { return ahead_; }
 
   // Called by ~Segment (`wait` false: the release is queued, to ride on the next request) and
   // Segment::Detach (true).
@@ -60,8 +69,24 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   Result<wire::Reply> CallLocked(const wire::Request& request, wire::Reply::BodyCase expected,
                                  std::vector<UniqueFd>* fds);
   Status Broken(const std::string& what);
-  // Reads the replies of pipelined releases (ignored: a failed release changes nothing here).
+  // Reads the replies of pipelined requests: a release's is ignored (a failed release changes
+  // nothing here), a spare's is mapped at once (later replies may assume its region is mapped).
   Status DrainLocked();
+  // Map()'s second half: `reply` (an attach reply) and its descriptors become a Segment. When that
+  // fails the attachment is given back, waiting for the daemon if `wait_on_failure`, else queued.
+  Result<Segment> MaterializeLocked(const wire::Reply& reply, std::vector<UniqueFd> fds,
+                                    std::optional<bool> prefault, bool wait_on_failure);
+  // The release of `segment`'s attachment (and of its region, if no other Segment maps it):
+  // (attachment id, released region id or 0). Leaves `segment` without its region.
+  std::pair<std::uint64_t, std::uint64_t> ReleaseOfLocked(Segment& segment);
+  // The reply of spare `seq` arrived.
+  void SpareArrivedLocked(std::uint64_t seq, wire::RecvResult& packet);
+  // Gives spare number `i` back: its release is queued (so the Segment never calls back here),
+  // and, for a connection's spare, which would otherwise stay until the connection closes, its
+  // unlink.
+  void DropSpareLocked(std::size_t i);
+  // Sends the unlinks of dropped spares, pipelined (releases ride on them).
+  Status SendUnlinksLocked();
   // Appends the queued releases to the serialized request `bytes` (field `releases`) when they
   // fit in one packet with it; false, changing nothing, when they do not.
   bool RideLocked(std::string& bytes);
@@ -73,13 +98,30 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   const std::string path_;
   const bool prefault_;
   const bool pipeline_releases_;
+  const bool ahead_;
   ServerInfo server_;
   bool broken_ = false;
   std::vector<std::byte> buffer_;
   // Replies of pipelined releases not read yet. At most kPipeline, so that neither side can
   // block on a full socket buffer while the other waits.
-  static constexpr int kPipeline = 32;
-  int unread_ = 0;
+  static constexpr std::size_t kPipeline = 32;
+  // One entry per reply not read yet, oldest first: 0 for a release's, else the spare's number.
+  std::deque<std::uint64_t> unread_;
+  // Segments made ahead (ClientOptions::ahead), oldest first, one per kind of create (the
+  // request without its name, and the prefault choice), at most kSpares.
+  struct Spare {
+    std::string key;
+    std::uint64_t seq = 0;
+    bool prefault = false;
+    std::string name;
+    bool connection = false;         // Lifetime kConnection: a release alone does not free it.
+    std::optional<Segment> segment;  // Empty until its reply is read.
+  };
+  static constexpr std::size_t kSpares = 4;
+  std::vector<Spare> spares_;
+  std::uint64_t next_spare_ = 0;
+  // Dropped spares of lifetime kConnection, to unlink (pipelined) before the next request.
+  std::vector<std::string> unlinks_;
   // Releases queued by destroyed Segments (pipeline_releases): (attachment id, released region
   // id or 0). At most kRide: a full queue goes at once, so one packet always carries it.
   static constexpr std::size_t kRide = 1024;

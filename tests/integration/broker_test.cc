@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -738,6 +739,116 @@ TEST_F(PipelinedReleases, GoWhenTheClientGoes) {
   EXPECT_TRUE(Eventually([&] { return Seen() == 2u; }));
   later.reset();
   EXPECT_TRUE(Eventually([&] { return Seen() == 1u; }));
+}
+
+// --- ClientOptions::ahead -----------------------------------------------------------------------
+
+// The names of the segments with generated names, as another connection lists them.
+std::set<std::string> Generated(Client& other) {
+  std::set<std::string> names;
+  auto listed = other.List("auto/*");
+  EXPECT_TRUE(listed.ok()) << listed.status().ToString();
+  if (listed.ok()) {
+    for (const SegmentInfo& i : *listed) names.insert(i.name);
+  }
+  return names;
+}
+
+// A create with a generated name is followed by the pipelined create of the next one, which the
+// next such create takes: a segment that existed before it was asked for, zero-filled, writable
+// and its own.
+TEST(Ahead, TheNextCreateTakesTheSpareMadeAfterThePrevious) {
+  TestDaemon d;
+  auto c = Client::Connect({.socket_path = d.socket(), .ahead = true});
+  ASSERT_TRUE(c.ok());
+  Client other = d.MustConnect();
+  const CreateOptions o{.shape = {4096}, .lifetime = Lifetime::kRefcount};
+  auto first = c->Create(o);
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  std::ranges::fill(first->mutable_bytes().value(), std::byte{1});
+  ASSERT_TRUE(c->Stats().ok());  // after the spare's create, on the same connection
+  std::set<std::string> before = Generated(other);
+  ASSERT_EQ(before.size(), 2u);
+  for (int i = 0; i < 3; ++i) {
+    auto next = c->Create(o);
+    ASSERT_TRUE(next.ok()) << next.status().ToString();
+    EXPECT_EQ(before.count(next->name()), 1u) << i << ": not the spare made before";
+    EXPECT_NE(next->name(), first->name());
+    auto bytes = next->mutable_bytes().value();
+    EXPECT_TRUE(std::ranges::all_of(bytes, [](std::byte b) { return b == std::byte{0}; }));
+    std::ranges::fill(bytes, std::byte{2});
+    EXPECT_TRUE(std::ranges::all_of(first->bytes(), [](std::byte b) { return b == std::byte{1}; }));
+    ASSERT_TRUE(c->Stats().ok());
+    before = Generated(other);
+  }
+}
+
+// Only creates with a generated name, of lifetime connection or refcount, without ttl or attrs,
+// that land in a shared region make a spare; one per kind, four kinds at most.
+TEST(Ahead, OnlyWhatCanBeMadeAheadIsAndFourKindsAtMost) {
+  TestDaemon d;
+  auto c = Client::Connect({.socket_path = d.socket(), .ahead = true});
+  ASSERT_TRUE(c.ok());
+  Client other = d.MustConnect();
+  std::vector<Segment> kept;
+  kept.push_back(c->Create({.shape = {4096}}).value());  // persistent
+  kept.push_back(
+      c->Create({.name = "named", .shape = {4096}, .lifetime = Lifetime::kRefcount}).value());
+  kept.push_back(
+      c->Create({.shape = {4096}, .lifetime = Lifetime::kRefcount, .ttl = std::chrono::hours(1)})
+          .value());
+  kept.push_back(
+      c->Create({.shape = {4096}, .attrs = {{"k", "v"}}, .lifetime = Lifetime::kRefcount}).value());
+  kept.push_back(c->Create({.shape = {8u << 20}, .lifetime = Lifetime::kRefcount}).value());
+  ASSERT_TRUE(c->Stats().ok());
+  EXPECT_EQ(Generated(other).size(), 4u) << "a spare was made where none should be";
+
+  for (std::uint64_t k = 0; k < 6; ++k) {
+    kept.push_back(c->Create({.shape = {4096 + k}, .lifetime = Lifetime::kRefcount}).value());
+  }
+  ASSERT_TRUE(c->Flush().ok());  // the replies read, the releases of those pushed out sent
+  EXPECT_EQ(Generated(other).size(), 4u + 6u + 4u);
+}
+
+// A spare of a connection's segment pushed out is unlinked: a release alone would leave it until
+// the connection closes, one more for every kind that comes and goes.
+TEST(Ahead, ConnectionSparesPushedOutAreUnlinked) {
+  TestDaemon d;
+  auto c = Client::Connect({.socket_path = d.socket(), .ahead = true});
+  ASSERT_TRUE(c.ok());
+  Client other = d.MustConnect();
+  for (std::uint64_t k = 0; k < 20; ++k) {
+    auto s = c->Create({.shape = {100 + k}, .lifetime = Lifetime::kConnection});
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    ASSERT_TRUE(c->Unlink(s->name()).ok());
+  }
+  ASSERT_TRUE(c->Flush().ok());
+  EXPECT_EQ(Generated(other).size(), 4u) << "only the four spares kept should be left";
+}
+
+// Spares give their memory back before a create is refused for it (a connection's spare is
+// unlinked too: its release alone frees nothing), and go with the Client.
+TEST(Ahead, SparesMakeRoomAndGoWithTheClient) {
+  for (Lifetime life : {Lifetime::kRefcount, Lifetime::kConnection}) {
+    SCOPED_TRACE(static_cast<int>(life));
+    TestDaemon d(std::vector<std::string>{"--max-memory", "192K"});
+    Client other = d.MustConnect();
+    {
+      auto c = Client::Connect({.socket_path = d.socket(), .ahead = true});
+      ASSERT_TRUE(c.ok());
+      auto a = c->Create({.shape = {65536}, .lifetime = life});
+      auto b = c->Create({.shape = {65536}, .lifetime = life});  // the spare
+      ASSERT_TRUE(a.ok() && b.ok());
+      ASSERT_TRUE(c->Stats().ok());
+      EXPECT_EQ(Generated(other).size(), 3u);  // a, b and b's spare: 192 KiB
+      // Another kind: no room unless the spare goes.
+      auto e = c->Create({.dtype = "<f4", .shape = {16384}, .lifetime = life});
+      ASSERT_TRUE(e.ok()) << e.status().ToString();
+      EXPECT_EQ(c->Create({.shape = {131072}, .lifetime = life}).status().code(),
+                Code::kResourceExhausted);
+    }
+    EXPECT_TRUE(Eventually([&] { return Generated(other).empty(); }));
+  }
 }
 
 TEST(Broker, ManyCyclesLeakNoFdsOrMappings) {

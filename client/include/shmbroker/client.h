@@ -46,6 +46,14 @@ struct ClientOptions {
   // Segment::Detach(), which always waits. At most 1024 wait in the queue; once the Client is
   // destroyed they are sent at once.
   bool pipeline_releases = false;
+  // Make small segments ahead: a Create with a generated name (empty CreateOptions::name),
+  // lifetime kConnection or kRefcount and no ttl or attrs, that lands in a shared region (see
+  // --shared-max), is followed without waiting by the create of the next one of the same
+  // request, which the next such Create takes with no round trip. One spare of each kind, four
+  // kinds at most: ordinary segments, named, listed and charged as any until taken (a refcount
+  // spare counts as this client's reference) and given back when the Client goes, or before a
+  // create is refused for memory. As the Python client's connect(ahead=True).
+  bool ahead = false;
   // A daemon is trusted when it runs as root or as this user, or when only root can have put its
   // socket where it is. Set this to also trust a daemon run by this uid (a deliberate cross-user
   // setup); unset, $SHMBROKER_TRUST_UID (a uid or user name) is used when set.
