@@ -51,8 +51,10 @@ struct ClientOptions {
   // --shared-max), is followed without waiting by the create of the next one of the same
   // request, which the next such Create takes with no round trip. One spare of each kind, four
   // kinds at most: ordinary segments, named, listed and charged as any until taken (a refcount
-  // spare counts as this client's reference) and given back when the Client goes, or before a
-  // create is refused for memory. As the Python client's connect(ahead=True).
+  // spare counts as this client's reference) and given back when the Client goes, before a
+  // create is refused for memory, or when a fifth kind pushes it out (a kConnection spare is then
+  // unlinked too). As the Python client's connect(ahead=True). It pays where the
+  // daemon has a CPU to itself and the spare's reply has time to come (README, Benchmarks).
   bool ahead = false;
   // A daemon is trusted when it runs as root or as this user, or when only root can have put its
   // socket where it is. Set this to also trust a daemon run by this uid (a deliberate cross-user
