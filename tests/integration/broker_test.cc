@@ -491,7 +491,7 @@ TEST(Broker, InvalidArgumentsAreReportedClearly) {
 // --- Connecting and starting --------------------------------------------------------------------
 
 TEST(Broker, ConnectWithNoDaemonIsUnavailableAndNamesThePath) {
-  std::string path = "/tmp/shmbroker-nobody-listens-" + std::to_string(::getpid()) + ".sock";
+  std::string path = ScratchSocket("shmbroker-nobody-listens");
   auto c = Client::Connect({.socket_path = path});
   ASSERT_EQ(c.status().code(), Code::kUnavailable);
   EXPECT_NE(c.status().message().find(path), std::string::npos);

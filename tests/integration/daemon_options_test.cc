@@ -52,9 +52,10 @@ TEST(DaemonOptions, ConfigFileSetsSocketMaxMemoryAndLogLevel) {
 }
 
 TEST(DaemonOptions, InfoLogHasConnectsCreatesAndUnlinks) {
-  TestDaemon d(Only({"--socket", "/tmp/shmbrokerd-log-test.sock"}));
+  const std::string path = ScratchSocket("shmbrokerd-log-test");
+  TestDaemon d(Only({"--socket", path}));
   {
-    auto c = d.ConnectWithin("/tmp/shmbrokerd-log-test.sock");
+    auto c = d.ConnectWithin(path);
     ASSERT_TRUE(c.ok()) << d.log();
     ASSERT_TRUE(c->Create({.name = "logged/one", .shape = {1048575}, .mode = 0640}).ok());
     ASSERT_TRUE(c->Unlink("logged/one").ok());
@@ -66,7 +67,7 @@ TEST(DaemonOptions, InfoLogHasConnectsCreatesAndUnlinks) {
   }
   // The disconnect is logged once the daemon has seen the hang-up: a stats round trip from a
   // second client orders it after the first one's close on the single event loop.
-  auto c2 = d.ConnectWithin("/tmp/shmbrokerd-log-test.sock");
+  auto c2 = d.ConnectWithin(path);
   ASSERT_TRUE(c2.ok());
   ASSERT_TRUE(c2->Stats().ok());
   c2 = Status::Unavailable("closed");
@@ -98,10 +99,11 @@ TEST(DaemonOptions, RaisesTheSoftFileLimitToTheHardLimit) {
   struct rlimit rl {};
   ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &rl), 0);
   if (rl.rlim_max <= 256) GTEST_SKIP() << "hard limit too low to observe a raise";
-  DaemonOptions o = Only({"--socket", "/tmp/shmbrokerd-rlimit-test.sock"});
+  const std::string path = ScratchSocket("shmbrokerd-rlimit-test");
+  DaemonOptions o = Only({"--socket", path});
   o.nofile_soft = 256;
   TestDaemon d(o);
-  ASSERT_TRUE(d.ConnectWithin("/tmp/shmbrokerd-rlimit-test.sock").ok()) << d.log();
+  ASSERT_TRUE(d.ConnectWithin(path).ok()) << d.log();
   std::ifstream limits("/proc/" + std::to_string(d.pid()) + "/limits");
   std::string line;
   bool found = false;
@@ -179,7 +181,7 @@ TEST(DaemonOptions, VersionHelpAndBadArguments) {
     }
   }
   {
-    TestDaemon d(Only({"--max-memory", "lots", "--socket", "/tmp/shmbrokerd-bad.sock"}));
+    TestDaemon d(Only({"--max-memory", "lots", "--socket", ScratchSocket("shmbrokerd-bad")}));
     EXPECT_EQ(d.Wait(), 2);
     EXPECT_NE(d.log().find("--max-memory"), std::string::npos) << d.log();
   }
@@ -200,7 +202,7 @@ TEST(DaemonOptions, VersionHelpAndBadArguments) {
 
 // A client name with a newline (and escape codes) once forged a complete log line.
 TEST(DaemonOptions, AClientNameCannotForgeALogLine) {
-  const std::string path = "/tmp/shmbrokerd-forge-test.sock";
+  const std::string path = ScratchSocket("shmbrokerd-forge-test");
   TestDaemon d(Only({"--socket", path, "--log-level", "debug"}));
   const std::string forged = "x\n2026-11-24T10:00:00.000 info client 9 connected: 'root'\x1b[2K";
   ASSERT_TRUE(d.ConnectWithin(path).ok()) << d.log();

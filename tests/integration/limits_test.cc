@@ -435,7 +435,7 @@ TEST(Limits, AStalledStderrNeverBlocksTheDaemon) {
   ASSERT_EQ(::pipe2(pipefd, O_CLOEXEC), 0);
   UniqueFd out(pipefd[0]), in(pipefd[1]);
   ::fcntl(in.get(), F_SETPIPE_SZ, 4096);
-  const std::string socket = "/tmp/shmbrokerd-stalled-stderr.sock";
+  const std::string socket = ScratchSocket("shmbrokerd-stalled-stderr");
   TestDaemon d(DaemonOptions{.args = {"--socket", socket, "--log-level", "debug"},
                              .only_args = true,
                              .wait_until_serving = false,

@@ -199,6 +199,10 @@ int RunInChild(const std::function<int()>& fn, int uid) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
+std::string ScratchSocket(std::string_view stem) {
+  return "/tmp/" + std::string(stem) + "-" + std::to_string(::getpid()) + ".sock";
+}
+
 bool Eventually(const std::function<bool()>& pred, std::chrono::milliseconds timeout) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
   while (!pred()) {

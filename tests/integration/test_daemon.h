@@ -105,6 +105,11 @@ int RunInChild(const std::function<int()>& fn, int uid = -1);
 // Drops this (child) process to `uid`/`gid`, with no supplementary groups.
 bool DropTo(int uid, int gid);
 
+// A socket path in /tmp of this test process's own ("/tmp/<stem>-<pid>.sock"), for tests that
+// give the daemon --socket themselves: a fixed path would collide with another test run (another
+// checkout, CI) on the same machine.
+std::string ScratchSocket(std::string_view stem);
+
 // Polls `pred` until it holds or `timeout` passes.
 bool Eventually(const std::function<bool()>& pred,
                 std::chrono::milliseconds timeout = std::chrono::seconds(10));
