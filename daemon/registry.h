@@ -228,7 +228,8 @@ class Registry {
   std::uint64_t tickets_in_flight() const { return tickets_.size() - early_redeems_; }
   std::uint64_t tickets_lapsed() const { return tickets_lapsed_; }
   // Refusals at a limit, the registry's own and those the server and handler count here.
-  Refusals& refusals() const { return refusals_; }
+  Refusals& refusals() { return refusals_; }
+  const Refusals& refusals() const { return refusals_; }
   bool IsConnectionOpen(std::uint64_t connection) const {
     return open_connections_.count(connection) != 0;
   }
@@ -311,7 +312,7 @@ class Registry {
   std::vector<Creator> restored_creators_;
   std::array<std::uint64_t, 3> auto_unlinked_{};
   std::uint64_t tickets_lapsed_ = 0;
-  mutable Refusals refusals_;
+  mutable Refusals refusals_;  // Counted by the const checks (CheckQuota) too.
   std::uint64_t next_id_ = 1;
   std::shared_ptr<WarmPool> pool_;
 };

@@ -160,7 +160,7 @@ void Server::Sweep() {
   });
 }
 
-Status Server::Admit(const Credentials& creds) const {
+Status Server::Admit(const Credentials& creds) {
   const Limits& l = options_.limits;
   if (creds.uid != 0) {
     if (connections_.size() >= l.max_connections) {

@@ -58,7 +58,7 @@ class Server {
   // Out of descriptors: accept on the spare one, refuse politely, and keep going.
   void AcceptWithSpare();
   // OK when a connection of `creds` may be taken now; why not otherwise.
-  Status Admit(const Credentials& creds) const;
+  Status Admit(const Credentials& creds);
   // Sends `why` as the reply to the hello the client sends first, then closes.
   void Refuse(int fd, const Credentials& creds, const Status& why);
   void Sweep();  // Once a second: connections that never said hello.
