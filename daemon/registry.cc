@@ -112,12 +112,12 @@ void Registry::SweepUnlinked() const {
   unlinked_live_hint_ = unlinked_.size();
 }
 
-Status Registry::ForEachUnlinked(std::string_view pattern,
+Status Registry::ForEachUnlinked(std::string_view pattern, std::uint64_t start_after_id,
                                  const std::function<bool(const SegmentEntry&)>& visit) const {
   if (Status s = ValidatePattern(pattern); !s.ok()) return s;
   SweepUnlinked();
-  for (const auto& [id, weak] : unlinked_) {
-    auto s = weak.lock();
+  for (auto it = unlinked_.upper_bound(start_after_id); it != unlinked_.end(); ++it) {
+    auto s = it->second.lock();
     if (!s || (!pattern.empty() && !GlobMatch(pattern, s->name()))) continue;
     if (!visit(*s)) break;
   }

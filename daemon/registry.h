@@ -249,8 +249,9 @@ class Registry {
   std::uint64_t bytes_held() const { return ledger_->total().bytes; }
   // Unlinked segments whose memory is still in use (attached, mapped or in a reply in flight).
   Usage unlinked_in_use() const { return ledger_->unlinked(); }
-  // Visits those whose names match `pattern` (all if empty), while `visit` returns true.
-  Status ForEachUnlinked(std::string_view pattern,
+  // Visits those whose names match `pattern` (all if empty) and whose ids are above
+  // `start_after_id`, in id order, while `visit` returns true.
+  Status ForEachUnlinked(std::string_view pattern, std::uint64_t start_after_id,
                          const std::function<bool(const SegmentEntry&)>& visit) const;
   std::uint64_t max_memory() const { return options_.max_memory; }
 

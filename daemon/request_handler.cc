@@ -599,18 +599,22 @@ Outcome RequestHandler::List(Session&, const wire::ListRequest& req) {
   auto* list = out.reply.mutable_list();
   std::size_t bytes = 0;
   if (req.unlinked()) {
-    Status s = registry_.ForEachUnlinked(req.pattern(), [&](const SegmentEntry& seg) {
-      if (bytes >= kListPageBytes) {
-        list->set_truncated(true);
-        return false;
-      }
-      auto* info = list->add_segments();
-      FillInfo(seg, info);
-      FillHolders(seg, info);
-      info->set_unlinked(true);
-      bytes += info->ByteSizeLong() + 8;
-      return true;
-    });
+    std::uint64_t last = 0;
+    Status s = registry_.ForEachUnlinked(req.pattern(), req.start_after_id(),
+                                         [&](const SegmentEntry& seg) {
+                                           if (bytes >= kListPageBytes) {
+                                             list->set_truncated(true);
+                                             list->set_next_after_id(last);
+                                             return false;
+                                           }
+                                           auto* info = list->add_segments();
+                                           FillInfo(seg, info);
+                                           FillHolders(seg, info);
+                                           info->set_unlinked(true);
+                                           bytes += info->ByteSizeLong() + 8;
+                                           last = seg.id();
+                                           return true;
+                                         });
     if (!s.ok()) return Error(s);
     return out;
   }

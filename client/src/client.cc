@@ -665,10 +665,16 @@ Result<std::vector<SegmentInfo>> Client::ListUnlinked(std::string_view pattern) 
   wire::Request req;
   req.mutable_list()->set_pattern(std::string(pattern));
   req.mutable_list()->set_unlinked(true);
-  auto reply = core_->Call(req, wire::Reply::kList);
-  if (!reply.ok()) return reply.status();
   std::vector<SegmentInfo> out;
-  for (const auto& s : reply->list().segments()) out.push_back(internal::FromWire(s));
+  for (;;) {
+    auto reply = core_->Call(req, wire::Reply::kList);
+    if (!reply.ok()) return reply.status();
+    const auto& list = reply->list();
+    for (const auto& s : list.segments()) out.push_back(internal::FromWire(s));
+    // Ids only grow: a daemon that does not move on (an older one sends no id) ends the loop.
+    if (!list.truncated() || list.next_after_id() <= req.list().start_after_id()) break;
+    req.mutable_list()->set_start_after_id(list.next_after_id());
+  }
   return out;
 }
 

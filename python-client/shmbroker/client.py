@@ -511,13 +511,20 @@ class Client:
         sorted by name; all of them when ``pattern`` is None.
 
         ``unlinked=True``: instead, the unlinked segments whose memory is still in use (attached
-        or mapped somewhere), with ``holders`` saying who holds each (one reply's worth)."""
+        or mapped somewhere), with ``holders`` saying who holds each, in the order of their ids
+        (unlinked names need not be unique)."""
         out = []
         req = pb.Request()
         req.list.pattern = pattern or ""
         if unlinked:
             req.list.unlinked = True
-            return [info_from_wire(s) for s in self._call(req, "list").list.segments]
+            while True:
+                r = self._call(req, "list").list
+                out.extend(info_from_wire(s) for s in r.segments)
+                # Ids only grow: a daemon that does not move on ends the loop.
+                if not r.truncated or r.next_after_id <= req.list.start_after_id:
+                    return out
+                req.list.start_after_id = r.next_after_id
         while True:
             r = self._call(req, "list").list
             out.extend(info_from_wire(s) for s in r.segments)

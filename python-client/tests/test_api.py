@@ -448,6 +448,20 @@ def test_unlinked_but_held_memory_counts_until_released(names):
     assert shmbroker.list(n, unlinked=True) == []
 
 
+def test_list_unlinked_pages_through_them_all(names):
+    # Far more than one reply holds; the same name unlinked twice is listed twice.
+    prefix = names("gone")
+    held = []
+    for i in range(1500):
+        n = f"{prefix}/{i % 1400}"
+        held.append(shmbroker.create(n, 8, "uint8"))
+        shmbroker.unlink(n)
+    listed = shmbroker.list(prefix + "/*", unlinked=True)
+    assert len(listed) == 1500
+    assert sorted(i.name for i in listed) == sorted(f"{prefix}/{i % 1400}" for i in range(1500))
+    del held
+
+
 def test_releases_ride_encoded_as_protobuf_would():
     # The hand encoding of Request.releases (appended to a serialized request) must parse as
     # the same message protobuf would build.

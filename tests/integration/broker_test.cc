@@ -851,6 +851,30 @@ TEST(Ahead, SparesMakeRoomAndGoWithTheClient) {
   }
 }
 
+// ListUnlinked pages through them all, however many: each unlinked segment still held once.
+TEST(Broker, ListUnlinkedReturnsThemAllAcrossPages) {
+  TestDaemon d;
+  Client c = d.MustConnect();
+  constexpr int kHeld = 2000;  // far more than one reply holds
+  std::vector<Segment> held;
+  for (int i = 0; i < kHeld; ++i) {
+    std::string name = "gone/" + std::to_string(i);
+    auto s = c.Create({.name = name, .shape = {64}});
+    ASSERT_TRUE(s.ok()) << i << ": " << s.status().ToString();
+    held.push_back(std::move(s).value());
+    ASSERT_TRUE(c.Unlink(name).ok());
+  }
+  auto listed = c.ListUnlinked("gone/*");
+  ASSERT_TRUE(listed.ok()) << listed.status().ToString();
+  std::set<std::string> names;
+  for (const SegmentInfo& i : *listed) {
+    EXPECT_TRUE(i.unlinked);
+    names.insert(i.name);
+  }
+  EXPECT_EQ(listed->size(), static_cast<std::size_t>(kHeld));
+  EXPECT_EQ(names.size(), static_cast<std::size_t>(kHeld));
+}
+
 TEST(Broker, ManyCyclesLeakNoFdsOrMappings) {
   TestDaemon d;
   Client c = d.MustConnect();

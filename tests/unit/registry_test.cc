@@ -316,7 +316,7 @@ TEST(Registry, UnlinkIsForOwnerOrRootAndFreesTheNameAtOnce) {
   EXPECT_EQ(reg.UsageOf(kAlice.uid).bytes, 128u);
   EXPECT_EQ((*seg)->memfd(), -1);
   std::vector<std::string> in_use;
-  ASSERT_TRUE(reg.ForEachUnlinked("",
+  ASSERT_TRUE(reg.ForEachUnlinked("", 0,
                                   [&](const SegmentEntry& s) {
                                     in_use.push_back(s.name());
                                     return true;
@@ -328,7 +328,7 @@ TEST(Registry, UnlinkIsForOwnerOrRootAndFreesTheNameAtOnce) {
   EXPECT_EQ(reg.unlinked_in_use().segments, 0u);
   EXPECT_EQ(reg.UsageOf(kAlice.uid).segments, 0u);
   in_use.clear();
-  ASSERT_TRUE(reg.ForEachUnlinked("",
+  ASSERT_TRUE(reg.ForEachUnlinked("", 0,
                                   [&](const SegmentEntry& s) {
                                     in_use.push_back(s.name());
                                     return true;

@@ -237,7 +237,8 @@ class Client {
   // name; all of them when `pattern` is empty.
   Result<std::vector<SegmentInfo>> List(std::string_view pattern = {});
   // Unlinked segments whose memory is still in use (attached or mapped somewhere), with the
-  // connections holding each: what keeps memory the stats count as unlinked. One reply's worth.
+  // connections holding each: what keeps memory the stats count as unlinked. All of them, in the
+  // order of their ids (paged as List is).
   Result<std::vector<SegmentInfo>> ListUnlinked(std::string_view pattern = {});
 
   Result<DaemonStats> Stats();
