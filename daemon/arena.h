@@ -8,11 +8,10 @@
 // aligned, O(log size) to allocate and free, free neighbours merge). A block's pages are reserved
 // (fallocate) when it is handed out, so no client ever takes a SIGBUS; a bit per page remembers
 // which are, so a block handed out again over kept pages costs no system call. A block goes back
-// when its
-// segment is destroyed, i.e. after every attachment and reply in flight let go of it; it is zeroed
-// then (memset through the daemon's mapping), or, when a large free block forms and the region
-// already keeps enough free memory, its pages go back to the kernel (FALLOC_FL_PUNCH_HOLE; holes
-// read as zeros and are reserved again on reuse).
+// when its segment is destroyed, i.e. after every attachment and reply in flight let go of it; it
+// is zeroed then (memset through the daemon's mapping), or, when a large free block forms and the
+// region already keeps enough free memory, its pages go back to the kernel (FALLOC_FL_PUNCH_HOLE;
+// holes read as zeros and are reserved again on reuse).
 //
 // Not thread-safe: the event loop's.
 #pragma once

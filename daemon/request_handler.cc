@@ -598,20 +598,29 @@ Outcome RequestHandler::List(Session&, const wire::ListRequest& req) {
   Outcome out;
   auto* list = out.reply.mutable_list();
   std::size_t bytes = 0;
+  // Adds `seg` to the page (an unlinked one with its holders); false when the page is full.
+  auto add = [&](const SegmentEntry& seg, bool unlinked) {
+    if (bytes >= kListPageBytes) {
+      list->set_truncated(true);
+      return false;
+    }
+    auto* info = list->add_segments();
+    FillInfo(seg, info);
+    if (unlinked) {
+      FillHolders(seg, info);
+      info->set_unlinked(true);
+    }
+    bytes += info->ByteSizeLong() + 8;
+    return true;
+  };
   if (req.unlinked()) {
     std::uint64_t last = 0;
     Status s = registry_.ForEachUnlinked(req.pattern(), req.start_after_id(),
                                          [&](const SegmentEntry& seg) {
-                                           if (bytes >= kListPageBytes) {
-                                             list->set_truncated(true);
+                                           if (!add(seg, /*unlinked=*/true)) {
                                              list->set_next_after_id(last);
                                              return false;
                                            }
-                                           auto* info = list->add_segments();
-                                           FillInfo(seg, info);
-                                           FillHolders(seg, info);
-                                           info->set_unlinked(true);
-                                           bytes += info->ByteSizeLong() + 8;
                                            last = seg.id();
                                            return true;
                                          });
@@ -623,14 +632,10 @@ Outcome RequestHandler::List(Session&, const wire::ListRequest& req) {
   Status s = registry_.List(
       req.pattern(), req.start_after(),
       [&](const SegmentEntry& seg) {
-        if (bytes >= kListPageBytes) {
-          list->set_truncated(true);
+        if (!add(seg, /*unlinked=*/false)) {
           list->set_next_after(list->segments(list->segments_size() - 1).name());
           return false;
         }
-        auto* info = list->add_segments();
-        FillInfo(seg, info);
-        bytes += info->ByteSizeLong() + 8;
         return true;
       },
       &budget, &next_after);

@@ -356,20 +356,14 @@ Result<Segment> ClientCore::CreateAhead(const wire::Request& request, std::optio
   // Only blocks of shared regions: a spare of a large segment would hold a region of its own.
   if (seg->region_ && kept_.count(seg->region_->id) != 0 && !broken_) {
     while (spares_.size() >= kSpares) DropSpareLocked(0);
-    (void)SendUnlinksLocked();
-    std::string bytes;
-    if (next.SerializeToString(&bytes) && (queued_.empty() || RideLocked(bytes)) &&
-        (unread_.size() < kPipeline || DrainLocked().ok()) && !broken_) {
-      if (int err = wire::SendPacket(sock_.get(), std::as_bytes(std::span(bytes)), {}, false)) {
-        (void)Broken(std::string("cannot send to the daemon: ") + std::strerror(err));
-      } else {
-        unread_.push_back(++next_spare_);
-        spares_.push_back({.key = std::move(key),
-                           .seq = next_spare_,
-                           .prefault = prefault.value_or(prefault_),
-                           .name = next.create().name(),
-                           .connection = next.create().lifetime() == wire::CONNECTION});
-      }
+    // A failure here costs only the spare: the connection is then broken for the next call.
+    if (SendUnlinksLocked().ok() &&
+        SendPipelinedLocked(next.SerializeAsString(), ++next_spare_).ok()) {
+      spares_.push_back({.key = std::move(key),
+                         .seq = next_spare_,
+                         .prefault = prefault.value_or(prefault_),
+                         .name = next.create().name(),
+                         .connection = next.create().lifetime() == wire::CONNECTION});
     }
   }
   return std::move(seg).value();
@@ -413,19 +407,23 @@ void ClientCore::DropSpareLocked(std::size_t i) {
 
 Status ClientCore::SendUnlinksLocked() {
   while (!unlinks_.empty() && !broken_) {
-    if (unread_.size() >= kPipeline) {
-      if (Status s = DrainLocked(); !s.ok()) return s;
-    }
     wire::Request req;
     req.mutable_unlink()->set_name(std::move(unlinks_.back()));
     unlinks_.pop_back();
-    std::string bytes = req.SerializeAsString();
-    if (!queued_.empty()) (void)RideLocked(bytes);  // else they ride on the next
-    if (int err = wire::SendPacket(sock_.get(), std::as_bytes(std::span(bytes)), {}, false)) {
-      return Broken(std::string("cannot send to the daemon: ") + std::strerror(err));
-    }
-    unread_.push_back(0);
+    if (Status s = SendPipelinedLocked(req.SerializeAsString(), 0); !s.ok()) return s;
   }
+  return Status::Ok();
+}
+
+Status ClientCore::SendPipelinedLocked(std::string bytes, std::uint64_t spare) {
+  if (unread_.size() >= kPipeline) {
+    if (Status s = DrainLocked(); !s.ok()) return s;
+  }
+  if (!queued_.empty()) (void)RideLocked(bytes);  // else they ride on the next
+  if (int err = wire::SendPacket(sock_.get(), std::as_bytes(std::span(bytes)), {}, false)) {
+    return Broken(std::string("cannot send to the daemon: ") + std::strerror(err));
+  }
+  unread_.push_back(spare);
   return Status::Ok();
 }
 
@@ -445,21 +443,13 @@ bool ClientCore::RideLocked(std::string& bytes) {
 
 Status ClientCore::SendQueuedLocked() {
   if (queued_.empty()) return Status::Ok();
-  if (unread_.size() >= kPipeline) {
-    if (Status s = DrainLocked(); !s.ok()) return s;
-  }
   // A detach of the first, the rest riding on it: within a packet, as at most kRide are queued.
+  // (A drain before the send may queue more; they ride too, or on the next request.)
   wire::Request req;
   req.mutable_detach()->set_attachment_id(queued_.front().first);
   req.mutable_detach()->set_released_region_id(queued_.front().second);
-  std::string bytes = req.SerializeAsString();
   queued_.erase(queued_.begin());
-  if (!queued_.empty()) (void)RideLocked(bytes);  // fits: see kRide
-  if (int err = wire::SendPacket(sock_.get(), std::as_bytes(std::span(bytes)), {}, false)) {
-    return Broken(std::string("cannot send to the daemon: ") + std::strerror(err));
-  }
-  unread_.push_back(0);
-  return Status::Ok();
+  return SendPipelinedLocked(req.SerializeAsString(), 0);
 }
 
 Status ClientCore::Flush() {

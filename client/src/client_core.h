@@ -92,6 +92,9 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   bool RideLocked(std::string& bytes);
   // Sends the queued releases pipelined, in packets of their own.
   Status SendQueuedLocked();
+  // Sends `bytes` (a serialized request, the queued releases riding on it if they fit) without
+  // waiting for its reply, whose entry in unread_ is `spare` (0: a reply to ignore).
+  Status SendPipelinedLocked(std::string bytes, std::uint64_t spare);
 
   std::mutex mu_;
   UniqueFd sock_;
@@ -102,10 +105,10 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   ServerInfo server_;
   bool broken_ = false;
   std::vector<std::byte> buffer_;
-  // Replies of pipelined releases not read yet. At most kPipeline, so that neither side can
-  // block on a full socket buffer while the other waits.
+  // Replies of pipelined requests not read yet, oldest first: 0 for one to ignore (a release's,
+  // an unlink's), else the spare's number. At most kPipeline, so that neither side can block on
+  // a full socket buffer while the other waits.
   static constexpr std::size_t kPipeline = 32;
-  // One entry per reply not read yet, oldest first: 0 for a release's, else the spare's number.
   std::deque<std::uint64_t> unread_;
   // Segments made ahead (ClientOptions::ahead), oldest first, one per kind of create (the
   // request without its name, and the prefault choice), at most kSpares.
@@ -122,8 +125,9 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   std::uint64_t next_spare_ = 0;
   // Dropped spares of lifetime kConnection, to unlink (pipelined) before the next request.
   std::vector<std::string> unlinks_;
-  // Releases queued by destroyed Segments (pipeline_releases): (attachment id, released region
-  // id or 0). At most kRide: a full queue goes at once, so one packet always carries it.
+  // Releases queued by destroyed Segments (pipeline_releases) and dropped spares: (attachment
+  // id, released region id or 0). At most kRide: a full queue goes at once, so one packet always
+  // carries it.
   static constexpr std::size_t kRide = 1024;
   std::vector<std::pair<std::uint64_t, std::uint64_t>> queued_;
   static_assert(kRide * 26 + 64 < wire::kMaxRequestBytes, "a full queue fits in one packet");

@@ -387,17 +387,11 @@ class Connection:
             out += b"\x82\x01" + _varint(len(inner)) + inner
         return bytes(out)
 
-    def send_pipelined(self, payload):
-        """Sends ``payload`` (a serialized request) now without waiting for its reply, which the
-        next exchange reads (and ignores). At most _PIPELINE are outstanding, so neither side
-        blocks on a full socket buffer."""
-        self._send_pipelined(payload)
-
     def send_releases(self):
         """Sends the queued releases now, pipelined: the daemon learns at once, and nobody
         waits for a round trip."""
         for packet in self._release_packets(self._take_releases()):
-            self._send_pipelined(packet)
+            self.send_pipelined(packet)
 
     def _release_packets(self, releases):
         """Packets of their own for ``releases``: a detach of the first of each _RIDE, the rest
@@ -410,7 +404,10 @@ class Connection:
             packets.append(head.SerializeToString() + self._releases_field(chunk[1:]))
         return packets
 
-    def _send_pipelined(self, payload, kind=None):
+    def send_pipelined(self, payload, kind=None):
+        """Sends ``payload`` (a serialized request) now without waiting for its reply, which the
+        next exchange reads: ignored, or handled by ``kind`` (a spare's, a fast attach's). At
+        most _PIPELINE are outstanding, so neither side blocks on a full socket buffer."""
         if self.broken:
             return
         if self.unread >= _PIPELINE:
@@ -441,7 +438,7 @@ class Connection:
         releases = self._take_releases()
         payload = self._ride(payload, releases)
         for packet in self._release_packets(releases):
-            self._send_pipelined(packet)
+            self.send_pipelined(packet)
         return payload
 
     def request_spare(self, key, payload, unlink_name=None):
@@ -453,7 +450,7 @@ class Connection:
             return
         while len(self.spares) >= _SPARES:
             self._drop_spare(next(iter(self.spares)))
-        self._send_pipelined(self._with_releases(payload), ("spare", key))
+        self.send_pipelined(self._with_releases(payload), ("spare", key))
         self.spares[key] = None
         if unlink_name is not None:
             self.spare_unlinks[key] = unlink_name
@@ -469,7 +466,7 @@ class Connection:
         del self.spares[key]
         name = self.spare_unlinks.pop(key, None)
         if name is not None:
-            self._send_pipelined(encode_unlink(name))
+            self.send_pipelined(encode_unlink(name))
 
     def take_spare(self, key):
         """The spare array of ``key`` (as map() returns it), or None."""
@@ -529,7 +526,7 @@ class Connection:
         self.next_client_id += 1
         aid = (1 << 63) | self.next_client_id
         payload = encode_attach(name, writable, ticket=ticket, attachment_id=aid, by_ticket=True)
-        self._send_pipelined(self._with_releases(payload), ("fast", aid, name))
+        self.send_pipelined(self._with_releases(payload), ("fast", aid, name))
         anchor = np.ndarray.__new__(Anchor, (nbytes,), np.uint8, buffer=view, offset=boff)
         self._bind(anchor, aid, (rbase, boff, nbytes))
         return anchor, entry[1] + boff
