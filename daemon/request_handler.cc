@@ -108,6 +108,10 @@ Outcome RequestHandler::Handle(Session& session, std::span<const std::byte> pack
   if (!session.greeted && request.body_case() != wire::Request::kHello) {
     return ProtocolError(session, "the first request must be hello");
   }
+  for (const wire::TicketRequest& ticket : request.tickets()) {
+    ++requests_[wire::Request::kTicket];
+    Ticket(session, ticket);  // A refused ticket only counts in the stats (Error does).
+  }
   for (const wire::DetachRequest& release : request.releases()) {
     ++requests_[wire::Request::kDetach];
     Detach(session, release);  // An unknown id only counts in the stats (Error does).
@@ -171,6 +175,7 @@ Outcome RequestHandler::Hello(Session& session, const wire::Hello& hello) {
   r->set_server_version(info_.version);
   r->set_server_pid(static_cast<std::uint32_t>(::getpid()));
   r->set_instance(instance_);
+  r->set_tickets_ride(true);
   auto* l = r->mutable_limits();
   l->set_max_name_bytes(kMaxNameBytes);
   l->set_max_dims(kMaxDims);

@@ -191,6 +191,9 @@ class Connection:
         # By kind, the name of each spare that a release alone does not free (lifetime
         # "connection"): unlinked when the spare is dropped.
         self.spare_unlinks = {}
+        # A spare's create held back to carry the next ticket (see request_spare): (kind,
+        # packet), or None.
+        self.held = None
         self.next_client_id = 0  # Attachment ids this client picks (bit 63 set): fast attaches.
         # Shared regions (small segments' blocks) stay mapped while the connection lives: later
         # segments in them need no descriptor and no mmap.
@@ -252,6 +255,7 @@ class Connection:
         self.kept.clear()
         self.spares.clear()
         self.spare_unlinks.clear()
+        self.held = None
 
     def __del__(self):
         sock = self.sock
@@ -441,16 +445,26 @@ class Connection:
             self.send_pipelined(packet)
         return payload
 
-    def request_spare(self, key, payload, unlink_name=None):
+    def request_spare(self, key, payload, unlink_name=None, hold=False):
         """Sends ``payload`` (a serialized create) pipelined: read with a later reply, it becomes
         the spare array that the next create of the same ``key`` takes without waiting. At most
         _SPARES kinds; the oldest goes first (released with the next request, and unlinked if
-        ``unlink_name`` was given for it: a connection's segment outlives its release)."""
+        ``unlink_name`` was given for it: a connection's segment outlives its release).
+
+        ``hold``: the array just made is likely to be pickled next (the last one of its kind
+        was), so the create waits to carry its ticket (send_ticket): one packet, one wake-up of
+        the daemon, where there were two. Nothing depends on it but its spare: other packets
+        pass it; it goes alone when its spare is wanted first, and is forgotten when dropped."""
         if self.broken or key in self.spares:
             return
         while len(self.spares) >= _SPARES:
             self._drop_spare(next(iter(self.spares)))
-        self.send_pipelined(self._with_releases(payload), ("spare", key))
+        if hold and self.server.tickets_ride:
+            if self.held is not None:
+                self._send_held()
+            self.held = (key, payload)
+        else:
+            self.send_pipelined(self._with_releases(payload), ("spare", key))
         self.spares[key] = None
         if unlink_name is not None:
             self.spare_unlinks[key] = unlink_name
@@ -464,14 +478,34 @@ class Connection:
         # One still in flight is released when its reply finds no spare waiting; its unlink
         # follows its create on this connection, so the daemon sees them in that order.
         del self.spares[key]
+        if self.held is not None and self.held[0] == key:
+            self.held = None  # never sent: nothing to give back
+            self.spare_unlinks.pop(key, None)
+            return
         name = self.spare_unlinks.pop(key, None)
         if name is not None:
             self.send_pipelined(encode_unlink(name))
+
+    def _send_held(self, tickets=b""):
+        key, payload = self.held
+        self.held = None
+        self.send_pipelined(self._with_releases(payload + tickets), ("spare", key))
+
+    def send_ticket(self, aid, ticket):
+        """Sends a ticket for attachment ``aid``, pipelined: riding on the held spare create if
+        there is one (see request_spare). True if it rode."""
+        if self.held is None:
+            self.send_pipelined(encode_ticket(aid, ticket))
+            return False
+        self._send_held(encode_riding_ticket(aid, ticket))
+        return True
 
     def take_spare(self, key):
         """The spare array of ``key`` (as map() returns it), or None."""
         if key not in self.spares:
             return None
+        if self.held is not None and self.held[0] == key:
+            self._send_held()  # its array was not pickled: no ticket to wait for
         if self.spares[key] is None and self.unread:
             self._exchange([])  # its reply is due: it came long ago, or comes at once
         self.spare_unlinks.pop(key, None)
@@ -804,6 +838,13 @@ def _uint_field(number, value):  # numbers below 16: one-byte keys
 def encode_ticket(attachment_id, ticket):
     """Request{ticket: TicketRequest{attachment_id, ticket}}, serialized."""
     return _len_field(11, _uint_field(1, attachment_id) + _uint_field(2, ticket))
+
+
+def encode_riding_ticket(attachment_id, ticket):
+    """Request.tickets (field 17, a two-byte key) holding one TicketRequest: appended to a
+    serialized Request, it rides on it."""
+    inner = _uint_field(1, attachment_id) + _uint_field(2, ticket)
+    return b"\x8a\x01" + _varint(len(inner)) + inner
 
 
 def encode_attach(name, writable, owner_uid=None, wait_ms=None, sealed=False, ticket=0,

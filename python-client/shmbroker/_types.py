@@ -82,6 +82,7 @@ class ServerInfo:
     in_flight_timeout: float = 0.0  # seconds: when an unredeemed ticket lapses (0: not said)
     instance: int = 0  # random per daemon start: whose region ids a pickled array names
     max_attachments: int = 0  # per connection (0: not said)
+    tickets_ride: bool = False  # the daemon applies tickets riding on another request
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,6 +237,7 @@ def server_from_wire(h):
         in_flight_timeout=lim.in_flight_timeout_ms / 1000,
         instance=h.instance,
         max_attachments=lim.max_attachments_per_connection,
+        tickets_ride=h.tickets_ride,
     )
 
 

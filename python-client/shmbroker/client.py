@@ -27,7 +27,6 @@ from ._connection import (
     create_tail,
     encode_attach,
     encode_create_named,
-    encode_ticket,
     encode_unlink,
     resolve_socket_path,
     resolve_trusted_uid,
@@ -190,6 +189,8 @@ class Client:
         self._prefault = prefault
         self._ahead = bool(ahead)
         self._spare_tails = {}  # kind of spare -> its create serialized without the name
+        self._lent = set()  # kinds whose last array made ahead was pickled (see request_spare)
+        self._last_ahead = None  # (kind, weakref to the anchor) of the last array made ahead
         # scope() makes clients whose segments are connection-lifetime by default.
         self._lifetime = "persistent"
         self._prefix = "auto/"
@@ -263,7 +264,10 @@ class Client:
             if conn is None or conn is not getattr(anchor, "_conn", None) or not conn.usable():
                 return 0, None
             ticket = secrets.randbits(64) or 1
-            conn.send_pipelined(encode_ticket(anchor._aid, ticket))
+            last = self._last_ahead
+            if last is not None and last[1]() is anchor:
+                self._lent.add(last[0])  # its kind's next spare waits for the next ticket
+            conn.send_ticket(anchor._aid, ticket)
             where = getattr(anchor, "_fast", None) if transport else None
             if where is None or not conn.server.instance:
                 return ticket, None
@@ -341,9 +345,12 @@ class Client:
         named, listed and charged as any segment until taken or the client closes (a refcount
         spare counts as this client's reference); given back before a create is refused for
         memory, or when a fifth kind pushes it out (a connection's spare is then unlinked too,
-        since its release alone would keep it until the connection closes)."""
+        since its release alone would keep it until the connection closes). Once an array of a
+        kind has been pickled, the next spare's create of that kind waits to carry the next
+        ticket: one packet to the daemon instead of two."""
         generated = name is None
-        name = self._generate_name() if generated else _check_name(name)
+        if not generated:
+            name = _check_name(name)
         shape = _check_shape(shape)
         dt = _check_dtype(dtype)
         order = _check_order(order)
@@ -371,9 +378,12 @@ class Client:
         pf = (0, None) if (self._prefault if prefault is None else prefault) else None
         with self._lock:
             conn = self._connection()
+            if key is not None and conn.held is not None and conn.held[0] == key:
+                self._lent.discard(key)  # the last array of this kind was not pickled
             mapped = conn.take_spare(key) if key is not None else None
             if mapped is None:
-                req = encode_create_named(name, tail)
+                # A generated name is made only here: a spare taken has its own.
+                req = encode_create_named(name or self._generate_name(), tail)
                 try:
                     mapped = conn.map(req, pf)
                 except ResourceExhaustedError:
@@ -391,7 +401,9 @@ class Client:
                     key,
                     encode_create_named(spare, tail),
                     spare if life == pb.CONNECTION else None,
+                    key in self._lent,
                 )
+                self._last_ahead = (key, weakref.ref(mapped[0]))
         return self._array(mapped, shape, dt, order)
 
     def attach(self, name, *, writable=False, prefault=None, owner=None, wait=None,

@@ -3,8 +3,11 @@ ahead, pipelined: after the first of a kind, such creates wait on no round trip.
 real segments, named and charged; they go with the connection and give their memory back before
 a create is refused (a connection's spare is unlinked when dropped). Off by default."""
 
+import dataclasses
 import gc
 import os
+import pickle
+from multiprocessing.reduction import ForkingPickler
 
 import numpy as np
 import pytest
@@ -135,4 +138,73 @@ def test_a_forked_child_has_no_spares_of_its_parent():
     os.waitpid(pid, 0)
     os.close(r)
     np.testing.assert_array_equal(a, 0)
+    c.close()
+
+
+class _CountingSocket:
+    """The connection's socket, counting the packets sent whose body is a create or a ticket
+    (not releases of their own: auto_share's releaser thread, if an earlier test started it,
+    sends those when it likes)."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.sent = 0
+
+    def send(self, data, *flags):
+        if bytes(data[:1]) in (b"\x12", b"\x5a"):  # Request.create (2), Request.ticket (11)
+            self.sent += 1
+        return self.sock.send(data, *flags)
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+
+def _sends(client):
+    """(the context that counts the packets ``client`` sends, a function giving the count)."""
+    box = []
+
+    def wrap(sock):
+        box.append(_CountingSocket(sock))
+        return box[0]
+
+    return _testing.interpose_socket(wrap, client), lambda: box[0].sent
+
+
+@pytest.mark.parametrize("rides", [True, False])
+def test_a_pickled_arrays_ticket_rides_on_the_next_spares_create(rides):
+    # Arrays made ahead and pickled one after another: once the client has seen its kind
+    # pickled, the next spare's create waits for the ticket and carries it, one packet per
+    # cycle. A daemon that does not say it applies riding tickets gets them alone (two).
+    c = shmbroker.connect(ahead=True)
+    conn = _testing.connection(c)
+    if not rides:
+        conn.server = dataclasses.replace(conn.server, tickets_ride=False)
+    ctx, sent = _sends(c)
+    blobs, per_cycle = [], []
+    with ctx:
+        for i in range(1, 7):
+            before = sent()
+            a = c.create(None, N, lifetime="refcount")
+            assert not a.any(), i
+            a[:] = i
+            blobs.append(ForkingPickler.dumps(a))
+            per_cycle.append(sent() - before)
+            del a
+        assert per_cycle[2:] == [1 if rides else 2] * 4, per_cycle
+        # Made without pickling: x's spare waits for a ticket that does not come; y sends it
+        # and then the next one at once, as does z.
+        made = [c.create(None, N, lifetime="refcount")]
+        for _ in range(2):
+            before = sent()
+            made.append(c.create(None, N, lifetime="refcount"))
+            per_cycle.append(sent() - before)
+        assert per_cycle[-2:] == ([2, 1] if rides else [1, 1]), per_cycle
+    assert not any(a.any() for a in made) and len({a.shm_name for a in made}) == 3
+    # Every array was held for its pickle: none is left to the producer, all still readable.
+    gc.collect()
+    c.flush()
+    for i, blob in enumerate(blobs, 1):
+        b = pickle.loads(blob)
+        assert b.shape == (N,) and (b == i).all(), i
+        del b
     c.close()

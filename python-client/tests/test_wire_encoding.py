@@ -21,6 +21,20 @@ def test_ticket(aid, ticket):
     assert got == want and got.WhichOneof("body") == "ticket"
 
 
+@pytest.mark.parametrize("aid", IDS)
+@pytest.mark.parametrize("ticket", IDS)
+def test_riding_tickets(aid, ticket):
+    # Appended to a create, as a spare's create carries a pickled array's ticket.
+    want = pb.Request.FromString(c.encode_create_named("spare", b""))
+    want.tickets.add(attachment_id=aid, ticket=ticket)
+    want.tickets.add(attachment_id=1, ticket=2)
+    got = pb.Request.FromString(
+        c.encode_create_named("spare", b"") + c.encode_riding_ticket(aid, ticket)
+        + c.encode_riding_ticket(1, 2)
+    )
+    assert got == want and got.WhichOneof("body") == "create"
+
+
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("writable", [False, True])
 @pytest.mark.parametrize("ticket,aid", [(1, (1 << 63) | 1), (2**64 - 1, 2**64 - 1), (777, 0)])

@@ -95,6 +95,7 @@ TEST_F(RequestHandlerTest, HelloAnswersVersionAndLimits) {
   EXPECT_EQ(o.reply.hello().limits().max_name_bytes(), 255u);
   EXPECT_EQ(o.reply.hello().limits().max_dims(), 32u);
   EXPECT_EQ(o.reply.hello().limits().max_request_bytes(), wire::kMaxRequestBytes);
+  EXPECT_TRUE(o.reply.hello().tickets_ride());
   // A second hello is a protocol error.
   EXPECT_EQ(Send(s, r).reply.code(), wire::PROTOCOL_ERROR);
 }
@@ -324,6 +325,55 @@ TEST_F(RequestHandlerTest, AnAttachByTicketWaitsForItsTicket) {
   EXPECT_EQ(replies->got[1].reply.code(), wire::OK) << replies->got[1].reply.message();
   EXPECT_EQ(replies->got[1].reply.attach().attachment_id(), kAid + 1);
   EXPECT_EQ(handler_.waiters(), 0u);
+}
+
+// A client pickling an array made ahead sends its ticket riding on the next spare's create. The
+// tickets go first: a release of the lent array in the same packet leaves the ticket holding the
+// segment. A refused riding ticket only counts as an error; the body still runs.
+TEST_F(RequestHandlerTest, TicketsRideBeforeReleasesAndTheBody) {
+  Session sender = Greeted();
+  wire::Request make;
+  make.mutable_create()->set_name("lent");
+  make.mutable_create()->set_dtype("|u1");
+  make.mutable_create()->add_shape(64);
+  make.mutable_create()->set_lifetime(wire::REFCOUNT);
+  Outcome made = Send(sender, make);
+  ASSERT_EQ(made.reply.code(), wire::OK);
+  std::uint64_t aid = made.reply.attach().attachment_id();
+
+  wire::Request next = make;
+  next.mutable_create()->set_name("next");
+  auto* t = next.add_tickets();
+  t->set_attachment_id(aid);
+  t->set_ticket(77);
+  auto* unknown = next.add_tickets();
+  unknown->set_attachment_id(aid + 1000);
+  unknown->set_ticket(78);
+  next.add_releases()->set_attachment_id(aid);
+  Outcome both = Send(sender, next);
+  ASSERT_EQ(both.reply.code(), wire::OK) << both.reply.message();
+  EXPECT_EQ(both.reply.attach().info().name(), "next");
+  ASSERT_TRUE(registry_.Find("lent").ok()) << "the release went before the ticket";
+  EXPECT_EQ(registry_.tickets_in_flight(), 1u);
+
+  Session receiver = Greeted();
+  wire::Request redeem;
+  redeem.mutable_attach()->set_name("lent");
+  redeem.mutable_attach()->set_access(wire::READ_ONLY);
+  redeem.mutable_attach()->set_ticket(77);
+  Outcome got = Send(receiver, redeem);
+  ASSERT_EQ(got.reply.code(), wire::OK) << got.reply.message();
+  EXPECT_EQ(registry_.tickets_in_flight(), 0u);
+  EXPECT_EQ(Attachments("lent"), 1u);
+
+  wire::Request r;
+  r.mutable_stats();
+  Outcome o = Send(sender, r);
+  std::map<std::string, std::uint64_t> req, err;
+  for (const auto& c : o.reply.stats().requests()) req[c.name()] = c.value();
+  for (const auto& c : o.reply.stats().errors()) err[c.name()] = c.value();
+  EXPECT_EQ(req["ticket"], 2u);
+  EXPECT_EQ(err["NOT_FOUND"], 1u);  // The unknown attachment's ticket.
 }
 
 TEST_F(RequestHandlerTest, ALongClientNameIsCutAtACharacterBoundary) {
