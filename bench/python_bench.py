@@ -25,8 +25,11 @@ same run (this VM is shared and noisy: absolute times drift by several times fro
    round trip (the create) where the other waits on two (create, unlink). A third row, "made
    ahead", does the same with a client of connect(ahead=True) (created once per run, in the
    parent), whose creates after the first wait on nothing: no waited round trip in the cycle.
-   For each size: the median time per item (µs), arrays/s, and the ratio of that time to
-   stdlib's and to the pickled-copy Pipe's (> 1: slower). Everything counts: make, fill,
+   For each size: the median time per item (µs), arrays/s, the ratio of that time to
+   stdlib's and to the pickled-copy Pipe's (> 1: slower), and the mean CPU time per item of
+   the producer, the consumer (process_time, asked between blocks) and the daemon
+   (/proc/PID/schedstat; only when that process is visible), which says where a cycle's time
+   goes when all of them share one CPU. Everything counts: make, fill,
    hand over, attach, read, answer, release. Each method has its own consumer; after 20
    untimed items each, the methods take turns in blocks of 25 items, so drifts of the machine
    hit them alike. Every answer is checked (fill values start at 1, so zeros never pass): a
@@ -69,7 +72,8 @@ Progress goes to stderr, Markdown tables (one per benchmark per placement) to st
 "placement", "where", "daemon", "churn-name": [rows], "churn-pickle": [rows], "seed": {"n",
 "runs": [{"run", "shmbroker_s", "stdlib_s", "ratio"}]}}]}, a churn row being {"size", "method"
 (shmbroker, shmbroker-refcount, shmbroker-ahead, stdlib, pickled-pipe, bare-pipe), "label", "items", "median_s", "q1_s", "q3_s",
-"per_s", "vs_stdlib", "vs_pickled_pipe"}.
+"per_s", "vs_stdlib", "vs_pickled_pipe", "cpu_producer_us", "cpu_consumer_us", "cpu_daemon_us"
+(None when the daemon's /proc is not readable)}.
 """
 
 import argparse
@@ -120,11 +124,14 @@ def pin(cpu):
 # Each gets (conn, cpu), pins itself, answers every message until None. Any exception is sent
 # back as ("error", text) so the producer's check fails loudly instead of waiting.
 
+_CPU = "cpu?"  # asks a consumer for its CPU time so far, between timed blocks
+
+
 def _serve(conn, cpu, handle):
     pin(cpu)
     try:
         while (msg := conn.recv()) is not None:
-            conn.send(handle(msg))
+            conn.send(time.process_time_ns() if type(msg) is str and msg == _CPU else handle(msg))
     except Exception as e:  # noqa: BLE001
         conn.send(("error", f"{type(e).__name__}: {e}"))
 
@@ -303,6 +310,7 @@ def bench_churn(which, items, cpu_child):
                 child.close()  # so a consumer that dies gives EOFError here, not a hang
                 procs.append((key, label, produce, parent, p))
             times = {key: [] for key, *_ in methods}
+            cpu = {key: [0, 0, 0] for key, *_ in methods}  # ns: producer, consumer, daemon
             v = 0
             for key, label, produce, conn, _ in procs:
                 for _ in range(warmup):
@@ -314,12 +322,18 @@ def bench_churn(which, items, cpu_child):
                 k = min(BLOCK, items - done)
                 for key, label, produce, conn, _ in procs:
                     t = times[key]
+                    conn.send(_CPU)
+                    c0 = (time.process_time_ns(), conn.recv(), daemon_cpu_ns())
                     for _ in range(k):
                         v += 1
                         t0 = time.perf_counter()
                         answer, expected = produce(conn, n, float(v))
                         t.append(time.perf_counter() - t0)
                         check(label, answer, expected)
+                    conn.send(_CPU)
+                    c1 = (time.process_time_ns(), conn.recv(), daemon_cpu_ns())
+                    for i, (a, b) in enumerate(zip(c0, c1)):
+                        cpu[key][i] += b - a if a is not None and b is not None else 0
                 done += k
         finally:
             for key, label, produce, conn, p in procs:
@@ -339,14 +353,42 @@ def bench_churn(which, items, cpu_child):
             q1, med, q3 = statistics.quantiles(times[key], n=4)
             med = statistics.median(times[key])
             by_key[key] = med
+            cpu_us = [c / items / 1e3 for c in cpu[key]]
             rows.append({"size": size, "method": key, "label": label, "items": items,
-                         "median_s": med, "q1_s": q1, "q3_s": q3, "per_s": 1.0 / med})
+                         "median_s": med, "q1_s": q1, "q3_s": q3, "per_s": 1.0 / med,
+                         "cpu_producer_us": cpu_us[0], "cpu_consumer_us": cpu_us[1],
+                         "cpu_daemon_us": cpu_us[2] if DAEMON_PID else None})
             print(f"  {which} {fmt_size(size):>7}  {label:<42} median {med * 1e6:8.1f} µs "
-                  f"(p25 {q1 * 1e6:.1f}, p75 {q3 * 1e6:.1f})", file=sys.stderr)
+                  f"(p25 {q1 * 1e6:.1f}, p75 {q3 * 1e6:.1f}); CPU µs per item: producer "
+                  f"{cpu_us[0]:.1f}, consumer {cpu_us[1]:.1f}, daemon {cpu_us[2]:.1f}",
+                  file=sys.stderr)
         for r in rows[-len(methods):]:
             r["vs_stdlib"] = r["median_s"] / by_key["stdlib"]
             r["vs_pickled_pipe"] = r["median_s"] / by_key["pickled-pipe"]
     return rows
+
+
+# The daemon's pid when its CPU time can be read (/proc/PID/schedstat: nanoseconds on a CPU), else
+# None. Set per placement by main().
+DAEMON_PID = None
+
+
+def daemon_cpu_ns():
+    if DAEMON_PID is None:
+        return None
+    try:
+        with open(f"/proc/{DAEMON_PID}/schedstat") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def set_daemon_pid(pid):
+    """Uses the daemon's pid from its hello when /proc shows that process (same pid namespace)."""
+    global DAEMON_PID
+    DAEMON_PID = pid
+    if daemon_cpu_ns() is None:
+        DAEMON_PID = None
 
 
 # --- Seed: one big array, a fresh child checks it -------------------------------------------------
@@ -533,11 +575,18 @@ def print_churn(which, rows, items, where):
     print(f"\n## {title} ({where})\n")
     print(f"Median per item over {items} items per size; ratios are time ÷ the peer's time "
           "(> 1: slower).\n")
-    print("| size | method | median µs | arrays/s | × stdlib | × pickled Pipe |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("CPU: mean CPU time per item of the producer, the consumer and the daemon (- when its "
+          "/proc is not readable).\n")
+    print("| size | method | median µs | arrays/s | × stdlib | × pickled Pipe | CPU µs "
+          "producer / consumer / daemon |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
+        d = r["cpu_daemon_us"]
+        cpu = (f"{r['cpu_producer_us']:.0f} / {r['cpu_consumer_us']:.0f} / "
+               f"{'-' if d is None else f'{d:.0f}'}")
         print(f"| {fmt_size(r['size'])} | {r['label']} | {r['median_s'] * 1e6:.1f} | "
-              f"{fmt_rate(r['per_s'])} | {r['vs_stdlib']:.2f} | {r['vs_pickled_pipe']:.2f} |")
+              f"{fmt_rate(r['per_s'])} | {r['vs_stdlib']:.2f} | {r['vs_pickled_pipe']:.2f} | "
+              f"{cpu} |")
 
 
 def print_seed(rows, n, where):
@@ -640,6 +689,7 @@ def main():
         try:
             server = shmbroker.default_client().server
             results["meta"]["daemon_version"] = server.version
+            set_daemon_pid(server.pid)
             if not results["placements"]:
                 GENERATED_NAMES = detect_generated_names()
                 results["meta"]["pickle_names"] = "generated" if GENERATED_NAMES else "unique"
