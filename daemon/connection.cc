@@ -60,10 +60,16 @@ void Connection::OnReadable() {
     Outcome outcome;
     switch (r.status) {
       case wire::RecvStatus::kWouldBlock:
+        if (hung_up_) return Finish();  // Nothing more can come from a closed peer.
         return WaitReadable();
       case wire::RecvStatus::kClosed:
         return Finish();
       case wire::RecvStatus::kError:
+        // Reported once when the client closed with replies unread; what it sent comes next.
+        if (r.error == ECONNRESET && !hung_up_) {
+          hung_up_ = true;
+          continue;
+        }
         if (r.error != ECONNRESET) {
           spdlog::warn("client {}: recvmsg: {}", session_.id, std::strerror(r.error));
         }
@@ -80,7 +86,8 @@ void Connection::OnReadable() {
         break;
     }
     if (outcome.deferred) {
-      awaiting_ = true;  // Complete() goes on from here.
+      if (hung_up_) return Finish();  // Nobody to answer once the wait ends.
+      awaiting_ = true;               // Complete() goes on from here.
       WatchHangup();
       return;
     }
@@ -112,6 +119,11 @@ void Connection::Complete(Outcome outcome) {
 }
 
 bool Connection::Reply(Outcome outcome) {
+  if (hung_up_) {
+    if (!outcome.close_connection) return true;
+    Finish();
+    return false;
+  }
   auto reply = std::make_unique<PendingReply>();
   if (!outcome.reply.SerializeToString(&reply->bytes)) {
     spdlog::error("client {}: cannot serialize a reply", session_.id);
@@ -137,6 +149,10 @@ bool Connection::SendPending() {
   }
   bool close = pending_->outcome.close_connection;
   pending_.reset();
+  if ((err == EPIPE || err == ECONNRESET) && !close) {
+    hung_up_ = true;  // Gone with this reply unread: apply what it sent before it went.
+    return true;
+  }
   if (err != 0) {
     if (err != EPIPE && err != ECONNRESET) {
       spdlog::warn("client {}: sendmsg: {}", session_.id, std::strerror(err));

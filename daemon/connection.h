@@ -65,6 +65,9 @@ class Connection : public std::enable_shared_from_this<Connection>, public Reply
   std::unique_ptr<PendingReply> pending_;  // Only while the socket is full.
   bool awaiting_ = false;                  // A deferred reply is outstanding.
   bool stopped_ = false;
+  // The client closed with replies unread (the kernel said ECONNRESET or EPIPE): the requests it
+  // sent before are still queued and are applied, their replies dropped, until end of file.
+  bool hung_up_ = false;
 };
 
 // Owns the live connections: counts them per uid, closes those that never say hello, and stops

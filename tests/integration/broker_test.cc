@@ -626,6 +626,38 @@ TEST(Broker, ReleasesRideOnTheNextRequest) {
   EXPECT_EQ(owner.Stat("r").status().code(), Code::kNotFound);
 }
 
+// A client may close with replies unread (pipelined requests it does not wait for). The kernel
+// then fails the daemon's next read once with ECONNRESET, and its replies with EPIPE, yet every
+// packet sent before the close is still queued: all of them are applied. Found by review: the
+// daemon closed at the first error, dropping pipelined releases and unlinks.
+TEST(Broker, RequestsSentBeforeACloseWithRepliesUnreadAreApplied) {
+  TestDaemon d;
+  Client watcher = d.MustConnect();
+  wire::Request create;
+  create.mutable_create()->set_dtype("|u1");
+  create.mutable_create()->add_shape(64);
+  wire::Request unlink;
+  for (int i = 0; i < 40; ++i) {
+    std::string name = "unread/" + std::to_string(i);
+    create.mutable_create()->set_name(name);
+    unlink.mutable_unlink()->set_name(name);
+    {
+      RawConnection raw(d.socket());
+      ASSERT_TRUE(raw.Hello());
+      ASSERT_EQ(raw.Send(create), 0);
+      if (i % 2 == 0) {
+        // Another connection sees it: the create's reply waits unread, the next read resets.
+        ASSERT_TRUE(Eventually([&] { return watcher.Stat(name).ok(); }));
+      }  // Else the daemon may read both after the close: its reply to the create fails.
+      ASSERT_EQ(raw.Send(unlink), 0);
+    }
+    EXPECT_TRUE(
+        Eventually([&] { return watcher.Stat(name).status().code() == Code::kNotFound; }, 3s))
+        << name << " outlived an unlink sent before its client closed";
+  }
+  EXPECT_EQ(watcher.List("unread/*")->size(), 0u);
+}
+
 // With pipeline_releases, dropping a Segment waits for nothing, yet the client's next request
 // finds every release applied: more than the pipeline holds, refcount segments included.
 TEST(Broker, PipelinedReleasesAreAppliedBeforeTheNextRequest) {
