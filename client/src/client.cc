@@ -464,6 +464,9 @@ Status ClientCore::Flush() {
 void ClientCore::ClientGone() {
   std::lock_guard lock(mu_);
   client_gone_ = true;
+  // Spares still in flight are given back too: read their replies first (due at once). The
+  // daemon holds a block attached at disconnect until the process exits, as it may be mapped.
+  if (!broken_ && !unread_.empty()) (void)DrainLocked();
   while (!spares_.empty()) DropSpareLocked(0);
   if (!broken_) (void)SendUnlinksLocked();
   if (!broken_) (void)SendQueuedLocked();

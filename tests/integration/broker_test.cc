@@ -883,6 +883,42 @@ TEST(Ahead, SparesMakeRoomAndGoWithTheClient) {
   }
 }
 
+// A Client that goes gives every spare back, one whose reply is still unread included, and the
+// releases it sends as it goes are applied: a long-lived process that makes short-lived Clients
+// holds nothing. Found by review: each Client left its spare held until the process exited.
+TEST(Ahead, ShortLivedClientsLeaveNothingHeld) {
+  TestDaemon d;
+  Client other = d.MustConnect();
+  auto held = [&](std::uint64_t segments) {
+    return Eventually(
+        [&] {
+          auto st = other.Stats();
+          return st.ok() && st->segments == segments && st->unlinked_segments == 0;
+        },
+        3s);
+  };
+  for (bool pipeline : {false, true}) {
+    for (int i = 0; i < 20; ++i) {
+      auto c = Client::Connect(
+          {.socket_path = d.socket(), .pipeline_releases = pipeline, .ahead = true});
+      ASSERT_TRUE(c.ok());
+      auto s = c->Create({.shape = {4096}, .lifetime = Lifetime::kRefcount});
+      ASSERT_TRUE(s.ok()) << s.status().ToString();
+    }
+    EXPECT_TRUE(held(0)) << "pipeline_releases " << pipeline;
+  }
+  // A segment that outlives its Client: the spare goes with the Client, it with itself.
+  std::optional<Segment> kept;
+  {
+    auto c = Client::Connect({.socket_path = d.socket(), .ahead = true});
+    ASSERT_TRUE(c.ok());
+    kept = c->Create({.shape = {4096}, .lifetime = Lifetime::kRefcount}).value();
+  }
+  EXPECT_TRUE(held(1));
+  kept.reset();
+  EXPECT_TRUE(held(0));
+}
+
 // ListUnlinked pages through them all, however many: each unlinked segment still held once.
 TEST(Broker, ListUnlinkedReturnsThemAllAcrossPages) {
   TestDaemon d;

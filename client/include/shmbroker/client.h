@@ -199,6 +199,8 @@ class Client {
 
   Client(Client&&) noexcept;
   Client& operator=(Client&&) noexcept;
+  // Gives back the spares (reading the replies of those still in flight) and sends the queued
+  // releases: the daemon keeps a block still attached at disconnect until the process exits.
   ~Client();
 
   // Creates a segment and maps it read-write. ALREADY_EXISTS if the name is taken;
