@@ -242,6 +242,24 @@ class Connection:
     def usable(self):
         return not self.broken and self.pid == os.getpid()
 
+    def hang_up(self):
+        """Closes, giving back first what this process no longer holds: the daemon keeps a block
+        attached at disconnect until the process exits (its arrays stay valid), so the queued
+        releases go, and the spares too, one still in flight once its reply is read (due at
+        once; a daemon that does not answer within a second is not waited for)."""
+        if self.usable():
+            try:
+                self.held = None
+                if self.unread:
+                    self.sock.settimeout(1.0)
+                    self._exchange([])
+                self.spares.clear()  # their arrays go: their releases are queued
+                self.spare_unlinks.clear()  # a connection's spares go with it anyway
+                self.send_releases()
+            except (Error, OSError):
+                pass
+        self.close()
+
     def close(self):
         self.broken = True
         sock, self.sock = self.sock, None

@@ -293,12 +293,13 @@ class Client:
             return self._connection().server
 
     def close(self):
-        """Closes the connection. Arrays stay valid; the daemon forgets this connection's
-        attachments. Further calls raise UnavailableError."""
+        """Closes the connection, after sending the releases still queued. Arrays stay valid;
+        the daemon forgets this connection's attachments. Further calls raise
+        UnavailableError."""
         with self._lock:
             self._closed = True
             if self._conn is not None:
-                self._conn.close()
+                self._conn.hang_up()
                 self._conn = None
 
     def __enter__(self):

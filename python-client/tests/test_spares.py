@@ -208,3 +208,30 @@ def test_a_pickled_arrays_ticket_rides_on_the_next_spares_create(rides):
         assert b.shape == (N,) and (b == i).all(), i
         del b
     c.close()
+
+
+@pytest.mark.parametrize("ahead", [True, False])
+def test_a_closed_client_leaves_nothing_held(ahead):
+    # close() sends the releases still queued and gives the spares back, one whose reply is
+    # still unread included, before it hangs up: the daemon keeps a block attached at
+    # disconnect until the process exits (its arrays stay valid), so a long-lived process that
+    # makes short-lived clients held one or two blocks per client. Found by review.
+    with private_daemon() as watcher:
+        for _ in range(20):
+            c = shmbroker.connect(watcher.socket_path, ahead=ahead)
+            a = c.create(None, 64, np.uint8, lifetime="refcount")
+            del a
+            c.close()
+
+        def nothing_held():
+            s = watcher.stats()
+            return s.segments == 0 and s.unlinked_segments == 0
+
+        assert eventually(nothing_held), watcher.stats()
+        # An array that outlives its client keeps its block, and only that.
+        c = shmbroker.connect(watcher.socket_path, ahead=ahead)
+        kept = c.create(None, 64, np.uint8, lifetime="refcount")
+        kept[:] = 9
+        c.close()
+        assert eventually(lambda: watcher.stats().unlinked_segments == 1)
+        assert watcher.stats().segments == 0 and (kept == 9).all()
