@@ -113,13 +113,17 @@ void Registry::SweepUnlinked() const {
 }
 
 Status Registry::ForEachUnlinked(std::string_view pattern, std::uint64_t start_after_id,
-                                 const std::function<bool(const SegmentEntry&)>& visit) const {
+                                 const std::function<bool(const SegmentEntry&)>& visit,
+                                 ScanBudget* budget, std::uint64_t* next_after_id) const {
   if (Status s = ValidatePattern(pattern); !s.ok()) return s;
   SweepUnlinked();
   for (auto it = unlinked_.upper_bound(start_after_id); it != unlinked_.end(); ++it) {
     auto s = it->second.lock();
-    if (!s || (!pattern.empty() && !GlobMatch(pattern, s->name()))) continue;
-    if (!visit(*s)) break;
+    if (s && (pattern.empty() || GlobMatch(pattern, s->name())) && !visit(*s)) break;
+    if (budget != nullptr && budget->Exhausted() && std::next(it) != unlinked_.end()) {
+      if (next_after_id != nullptr) *next_after_id = it->first;
+      break;
+    }
   }
   return Status::Ok();
 }

@@ -250,9 +250,13 @@ class Registry {
   // Unlinked segments whose memory is still in use (attached, mapped or in a reply in flight).
   Usage unlinked_in_use() const { return ledger_->unlinked(); }
   // Visits those whose names match `pattern` (all if empty) and whose ids are above
-  // `start_after_id`, in id order, while `visit` returns true.
+  // `start_after_id`, in id order, while `visit` returns true. With a `budget`, stops when it
+  // runs out and sets `*next_after_id` to the last id examined (left 0 when the scan finished or
+  // visit stopped).
   Status ForEachUnlinked(std::string_view pattern, std::uint64_t start_after_id,
-                         const std::function<bool(const SegmentEntry&)>& visit) const;
+                         const std::function<bool(const SegmentEntry&)>& visit,
+                         ScanBudget* budget = nullptr,
+                         std::uint64_t* next_after_id = nullptr) const;
   std::uint64_t max_memory() const { return options_.max_memory; }
 
   // --- The warm pool ---

@@ -618,21 +618,29 @@ Outcome RequestHandler::List(Session&, const wire::ListRequest& req) {
     bytes += info->ByteSizeLong() + 8;
     return true;
   };
+  ScanBudget budget;
   if (req.unlinked()) {
     std::uint64_t last = 0;
-    Status s = registry_.ForEachUnlinked(req.pattern(), req.start_after_id(),
-                                         [&](const SegmentEntry& seg) {
-                                           if (!add(seg, /*unlinked=*/true)) {
-                                             list->set_next_after_id(last);
-                                             return false;
-                                           }
-                                           last = seg.id();
-                                           return true;
-                                         });
+    std::uint64_t scanned_to = 0;
+    Status s = registry_.ForEachUnlinked(
+        req.pattern(), req.start_after_id(),
+        [&](const SegmentEntry& seg) {
+          if (!add(seg, /*unlinked=*/true)) {
+            list->set_next_after_id(last);
+            return false;
+          }
+          last = seg.id();
+          return true;
+        },
+        &budget, &scanned_to);
     if (!s.ok()) return Error(s);
+    if (scanned_to != 0) {  // Out of budget: the client goes on from there.
+      list->set_truncated(true);
+      list->set_next_after_id(scanned_to);
+      out.yield = true;
+    }
     return out;
   }
-  ScanBudget budget;
   std::string next_after;
   Status s = registry_.List(
       req.pattern(), req.start_after(),

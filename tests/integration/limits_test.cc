@@ -377,17 +377,25 @@ TEST(Limits, UnlinkedButHeldMemoryCountsUntilReallyReleased) {
 
 // Found: dry-run purges with 60 long glob patterns against 10,000 segments stalled every other
 // client for 11-14 s. Now patterns are capped, matched in linear time, and every scan stops at
-// its budget; another client's round trips stay fast meanwhile.
+// its budget; another client's round trips stay fast meanwhile. (Found later by review: the
+// listing of unlinked segments had no budget; 5,000 of them are in the flood now.)
 TEST(Limits, CostlyPatternsDoNotStallOtherClients) {
   TestDaemon d;
   Client root = d.MustConnect();
   const std::string stem = "victim/" + std::string(190, 'a') + "/";
+  std::vector<Segment> held;  // Half of them unlinked and still in use: ListUnlinked scans those.
   for (int i = 0; i < 10000; ++i) {
-    ASSERT_TRUE(root.Create({.name = stem + std::to_string(i), .shape = {1}}).ok());
+    auto s = root.Create({.name = stem + std::to_string(i), .shape = {1}});
+    ASSERT_TRUE(s.ok());
+    if (i % 2 == 0) continue;
+    held.push_back(std::move(s).value());
+    ASSERT_TRUE(root.Unlink(stem + std::to_string(i)).ok());
   }
   std::string costly;
   while (costly.size() + 2 < kMaxPatternBytesForTest) costly += "*a";
   costly += "b";  // Never matches: every star backtracks.
+  // One star and a long run: the star tries every place in the names' run of 'a's.
+  const std::string one_star = "*" + std::string(kMaxPatternBytesForTest - 2, 'a') + "b";
   HoldingChild hostile(
       [&](auto ready) {
         auto c = d.Connect("globber");
@@ -401,7 +409,10 @@ TEST(Limits, CostlyPatternsDoNotStallOtherClients) {
         // ready() never returns: the flood runs beside it until the child is killed.
         std::thread flood([&] {
           for (;;) {
-            if (!c->Purge(costly_purge).ok() || !c->List(costly).ok()) ::_exit(12);
+            if (!c->Purge(costly_purge).ok() || !c->List(costly).ok() ||
+                !c->ListUnlinked(one_star).ok()) {
+              ::_exit(12);
+            }
           }
         });
         flood.detach();
