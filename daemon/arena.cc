@@ -214,7 +214,8 @@ Result<std::shared_ptr<SharedRegion>> Arena::NewRegion(const ArenaKey& key, std:
 
 Result<Block> Arena::Allocate(const ArenaKey& key, std::uint64_t bytes,
                               const std::function<std::uint64_t()>& new_id) {
-  if (bytes == 0 || bytes > options_.region_bytes) {
+  // Zero bytes take the smallest block: a segment of its own would cost a descriptor for nothing.
+  if (bytes > options_.region_bytes) {
     return Status::Internal("a block of " + std::to_string(bytes) + " bytes from the arena");
   }
   int order = SharedRegion::OrderFor(bytes);
@@ -272,7 +273,7 @@ Result<Block> Arena::Claim(std::uint64_t id, const ArenaKey& key, std::uint64_t 
     return Status::FailedPrecondition("its region " + std::to_string(id) + " belongs to " +
                                       KeyText(r.key()) + ", not " + KeyText(key));
   }
-  if (bytes == 0 || bytes > r.size()) {
+  if (bytes > r.size()) {
     return Status::FailedPrecondition(std::to_string(bytes) + " bytes do not fit region " +
                                       std::to_string(id));
   }

@@ -268,7 +268,7 @@ std::size_t FdStore::Restore(std::vector<ListenFd>& fds, Registry& registry) {
         continue;
       }
       Status s = registry.RestoreShared(id, std::move(spec), owner, info.created_unix_ns(),
-                                        stored.region_id(), stored.offset());
+                                        stored.region_id(), stored.offset(), info.sealed());
       if (!s.ok()) {
         skip("'" + name + "': " + s.ToString());
         continue;

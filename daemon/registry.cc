@@ -324,7 +324,7 @@ Result<std::uint64_t> Registry::CheckRestored(const SegmentSpec& spec,
 
 Status Registry::RestoreShared(std::uint64_t id, SegmentSpec spec, const Credentials& owner,
                                std::int64_t created_unix_ns, std::uint64_t region_id,
-                               std::uint64_t offset) {
+                               std::uint64_t offset, bool sealed) {
   if (id == 0) return Status::InvalidArgument("segment id 0");
   auto nbytes = CheckRestored(spec, created_unix_ns);
   if (!nbytes.ok()) return nbytes.status();
@@ -336,6 +336,7 @@ Status Registry::RestoreShared(std::uint64_t id, SegmentSpec spec, const Credent
                                             std::move(region), created_unix_ns);
   seg->block_.emplace(std::move(block).value());
   seg->charge_.emplace(ledger_, owner.uid, *nbytes);
+  seg->sealed_ = sealed && *nbytes == 0;  // Only an empty block is sealed in place.
   segments_.emplace(std::move(name), seg);
   Track(seg);
   next_id_ = std::max({next_id_, id + 1, region_id + 1});
@@ -605,7 +606,12 @@ Result<std::shared_ptr<SegmentEntry>> Registry::Seal(std::string_view name,
         Quoted(name) + " has writable attachments in " + std::to_string(writers) + " other " +
         (writers == 1 ? "connection" : "connections") + "; they must release them first");
   }
-  if (s->shared()) {
+  if (s->shared() && s->nbytes() == 0) {
+    // No bytes to protect: it stays a block (memory of its own would cost a descriptor).
+    s->sealed_ = true;
+    if (options_.on_removed) options_.on_removed(*s);
+    if (options_.on_created) options_.on_created(*s);  // The store records it sealed.
+  } else if (s->shared()) {
     // A block's pages are shared with other segments and mapped writable by the daemon: the
     // bytes move to memory of their own, sealed before anyone maps it.
     auto memory = options_.make_memfd("shmbroker:" + s->name(), s->nbytes());

@@ -135,8 +135,9 @@ class Registry {
            r.pooled->state.load(std::memory_order_acquire) != PoolEntry::kReady;
   }
   // Whether a segment of `size` bytes goes in a shared region: then Commit it with CommitShared,
-  // which is quick (no memfd, no descriptor).
-  bool Shared(std::uint64_t size) const { return size > 0 && size <= options_.shared_max_bytes; }
+  // which is quick (no memfd, no descriptor). Zero bytes too, whatever --shared-max says: a memfd
+  // of its own would cost a descriptor and an fd store entry that no memory charge bounds.
+  bool Shared(std::uint64_t size) const { return size == 0 || size <= options_.shared_max_bytes; }
   Result<std::shared_ptr<SegmentEntry>> CommitShared(Reservation r);
   const RegistryOptions& options() const { return options_; }
 
@@ -144,9 +145,11 @@ class Registry {
   // through systemd's fd store). Checks the spec and that `fd` is a memfd of the right size.
   Status Restore(std::uint64_t id, SegmentSpec spec, const Credentials& owner,
                  std::int64_t created_unix_ns, UniqueFd fd);
-  // The same for a segment in a shared region (adopted first with arena().Adopt).
+  // The same for a segment in a shared region (adopted first with arena().Adopt); `sealed` as
+  // recorded (only an empty block can be: others move to memory of their own).
   Status RestoreShared(std::uint64_t id, SegmentSpec spec, const Credentials& owner,
-                       std::int64_t created_unix_ns, std::uint64_t region_id, std::uint64_t offset);
+                       std::int64_t created_unix_ns, std::uint64_t region_id, std::uint64_t offset,
+                       bool sealed = false);
   Arena& arena() { return arena_; }
   const Arena& arena() const { return arena_; }
 

@@ -480,6 +480,61 @@ TEST(SystemdSupervisor, LifetimesTtlAndSealsSurviveARestart) {
   ::close(go[0]);
 }
 
+// Found by review: a segment of zero bytes had a memfd of its own, so a descriptor in the daemon
+// and an entry in the fd store, at no charge: one user within its caps could fill the daemon's
+// file limit (other users' large creates were refused) or the store. Now it is a block of a
+// shared region, as any small segment: no descriptor of its own, restored from the journal.
+TEST(SystemdSupervisor, ZeroByteSegmentsHoldNoDescriptorOfTheirOwn) {
+  FakeSystemd sd;
+  sd.Start();
+  ASSERT_TRUE(sd.PumpUntil([&] { return sd.ready_; })) << "no READY=1";
+  constexpr int kEmpty = 300;
+  auto daemon_fds = [&] {
+    std::string dir = "/proc/" + std::to_string(sd.pid_) + "/fd";
+    return std::distance(std::filesystem::directory_iterator(dir),
+                         std::filesystem::directory_iterator());
+  };
+  {
+    auto client = sd.Connect();
+    ASSERT_TRUE(client.ok());
+    ASSERT_TRUE(client->Create({.name = "empty/first", .shape = {0}}).ok());
+    auto before = daemon_fds();
+    for (int i = 0; i < kEmpty; ++i) {
+      auto s = client->Create({.name = "empty/" + std::to_string(i), .shape = {4, 0}});
+      ASSERT_TRUE(s.ok()) << i << ": " << s.status().ToString();
+      EXPECT_EQ(s->size_bytes(), 0u);
+    }
+    EXPECT_LT(daemon_fds(), before + 10) << "a descriptor per empty segment";
+    auto seg = client->Attach("empty/7");
+    ASSERT_TRUE(seg.ok()) << seg.status().ToString();
+    EXPECT_EQ(seg->size_bytes(), 0u);
+    EXPECT_EQ(seg->info().shape, (std::vector<std::uint64_t>{4, 0}));
+    // Sealed, it stays a block: memory of its own would cost the descriptor again.
+    for (int i = 0; i < 100; ++i) ASSERT_TRUE(client->Seal("empty/" + std::to_string(i)).ok());
+    EXPECT_LT(daemon_fds(), before + 10) << "a descriptor per sealed empty segment";
+    EXPECT_TRUE(client->Stat("empty/0")->sealed);
+  }
+  ASSERT_TRUE(sd.PumpUntil([&] { return sd.Count("seg-") == 0 && sd.Stored().size() >= 1; }));
+  sd.Kill(SIGKILL);
+
+  sd.Start();
+  ASSERT_TRUE(sd.PumpUntil([&] { return sd.ready_; })) << "no READY=1 after restart";
+  auto client = sd.Connect();
+  ASSERT_TRUE(client.ok());
+  auto listed = client->List("empty/*");
+  ASSERT_TRUE(listed.ok());
+  EXPECT_EQ(listed->size(), static_cast<std::size_t>(kEmpty + 1));
+  EXPECT_TRUE(client->Stat("empty/0")->sealed);
+  EXPECT_FALSE(client->Stat("empty/200")->sealed);
+  EXPECT_EQ(client->Attach("empty/0", Access::kReadWrite).status().code(),
+            Code::kFailedPrecondition);
+  auto seg = client->Attach("empty/299", Access::kReadWrite);
+  ASSERT_TRUE(seg.ok()) << seg.status().ToString();
+  EXPECT_EQ(seg->size_bytes(), 0u);
+  ASSERT_TRUE(client->Unlink("empty/299").ok());
+  EXPECT_TRUE(client->Create({.name = "empty/299", .shape = {0}}).ok());
+}
+
 // memfd_create takes labels of at most 249 bytes: names of 240-255 bytes once failed to create
 // and names of 235-239 lost their metadata (and so their segment) at a restart.
 TEST(SystemdSupervisor, EveryNameLengthWorksAcrossARestart) {
