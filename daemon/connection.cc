@@ -120,6 +120,7 @@ void Connection::Complete(Outcome outcome) {
 
 bool Connection::Reply(Outcome outcome) {
   if (hung_up_) {
+    handler_.Undelivered(session_, outcome);
     if (!outcome.close_connection) return true;
     Finish();
     return false;
@@ -148,6 +149,7 @@ bool Connection::SendPending() {
     return false;
   }
   bool close = pending_->outcome.close_connection;
+  if (err == EPIPE || err == ECONNRESET) handler_.Undelivered(session_, pending_->outcome);
   pending_.reset();
   if ((err == EPIPE || err == ECONNRESET) && !close) {
     hung_up_ = true;  // Gone with this reply unread: apply what it sent before it went.

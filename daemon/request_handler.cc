@@ -57,7 +57,7 @@ void RequestHandler::Closed(Session& session) {
   std::vector<std::shared_ptr<SegmentEntry>> held;
   for (auto& [id, att] : session.attachments) {
     registry_.Detach(*att.segment, session.id, att.access);
-    if (att.segment->shared()) held.push_back(att.segment);
+    if (att.segment->shared() && att.delivered) held.push_back(att.segment);
   }
   session.attachments.clear();
   // A region of its own that goes to the warm pool once released must not be reused while this
@@ -72,6 +72,14 @@ void RequestHandler::Closed(Session& session) {
   sessions_.erase(session.id);
   if (fds_ != nullptr) fds_->ConnectionClosed();
   --clients_;
+}
+
+void RequestHandler::Undelivered(Session& session, const Outcome& out) {
+  if (out.reply.body_case() != wire::Reply::kAttach) return;
+  const wire::AttachReply& a = out.reply.attach();
+  auto it = session.attachments.find(a.attachment_id());
+  if (it != session.attachments.end()) it->second.delivered = false;
+  if (a.mapping().fd_attached()) session.regions_sent.erase(a.mapping().region_id());
 }
 
 Outcome RequestHandler::Error(const Status& status) {

@@ -37,6 +37,9 @@ class RequestHandler {
   void Opened(Session& session);
   // Releases everything the connection held.
   void Closed(Session& session);
+  // `out` was not sent: the client hung up first (see Connection). What it attached or sent is
+  // not held for that client at the close.
+  void Undelivered(Session& session, const Outcome& out);
 
   // Parses and answers one packet.
   Outcome Handle(Session& session, std::span<const std::byte> packet);

@@ -38,6 +38,9 @@ struct Session {
   struct Attachment {
     std::shared_ptr<SegmentEntry> segment;
     Access access;
+    // False when its reply was dropped (the client had hung up): the client never learned
+    // where it is, so nothing is held for it at the close.
+    bool delivered = true;
   };
   std::unordered_map<std::uint64_t, Attachment> attachments;
   std::uint64_t next_attachment_id = 1;

@@ -658,6 +658,35 @@ TEST(Broker, RequestsSentBeforeACloseWithRepliesUnreadAreApplied) {
   EXPECT_EQ(watcher.List("unread/*")->size(), 0u);
 }
 
+// Found by review: the segments those queued requests attached were then held until the
+// client's process exited, as if it might map them, though their replies never reached it.
+TEST(Broker, AttachmentsWhoseRepliesWereDroppedAreNotHeldPastTheClose) {
+  TestDaemon d;
+  Client watcher = d.MustConnect();
+  wire::Request create;
+  create.mutable_create()->set_dtype("|u1");
+  create.mutable_create()->add_shape(4096);
+  create.mutable_create()->set_lifetime(wire::REFCOUNT);
+  {
+    RawConnection raw(d.socket());
+    ASSERT_TRUE(raw.Hello());
+    ASSERT_EQ(::kill(d.pid(), SIGSTOP), 0);  // So that every create comes after the close.
+    for (int i = 0; i < 200; ++i) {
+      create.mutable_create()->set_name("dropped/" + std::to_string(i));
+      EXPECT_EQ(raw.Send(create), 0);
+    }
+  }
+  ASSERT_EQ(::kill(d.pid(), SIGCONT), 0);
+  EXPECT_TRUE(Eventually([&] { return watcher.Stats()->requests.at("create") == 200; }, 5s));
+  EXPECT_TRUE(Eventually(
+      [&] {
+        auto st = watcher.Stats();
+        return st.ok() && st->segments == 0 && st->unlinked_segments == 0 && st->bytes_held == 0;
+      },
+      5s))
+      << watcher.Stats()->unlinked_segments << " unlinked segments still held";
+}
+
 // With pipeline_releases, dropping a Segment waits for nothing, yet the client's next request
 // finds every release applied: more than the pipeline holds, refcount segments included.
 TEST(Broker, PipelinedReleasesAreAppliedBeforeTheNextRequest) {
