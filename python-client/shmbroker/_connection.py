@@ -247,18 +247,19 @@ class Connection:
         attached at disconnect until the process exits (its arrays stay valid), so the queued
         releases go, and the spares too, one still in flight once its reply is read (due at
         once; a daemon that does not answer within a second is not waited for)."""
-        if self.usable():
-            try:
+        try:
+            if self.usable():
                 self.held = None
+                self.sock.settimeout(1.0)
                 if self.unread:
-                    self.sock.settimeout(1.0)
                     self._exchange([])
                 self.spares.clear()  # their arrays go: their releases are queued
                 self.spare_unlinks.clear()  # a connection's spares go with it anyway
                 self.send_releases()
-            except (Error, OSError):
-                pass
-        self.close()
+        except Exception:  # noqa: BLE001 (closing whatever happened: a late reply's warning
+            pass  # made an error, a daemon that does not answer)
+        finally:
+            self.close()
 
     def close(self):
         self.broken = True
@@ -344,11 +345,21 @@ class Connection:
                 raise self._lost(f"lost the connection to the daemon: {e.strerror or e}") from None
             self.close()  # e.g. KeyboardInterrupt between a request and its reply
             raise
+        # Each handled even if one raises (a warning made an error): the spares' descriptors
+        # are closed, and the first error is raised after.
+        raised = None
         for kind, data, fds in late:
-            if kind[0] == "spare":
-                self._spare_arrived(kind[1], data, fds)
-            else:
-                _check_fast_attach(kind[2], data)
+            try:
+                if kind[0] == "spare":
+                    self._spare_arrived(kind[1], data, fds)
+                else:
+                    _check_fast_attach(kind[2], data)
+            except Exception as e:  # noqa: BLE001
+                raised = raised or e
+        if raised is not None:
+            for _, fds in replies:
+                close_fds(fds)
+            raise raised
         return replies
 
     def _refusal(self):

@@ -379,3 +379,24 @@ def test_a_fast_attach_carries_no_descriptor(producer):
     send(d)
     assert reply().code == pb.OK
     del keep
+
+
+def test_close_hangs_up_even_when_a_late_reply_warns_as_an_error(producer):
+    # close() reads the replies still due. Found by review: a failed fast attach's warning, made
+    # an error, escaped close() and left the connection open, its releases unsent.
+    _testing.reset_default_client()
+    keep = shmbroker.create(None, N, lifetime="refcount")  # the receiver maps the region
+    a = producer.create(None, N, lifetime="refcount")
+    a[:] = 7
+    blob = ForkingPickler.dumps(a)
+    b = pickle.loads(blob)  # at once; redeems the ticket
+    producer.unlink(shmbroker.segment_name(a))
+    again = pickle.loads(blob)  # at once again, but the ticket is spent and the name gone
+    assert (b == 7).all() and again.shape == (N,)
+    conn = _testing.connection()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        shmbroker.default_client().close()  # does not raise
+    assert not _testing.connection_is_open(conn)
+    del keep, b, again
+    _testing.reset_default_client()
