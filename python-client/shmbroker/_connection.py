@@ -246,11 +246,14 @@ class Connection:
         """Closes, giving back first what this process no longer holds: the daemon keeps a block
         attached at disconnect until the process exits (its arrays stay valid), so the queued
         releases go, and the spares too, one still in flight once its reply is read (due at
-        once; a daemon that does not answer within a second is not waited for)."""
+        once, or within the second that a received array's attach may wait for its ticket; a
+        daemon silent for longer is not waited for)."""
         try:
             if self.usable():
                 self.held = None
-                self.sock.settimeout(1.0)
+                # Above the daemon's 1 s wait for a late ticket: giving up on that attach would
+                # leave its array, already in use, unheld.
+                self.sock.settimeout(3.0)
                 if self.unread:
                     self._exchange([])
                 self.spares.clear()  # their arrays go: their releases are queued
