@@ -59,6 +59,7 @@ SharedRegion::SharedRegion(std::uint64_t id, ArenaKey key, UniqueFd fd, std::uin
       top_(std::countr_zero(size)),
       map_(static_cast<std::byte*>(map)) {
   resident_.assign((size + kPage * 64 - 1) / (kPage * 64), 0);
+  small_in_page_.assign((size + kPage - 1) / kPage, 0);
   free_[top_].insert(0);
 }
 
@@ -108,6 +109,7 @@ Result<std::uint64_t> SharedRegion::Allocate(int order) {
     if (Fallocate(region_->memfd(), 0, offset, length) != 0) {
       int err = errno;
       allocated_ += length;  // Free() takes it off again (no client saw it: nothing to zero).
+      Account(offset, order, +1);
       Free(offset, order);
       return Status::ResourceExhausted("cannot reserve " + std::to_string(length) +
                                        " bytes: " + std::strerror(err));
@@ -115,6 +117,8 @@ Result<std::uint64_t> SharedRegion::Allocate(int order) {
     MarkResident(offset, length, true);
   }
   allocated_ += length;
+  Account(offset, order, +1);
+  Reaccount();
   return offset;
 }
 
@@ -149,6 +153,8 @@ Status SharedRegion::Take(std::uint64_t offset, int order) {
   }
   MarkResident(offset, length, true);  // Its bytes came back with it.
   allocated_ += length;
+  Account(offset, order, +1);
+  Reaccount();
   return Status::Ok();
 }
 
@@ -161,7 +167,9 @@ void SharedRegion::StopReuse(std::function<void()> on_empty) {
 void SharedRegion::Free(std::uint64_t offset, int order) {
   const std::uint64_t freed = offset, freed_length = std::uint64_t{1} << order;
   allocated_ -= freed_length;
+  Account(offset, order, -1);
   if (!reuse_) {
+    Reaccount();
     if (allocated_ == 0 && on_empty_) std::exchange(on_empty_, nullptr)();
     return;
   }
@@ -185,6 +193,54 @@ void SharedRegion::Free(std::uint64_t offset, int order) {
     std::memset(map_ + freed, 0, freed_length);
   }
   free_[order].insert(offset);
+  Reaccount();
+}
+
+void SharedRegion::Account(std::uint64_t offset, int order, int delta) {
+  std::uint64_t length = std::uint64_t{1} << order;
+  if (length >= kPage) {
+    large_allocated_ = delta > 0 ? large_allocated_ + length : large_allocated_ - length;
+    return;
+  }
+  std::uint8_t& n = small_in_page_[offset / kPage];
+  if (delta > 0 && n++ == 0) ++partial_pages_;
+  if (delta < 0 && --n == 0) --partial_pages_;
+}
+
+void SharedRegion::Reaccount() {
+  std::uint64_t used = large_allocated_ + partial_pages_ * kPage;
+  std::uint64_t now = resident_bytes_ > used ? resident_bytes_ - used : 0;
+  if (now == overhead_) return;
+  if (overhead_sink_) {
+    overhead_sink_(key_.uid, static_cast<std::int64_t>(now) - static_cast<std::int64_t>(overhead_));
+  }
+  overhead_ = now;
+}
+
+std::uint64_t SharedRegion::Trim() {
+  if (!reuse_) return 0;  // Its freed blocks are never touched (see StopReuse).
+  std::uint64_t released = 0;
+  for (int order = kMinOrder; order <= top_; ++order) {
+    std::uint64_t length = std::uint64_t{1} << order;
+    for (std::uint64_t offset : free_[order]) {
+      // The whole pages inside the free block; a page that a live block shares stays.
+      std::uint64_t lo = (offset + kPage - 1) / kPage * kPage,
+                    hi = (offset + length) / kPage * kPage;
+      for (std::uint64_t p = lo; p < hi; p += kPage) {
+        if (!Resident(p, kPage)) continue;
+        std::uint64_t end = p + kPage;  // Runs of resident pages in one call.
+        while (end < hi && Resident(end, kPage)) end += kPage;
+        if (Fallocate(region_->memfd(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, p, end - p) ==
+            0) {
+          MarkResident(p, end - p, false);
+          released += end - p;
+        }
+        p = end - kPage;
+      }
+    }
+  }
+  Reaccount();
+  return released;
 }
 
 Arena::Arena(ArenaOptions options) : options_(std::move(options)) {
@@ -205,6 +261,7 @@ Result<std::shared_ptr<SharedRegion>> Arena::NewRegion(const ArenaKey& key, std:
   if (::fchmod(fd.get(), 0600) != 0) return PosixError("fchmod", errno);
   auto region = SharedRegion::Make(id, key, std::move(fd), options_.region_bytes);
   if (!region.ok()) return region.status();
+  Watch(**region);
   regions_[key].push_back(*region);
   by_id_.emplace(id, *region);
   spdlog::debug("new shared region {} for {}", id, KeyText(key));
@@ -265,6 +322,7 @@ Result<Block> Arena::Claim(std::uint64_t id, const ArenaKey& key, std::uint64_t 
     auto region = SharedRegion::Make(id, key, std::move(a->second.first), a->second.second);
     adopted_.erase(a);
     if (!region.ok()) return region.status();
+    Watch(**region);
     regions_[key].push_back(*region);
     it = by_id_.emplace(id, *region).first;
   }
@@ -300,7 +358,13 @@ void Arena::RetireAdopted(std::function<void(std::uint64_t)> on_dropped) {
     r.StopReuse([this, id, on_dropped] {
       auto it = by_id_.find(id);
       if (it == by_id_.end()) return;
-      auto& list = regions_[it->second->key()];
+      SharedRegion& gone = *it->second;
+      auto& owner = overhead_[gone.key().uid];  // Nothing of it is the daemon's to hold now.
+      owner -= std::min(owner, gone.overhead());
+      overhead_total_ -= std::min(overhead_total_, gone.overhead());
+      if (owner == 0) overhead_.erase(gone.key().uid);
+      gone.set_overhead_sink(nullptr);
+      auto& list = regions_[gone.key()];
       std::erase(list, it->second);
       by_id_.erase(it);
       if (on_dropped) on_dropped(id);
@@ -312,7 +376,30 @@ void Arena::Freeze() {
   for (auto& entry : by_id_) entry.second->StopReuse(nullptr);
 }
 
-Arena::~Arena() { Freeze(); }
+Arena::~Arena() {
+  Freeze();
+  // Blocks may outlive the arena (segments still held): their regions report no more.
+  for (auto& entry : by_id_) entry.second->set_overhead_sink(nullptr);
+}
+
+void Arena::Watch(SharedRegion& region) {
+  region.set_overhead_sink([this](std::uint32_t uid, std::int64_t delta) {
+    std::uint64_t& mine = overhead_[uid];
+    mine = static_cast<std::uint64_t>(static_cast<std::int64_t>(mine) + delta);
+    overhead_total_ =
+        static_cast<std::uint64_t>(static_cast<std::int64_t>(overhead_total_) + delta);
+    if (mine == 0) overhead_.erase(uid);
+  });
+}
+
+std::uint64_t Arena::Trim(std::optional<std::uint32_t> uid) {
+  std::uint64_t released = 0;
+  for (auto& [key, list] : regions_) {
+    if (uid && key.uid != *uid) continue;
+    for (auto& region : list) released += region->Trim();
+  }
+  return released;
+}
 
 Arena::Totals Arena::totals() const {
   Totals t;

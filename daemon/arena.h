@@ -59,6 +59,16 @@ class SharedRegion {
   const std::byte* data() const { return map_; }
   // Bytes of memory the region holds now (its reserved pages, free or not).
   std::uint64_t resident() const;
+  // Reserved whole pages that no block handed out touches: free memory kept for reuse, which
+  // Trim() can give back. Charged to the region's owner (see Arena::overhead). A page that holds
+  // a block smaller than a page is not: that is the price of the block, at most a page.
+  std::uint64_t overhead() const { return overhead_; }
+  // Told of each change of overhead() (the difference), until reset.
+  void set_overhead_sink(std::function<void(std::uint32_t uid, std::int64_t delta)> sink) {
+    overhead_sink_ = std::move(sink);
+  }
+  // Gives every whole free page back to the kernel, below kPunchMinBytes too. Returns the bytes.
+  std::uint64_t Trim();
 
   static int OrderFor(std::uint64_t bytes);
 
@@ -96,6 +106,9 @@ class SharedRegion {
   // Whether every page of [offset, offset + length) is reserved.
   bool Resident(std::uint64_t offset, std::uint64_t length) const;
   void MarkResident(std::uint64_t offset, std::uint64_t length, bool resident);
+  // Counts a block handed out (+1) or back (-1) in the pages it touches.
+  void Account(std::uint64_t offset, int order, int delta);
+  void Reaccount();
   // Free blocks by order (offsets). Their reserved pages hold zeros.
   std::array<std::set<std::uint64_t>, kMaxOrder + 1> free_;
   // One bit per page: reserved and not punched since; and their bytes.
@@ -110,6 +123,11 @@ class SharedRegion {
   std::uint64_t allocated_ = 0;
   bool reuse_ = true;
   std::function<void()> on_empty_;
+  std::uint64_t overhead_ = 0;
+  std::function<void(std::uint32_t, std::int64_t)> overhead_sink_;
+  std::uint64_t large_allocated_ = 0;        // Bytes in blocks of a page or more.
+  std::vector<std::uint8_t> small_in_page_;  // Blocks under a page, per page (64 at most).
+  std::uint64_t partial_pages_ = 0;          // Pages with at least one of them.
 };
 
 // A segment's block; gives itself back to its region when destroyed. Move-only.
@@ -180,6 +198,16 @@ class Arena {
     std::uint64_t allocated = 0;  // Of it, in blocks handed out.
   };
   Totals totals() const;
+  // Reserved bytes in `uid`'s regions that no block holds (SharedRegion::overhead), and in all
+  // regions: the caps count them, since the daemon holds that memory for the user.
+  std::uint64_t overhead(std::uint32_t uid) const {
+    auto it = overhead_.find(uid);
+    return it == overhead_.end() ? 0 : it->second;
+  }
+  std::uint64_t overhead() const { return overhead_total_; }
+  // Gives the whole free pages of `uid`'s regions (of every region when nullopt) back to the
+  // kernel: before a create is refused for a cap. Returns the bytes.
+  std::uint64_t Trim(std::optional<std::uint32_t> uid);
   // Told of each new region (not of adopted ones), e.g. to store it in systemd's fd store.
   std::function<void(const SharedRegion&)> on_region;
 
@@ -190,6 +218,9 @@ class Arena {
   std::map<ArenaKey, std::vector<std::shared_ptr<SharedRegion>>> regions_;
   std::map<std::uint64_t, std::shared_ptr<SharedRegion>> by_id_;
   std::map<std::uint64_t, std::pair<UniqueFd, std::uint64_t>> adopted_;  // Not yet claimed.
+  void Watch(SharedRegion& region);
+  std::map<std::uint32_t, std::uint64_t> overhead_;
+  std::uint64_t overhead_total_ = 0;
 };
 
 }  // namespace shmbroker::daemon

@@ -82,13 +82,18 @@ Status Registry::CheckQuota(std::uint32_t uid, const std::string& name, std::uin
                                      " segments, its --max-segments-per-user " +
                                      std::to_string(options_.max_segments_per_user));
   }
+  // The free memory kept in its shared regions is held for it too: charged, or one user could
+  // fragment them past any cap.
+  std::uint64_t kept = arena_.overhead(uid);
+  std::uint64_t held = u.bytes + kept;
   if (options_.max_memory_per_user != 0 &&
-      (size > options_.max_memory_per_user || u.bytes > options_.max_memory_per_user - size)) {
+      (size > options_.max_memory_per_user || held > options_.max_memory_per_user - size)) {
     refusals_.Count(Limit::kMemoryPerUser);
-    return Status::ResourceExhausted("creating " + Quoted(name) + " needs " + HumanBytes(size) +
-                                     "; uid " + std::to_string(uid) + " holds " +
-                                     HumanBytes(u.bytes) + " of its --max-memory-per-user " +
-                                     HumanBytes(options_.max_memory_per_user));
+    return Status::ResourceExhausted(
+        "creating " + Quoted(name) + " needs " + HumanBytes(size) + "; uid " + std::to_string(uid) +
+        " holds " + HumanBytes(held) +
+        (kept != 0 ? " (" + HumanBytes(kept) + " of it free in its shared regions)" : "") +
+        " of its --max-memory-per-user " + HumanBytes(options_.max_memory_per_user));
   }
   return Status::Ok();
 }
@@ -157,6 +162,10 @@ Result<Registry::Reservation> Registry::Reserve(SegmentSpec spec, const Credenti
   if (!nbytes.ok()) return nbytes.status();
   if (Status s = CheckNamespace(spec.name, creds); !s.ok()) return s;
   std::uint64_t size = *nbytes;
+  if (options_.max_memory_per_user != 0 && creds.uid != 0 &&
+      UsageOf(creds.uid).bytes + arena_.overhead(creds.uid) + size > options_.max_memory_per_user) {
+    arena_.Trim(creds.uid);  // Its regions' free pages go first.
+  }
   if (Status s = CheckQuota(creds.uid, spec.name, size); !s.ok()) return s;
   // Pooled memory of the same class and size (or never handed out), taken out of the pool now:
   // its bytes move from the pool to the new segment.
@@ -164,12 +173,13 @@ Result<Registry::Reservation> Registry::Reserve(SegmentSpec spec, const Credenti
   if (!Shared(size) && size > 0) pooled = pool_->Take({creds.uid, creds.gid, spec.mode}, size);
   if (options_.max_memory != 0) {
     MakeRoom(size);  // The pool counts against --max-memory too, and goes first.
-    if (size > options_.max_memory - std::min(bytes_held(), options_.max_memory)) {
+    std::uint64_t held = bytes_held() + arena_.overhead();
+    if (size > options_.max_memory - std::min(held, options_.max_memory)) {
       pool_->Return(std::move(pooled));
       refusals_.Count(Limit::kMaxMemory);
       return Status::ResourceExhausted("creating " + Quoted(spec.name) + " needs " +
                                        std::to_string(size) + " bytes; the daemon holds " +
-                                       std::to_string(bytes_held()) + " of its --max-memory " +
+                                       std::to_string(held) + " of its --max-memory " +
                                        std::to_string(options_.max_memory));
     }
   }
@@ -206,9 +216,11 @@ Result<Registry::Reservation> Registry::Reserve(SegmentSpec spec, const Credenti
 }
 
 std::uint64_t Registry::MakeRoom(std::uint64_t bytes) {
-  std::uint64_t total = bytes_held() + pool_->bytes() + bytes;
-  if (options_.max_memory == 0 || total <= options_.max_memory || pool_->bytes() == 0) return 0;
-  return pool_->Evict(total - options_.max_memory).bytes;
+  auto total = [&] { return bytes_held() + arena_.overhead() + pool_->bytes() + bytes; };
+  if (options_.max_memory == 0 || total() <= options_.max_memory) return 0;
+  std::uint64_t released = arena_.Trim(std::nullopt);  // Free pages of the shared regions first.
+  if (total() <= options_.max_memory || pool_->bytes() == 0) return released;
+  return released + pool_->Evict(total() - options_.max_memory).bytes;
 }
 
 std::uint64_t Registry::RelievePressure() {
