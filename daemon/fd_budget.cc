@@ -45,8 +45,20 @@ bool FdBudget::MayAccept(std::uint32_t uid) const {
   return in_use() + 1 <= ceiling;
 }
 
+std::uint64_t FdBudget::per_user() const {
+  return std::max<std::uint64_t>(kFloor, (limit_ - std::min(limit_, reserve_)) / 4);
+}
+
 Status FdBudget::MayOpen(std::uint32_t uid, std::uint64_t n) const {
   std::uint64_t ceiling = uid == 0 ? limit_ - std::min(limit_, kFloor) : limit_ - reserve_;
+  if (uid != 0 && Region::open_fds_of(uid) + n > per_user()) {
+    return Status::ResourceExhausted(
+        "uid " + std::to_string(uid) + " holds " + std::to_string(Region::open_fds_of(uid)) +
+        " of the daemon's descriptors for its segments, the most one user may (a quarter of " +
+        "its open-file limit " + std::to_string(limit_) +
+        " below the reserve); unlink segments it does not need, or use smaller ones (small "
+        "segments share descriptors)");
+  }
   if (in_use() + n <= ceiling) return Status::Ok();
   return Status::ResourceExhausted(
       "the daemon is near its limit of open files (" + std::to_string(in_use()) + " of " +

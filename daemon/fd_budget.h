@@ -24,8 +24,12 @@ class FdBudget {
   // Whether a new connection of `uid` may be taken: everyone below the reserve, root into it (but
   // not the last few, kept to refuse politely).
   bool MayAccept(std::uint32_t uid) const;
-  // OK when `uid` may open `n` more descriptors for segment memory; RESOURCE_EXHAUSTED otherwise.
+  // OK when `uid` may open `n` more descriptors for segment memory; RESOURCE_EXHAUSTED otherwise:
+  // past the reserve, or past per_user() for its own segments (root is exempt), so that one user
+  // cannot take the descriptors everyone else's large segments need.
   Status MayOpen(std::uint32_t uid, std::uint64_t n) const;
+  // A quarter of what is below the reserve.
+  std::uint64_t per_user() const;
 
   void ConnectionOpened() { ++connections_; }
   void ConnectionClosed() { --connections_; }

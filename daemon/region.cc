@@ -5,6 +5,7 @@
 namespace shmbroker::daemon {
 
 std::size_t Region::open_fds_ = 0;
+std::map<std::uint32_t, std::size_t> Region::open_fds_by_owner_;
 std::uint64_t Region::huge_total_ = 0;
 
 void Region::set_huge_bytes(std::uint64_t bytes) {
@@ -24,7 +25,7 @@ Region::~Region() {
   if (ledger_) ledger_->Release(owner_, size_, retired_);
   if (recycler_) {
     UniqueFd fd = kept_ ? std::move(kept_) : std::move(rw_);
-    if (fd) --open_fds_;
+    if (fd) CountFds(-1);  // The pool's from now on.
     Set(ro_, UniqueFd());
     Set(rw_, UniqueFd());
     if (fd) recycler_(std::move(fd), size_, huge_bytes_);
@@ -66,9 +67,16 @@ void Region::Pin::Release() {
 }
 
 void Region::Set(UniqueFd& slot, UniqueFd fd) {
-  if (slot) --open_fds_;
-  if (fd) ++open_fds_;
+  if (slot) CountFds(-1);
+  if (fd) CountFds(+1);
   slot = std::move(fd);
+}
+
+void Region::CountFds(int delta) {
+  open_fds_ += delta;
+  std::size_t& mine = open_fds_by_owner_[owner_];
+  mine += delta;
+  if (mine == 0) open_fds_by_owner_.erase(owner_);
 }
 
 Result<int> Region::Fd(Access access) {

@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 
 #include "common/unique_fd.h"
@@ -68,14 +69,20 @@ class Region {
   void clear_recycler();
   bool recyclable() const { return static_cast<bool>(recycler_); }
 
-  // Descriptors all regions hold now (for the daemon's fd budget).
+  // Descriptors all regions hold now (for the daemon's fd budget), and those of the regions of
+  // `owner`'s own segments (shared regions count as uid 0's: a few per user at most).
   static std::size_t open_fds() { return open_fds_; }
+  static std::size_t open_fds_of(std::uint32_t owner) {
+    auto it = open_fds_by_owner_.find(owner);
+    return it == open_fds_by_owner_.end() ? 0 : it->second;
+  }
   // Of its memory, how much is backed by 2 MiB pages; and over all regions alive now.
   void set_huge_bytes(std::uint64_t bytes);
   static std::uint64_t huge_bytes_total() { return huge_total_; }
 
  private:
   void Set(UniqueFd& slot, UniqueFd fd);
+  void CountFds(int delta);
 
   const std::uint64_t id_;
   const std::uint64_t size_;
@@ -88,6 +95,7 @@ class Region {
   int pins_ = 0;
   std::uint64_t huge_bytes_ = 0;
   static std::size_t open_fds_;  // The event loop's thread only.
+  static std::map<std::uint32_t, std::size_t> open_fds_by_owner_;
   static std::uint64_t huge_total_;
 };
 

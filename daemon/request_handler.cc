@@ -533,6 +533,13 @@ void RequestHandler::Reschedule() {
 }
 
 Outcome RequestHandler::Seal(Session& session, const wire::SealRequest& req) {
+  if (fds_ != nullptr) {
+    auto found = registry_.Find(req.name());
+    if (found.ok() && (*found)->shared() && (*found)->nbytes() > 0 && !(*found)->sealed()) {
+      // Its bytes move to memory of its own: descriptors, counted as its owner's.
+      if (Status s = fds_->MayOpen((*found)->uid(), 2); !s.ok()) return Error(s);
+    }
+  }
   auto seg = registry_.Seal(req.name(), session.creds, session.id);
   if (!seg.ok()) return Error(seg.status());
   spdlog::info("sealed '{}' by uid {} pid {}", Escaped(req.name()), session.creds.uid,

@@ -223,6 +223,61 @@ TEST(Limits, NearTheFileLimitOthersAreRefusedPromptlyAndRootStillWorks) {
       [&] { return RunInChild([&] { return d.Connect().ok() ? 0 : 1; }, kNobody) == 0; }));
 }
 
+// Found by review: segments with memory of their own (large, or small and sealed; once also
+// empty ones) hold descriptors, and one user within its memory caps could take all the daemon
+// had: other users' large creates were refused. One user now gets a quarter of what is below the
+// reserve.
+TEST(Limits, OneUserCannotTakeTheDescriptorsOthersNeed) {
+  TestDaemon d(DaemonOptions{.nofile_soft = 512, .nofile_hard = 512});
+  HoldingChild hostile(
+      [&](auto ready) {
+        auto c = d.Connect("hoarder");
+        if (!c.ok()) return 2;
+        std::vector<Segment> held;
+        for (int i = 0; i < 1000; ++i) {
+          std::string name = "hoard/" + std::to_string(i);
+          auto s = c->Create({.name = name, .shape = {64}});
+          // Sealed, it has memory of its own: a descriptor (two once read-only attached).
+          Status st = s.ok() ? c->Seal(name).status() : s.status();
+          if (st.ok()) {
+            held.push_back(std::move(s).value());
+            continue;
+          }
+          if (st.code() != Code::kResourceExhausted ||
+              st.message().find("the most one user may") == std::string::npos) {
+            ADD_FAILURE() << st.ToString();
+            return 3;
+          }
+          // A quarter of the 480 below the reserve.
+          if (held.size() < 60 || held.size() > 120) {
+            ADD_FAILURE() << "refused after " << held.size() << " sealed segments";
+            return 4;
+          }
+          ready();
+          return 0;
+        }
+        return 5;  // Never refused.
+      },
+      kNobody);
+  ASSERT_TRUE(hostile.ready());
+  // Another user (not root) still makes segments of their own.
+  EXPECT_EQ(
+      RunInChild(
+          [&] {
+            auto c = d.Connect("other");
+            if (!c.ok()) return 1;
+            for (int i = 0; i < 20; ++i) {
+              if (!c->Create({.name = "other/" + std::to_string(i), .shape = {2 << 20}}).ok()) {
+                return 2;
+              }
+            }
+            return 0;
+          },
+          4242),
+      0);
+  ASSERT_TRUE(hostile.Kill());
+}
+
 TEST(Limits, AttachmentsPerConnectionAreCapped) {
   TestDaemon d({"--max-attachments-per-connection", "50"});
   Client root = d.MustConnect();
