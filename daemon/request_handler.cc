@@ -406,6 +406,10 @@ Outcome RequestHandler::Attach(Session& session, const wire::AttachRequest& req)
   if ((absent || unsealed) && req.wait_ms() > 0) return Wait(session, req);
   if (!seg.ok()) return Error(seg.status());
   if (unsealed) return Error(Status::FailedPrecondition(Quoted(req.name()) + " is not sealed"));
+  if (req.expect_region_id() != 0 && !(*seg)->IsAt(req.expect_region_id(), req.expect_offset())) {
+    return Error(Status::NotFound(Quoted(req.name()) +
+                                  " is no longer the segment whose bytes the caller reads"));
+  }
   if (req.has_owner_uid() && (*seg)->uid() != req.owner_uid()) {
     return Error(Status::PermissionDenied(
         "'" + req.name() + "' is owned by uid " + std::to_string((*seg)->uid()) + ", not uid " +

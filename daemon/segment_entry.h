@@ -63,6 +63,14 @@ class SegmentEntry {
   std::uint64_t offset() const { return block_ ? block_->offset() : 0; }
   // In a shared region (else the region is its own).
   bool shared() const { return block_.has_value(); }
+  // Whether its bytes are, or were until a seal moved them, at `offset` of shared region
+  // `region_id`.
+  bool IsAt(std::uint64_t region_id, std::uint64_t offset) const {
+    auto at = [&](const std::optional<Block>& b) {
+      return b && b->shared_region()->region()->id() == region_id && b->offset() == offset;
+    };
+    return at(block_) || at(old_block_);
+  }
   // The segment lost its name: its memory counts as unlinked until released, and a region of its
   // own closes its descriptors.
   void Retire();

@@ -591,7 +591,9 @@ class Connection:
             return None
         self.next_client_id += 1
         aid = (1 << 63) | self.next_client_id
-        payload = encode_attach(name, writable, ticket=ticket, attachment_id=aid, by_ticket=True)
+        # The daemon attaches only the segment at that place: the name may mean another by now.
+        payload = encode_attach(name, writable, ticket=ticket, attachment_id=aid, by_ticket=True,
+                                expect=(rbase, boff))
         self.send_pipelined(self._with_releases(payload), ("fast", aid, name))
         anchor = np.ndarray.__new__(Anchor, (nbytes,), np.uint8, buffer=view, offset=boff)
         self._bind(anchor, aid, (rbase, boff, nbytes))
@@ -880,9 +882,10 @@ def encode_riding_ticket(attachment_id, ticket):
 
 
 def encode_attach(name, writable, owner_uid=None, wait_ms=None, sealed=False, ticket=0,
-                  attachment_id=0, by_ticket=False):
+                  attachment_id=0, by_ticket=False, expect=None):
     """Request{attach: AttachRequest{...}}, serialized (``owner_uid`` and ``wait_ms`` are
-    optional fields: None leaves them out)."""
+    optional fields: None leaves them out; ``expect``: (region id, offset) of the bytes a
+    pipelined attach reads, or None)."""
     body = _len_field(1, name.encode("utf-8"))
     if writable:
         body += b"\x10\x01"
@@ -895,6 +898,8 @@ def encode_attach(name, writable, owner_uid=None, wait_ms=None, sealed=False, ti
     body += _uint_field(6, ticket) + _uint_field(8, attachment_id)
     if by_ticket:
         body += b"\x48\x01"
+    if expect is not None:
+        body += _uint_field(10, expect[0]) + _uint_field(11, expect[1])
     return _len_field(3, body)
 
 

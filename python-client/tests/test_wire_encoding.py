@@ -49,6 +49,12 @@ def test_attach_by_ticket(name, writable, ticket, aid):
     payload = c.encode_attach(name, writable, ticket=ticket, attachment_id=aid, by_ticket=True)
     got = pb.Request.FromString(payload)
     assert got == want
+    # With the place the bytes are read at (offset 0 is the field's default: left out).
+    for region, offset in [(1, 0), (2**40, 4096), (2**64 - 1, 2**63)]:
+        a.expect_region_id, a.expect_offset = region, offset
+        payload = c.encode_attach(name, writable, ticket=ticket, attachment_id=aid,
+                                  by_ticket=True, expect=(region, offset))
+        assert pb.Request.FromString(payload) == want
 
 
 SHAPES = [(), (0,), (1,), (3, 2**40, 0), (2**64 - 1,), tuple(range(32))]

@@ -325,6 +325,23 @@ TEST_F(RequestHandlerTest, AnAttachByTicketWaitsForItsTicket) {
   EXPECT_EQ(replies->got[1].reply.code(), wire::OK) << replies->got[1].reply.message();
   EXPECT_EQ(replies->got[1].reply.attach().attachment_id(), kAid + 1);
   EXPECT_EQ(handler_.waiters(), 0u);
+
+  // By name, but the name now means another segment: the receiver reads the old one's bytes, so
+  // attaching the new one would hold nothing it reads. Found by review.
+  const auto& place = made.reply.attach().mapping();
+  auto expecting = by_ticket("lent", 7171, kAid + 2);
+  expecting.mutable_attach()->set_expect_region_id(place.region_id() / 2);
+  expecting.mutable_attach()->set_expect_offset(place.offset());
+  EXPECT_TRUE(Send(receiver, expecting).deferred);
+  wire::Request unlink;
+  unlink.mutable_unlink()->set_name("lent");
+  ASSERT_EQ(Send(sender, unlink).reply.code(), wire::OK);  // The sender's attachment keeps it.
+  ASSERT_EQ(Create(sender, "lent").reply.code(), wire::OK);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1050));
+  handler_.Tick();
+  ASSERT_EQ(replies->got.size(), 3u);
+  EXPECT_EQ(replies->got[2].reply.code(), wire::NOT_FOUND) << replies->got[2].reply.message();
+  EXPECT_EQ(Attachments("lent"), 1u);  // The new one: its creator's only.
 }
 
 // A client pickling an array made ahead sends its ticket riding on the next spare's create. The
