@@ -359,10 +359,8 @@ void Arena::RetireAdopted(std::function<void(std::uint64_t)> on_dropped) {
       auto it = by_id_.find(id);
       if (it == by_id_.end()) return;
       SharedRegion& gone = *it->second;
-      auto& owner = overhead_[gone.key().uid];  // Nothing of it is the daemon's to hold now.
-      owner -= std::min(owner, gone.overhead());
-      overhead_total_ -= std::min(overhead_total_, gone.overhead());
-      if (owner == 0) overhead_.erase(gone.key().uid);
+      // Nothing of it is the daemon's to hold now.
+      AddOverhead(gone.key().uid, -static_cast<std::int64_t>(gone.overhead()));
       gone.set_overhead_sink(nullptr);
       auto& list = regions_[gone.key()];
       std::erase(list, it->second);
@@ -383,13 +381,15 @@ Arena::~Arena() {
 }
 
 void Arena::Watch(SharedRegion& region) {
-  region.set_overhead_sink([this](std::uint32_t uid, std::int64_t delta) {
-    std::uint64_t& mine = overhead_[uid];
-    mine = static_cast<std::uint64_t>(static_cast<std::int64_t>(mine) + delta);
-    overhead_total_ =
-        static_cast<std::uint64_t>(static_cast<std::int64_t>(overhead_total_) + delta);
-    if (mine == 0) overhead_.erase(uid);
-  });
+  region.set_overhead_sink(
+      [this](std::uint32_t uid, std::int64_t delta) { AddOverhead(uid, delta); });
+}
+
+void Arena::AddOverhead(std::uint32_t uid, std::int64_t delta) {
+  std::uint64_t& mine = overhead_[uid];
+  mine = static_cast<std::uint64_t>(static_cast<std::int64_t>(mine) + delta);
+  overhead_total_ = static_cast<std::uint64_t>(static_cast<std::int64_t>(overhead_total_) + delta);
+  if (mine == 0) overhead_.erase(uid);
 }
 
 std::uint64_t Arena::Trim(std::optional<std::uint32_t> uid) {

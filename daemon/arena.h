@@ -219,6 +219,7 @@ class Arena {
   std::map<std::uint64_t, std::shared_ptr<SharedRegion>> by_id_;
   std::map<std::uint64_t, std::pair<UniqueFd, std::uint64_t>> adopted_;  // Not yet claimed.
   void Watch(SharedRegion& region);
+  void AddOverhead(std::uint32_t uid, std::int64_t delta);
   std::map<std::uint32_t, std::uint64_t> overhead_;
   std::uint64_t overhead_total_ = 0;
 };

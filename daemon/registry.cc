@@ -72,7 +72,7 @@ Result<std::uint64_t> Registry::CheckNew(const SegmentSpec& spec) const {
   return nbytes;
 }
 
-Status Registry::CheckQuota(std::uint32_t uid, const std::string& name, std::uint64_t size) const {
+Status Registry::CheckQuota(std::uint32_t uid, const std::string& name, std::uint64_t size) {
   if (uid == 0) return Status::Ok();
   Usage u = UsageOf(uid);
   if (options_.max_segments_per_user != 0 && u.segments + 1 > options_.max_segments_per_user) {
@@ -82,12 +82,17 @@ Status Registry::CheckQuota(std::uint32_t uid, const std::string& name, std::uin
                                      " segments, its --max-segments-per-user " +
                                      std::to_string(options_.max_segments_per_user));
   }
+  if (options_.max_memory_per_user == 0) return Status::Ok();
   // The free memory kept in its shared regions is held for it too: charged, or one user could
-  // fragment them past any cap.
-  std::uint64_t kept = arena_.overhead(uid);
-  std::uint64_t held = u.bytes + kept;
-  if (options_.max_memory_per_user != 0 &&
-      (size > options_.max_memory_per_user || held > options_.max_memory_per_user - size)) {
+  // fragment them past any cap. Its regions' free pages go back first.
+  auto over = [&] {
+    std::uint64_t cap = options_.max_memory_per_user;
+    return size > cap || u.bytes + arena_.overhead(uid) > cap - size;
+  };
+  if (over()) arena_.Trim(uid);
+  if (over()) {
+    std::uint64_t kept = arena_.overhead(uid);
+    std::uint64_t held = u.bytes + kept;
     refusals_.Count(Limit::kMemoryPerUser);
     return Status::ResourceExhausted(
         "creating " + Quoted(name) + " needs " + HumanBytes(size) + "; uid " + std::to_string(uid) +
@@ -162,10 +167,6 @@ Result<Registry::Reservation> Registry::Reserve(SegmentSpec spec, const Credenti
   if (!nbytes.ok()) return nbytes.status();
   if (Status s = CheckNamespace(spec.name, creds); !s.ok()) return s;
   std::uint64_t size = *nbytes;
-  if (options_.max_memory_per_user != 0 && creds.uid != 0 &&
-      UsageOf(creds.uid).bytes + arena_.overhead(creds.uid) + size > options_.max_memory_per_user) {
-    arena_.Trim(creds.uid);  // Its regions' free pages go first.
-  }
   if (Status s = CheckQuota(creds.uid, spec.name, size); !s.ok()) return s;
   // Pooled memory of the same class and size (or never handed out), taken out of the pool now:
   // its bytes move from the pool to the new segment.

@@ -283,7 +283,8 @@ class Registry {
   // RESOURCE_EXHAUSTED when `size` more bytes in one more segment would take `uid` over a quota.
   // Names under ~USER/ are USER's: PERMISSION_DENIED for anyone else but root.
   Status CheckNamespace(const std::string& name, const Credentials& creds) const;
-  Status CheckQuota(std::uint32_t uid, const std::string& name, std::uint64_t size) const;
+  // Before refusing for memory, gives the free pages of `uid`'s shared regions back (Arena::Trim).
+  Status CheckQuota(std::uint32_t uid, const std::string& name, std::uint64_t size);
   // `s` lost its name (unlink, purge): retire its region and remember it while it is in use.
   void Unnamed(const std::shared_ptr<SegmentEntry>& s);
   // The daemon unlinks `s` by itself, if it still has its name.
@@ -320,7 +321,7 @@ class Registry {
   std::vector<Creator> restored_creators_;
   std::array<std::uint64_t, 3> auto_unlinked_{};
   std::uint64_t tickets_lapsed_ = 0;
-  mutable Refusals refusals_;  // Counted by the const checks (CheckQuota) too.
+  Refusals refusals_;
   std::uint64_t next_id_ = 1;
   std::shared_ptr<WarmPool> pool_;
 };

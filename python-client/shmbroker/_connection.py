@@ -525,12 +525,11 @@ class Connection:
 
     def send_ticket(self, aid, ticket):
         """Sends a ticket for attachment ``aid``, pipelined: riding on the held spare create if
-        there is one (see request_spare). True if it rode."""
+        there is one (see request_spare)."""
         if self.held is None:
             self.send_pipelined(encode_ticket(aid, ticket))
-            return False
-        self._send_held(encode_riding_ticket(aid, ticket))
-        return True
+        else:
+            self._send_held(encode_riding_ticket(aid, ticket))
 
     def take_spare(self, key):
         """The spare array of ``key`` (as map() returns it), or None."""
