@@ -1,5 +1,6 @@
 #include "connection.h"
 
+#include <poll.h>
 #include <sys/socket.h>
 
 #include <spdlog/spdlog.h>
@@ -10,6 +11,7 @@ namespace shmbroker::daemon {
 
 // Packets handled per wake-up before yielding to other connections.
 constexpr int kPacketsPerTurn = 32;
+constexpr auto kHangupCheckEvery = std::chrono::milliseconds(100);
 
 Connection::Connection(SeqPacket::socket socket, RequestHandler& handler,
                        ConnectionManager& manager, Session session, std::vector<std::byte>& buffer)
@@ -33,6 +35,7 @@ void Connection::Stop() {
   stopped_ = true;
   asio::error_code ignored;
   socket_.close(ignored);
+  if (hangup_timer_) hangup_timer_->cancel();
   pending_.reset();
   handler_.Closed(session_);
   spdlog::log(session_.greeted ? spdlog::level::info : spdlog::level::debug,
@@ -86,10 +89,11 @@ void Connection::OnReadable() {
         break;
     }
     if (outcome.deferred) {
-      if (hung_up_) return Finish();  // Nobody to answer once the wait ends.
-      awaiting_ = true;               // Complete() goes on from here.
-      WatchHangup();
-      return;
+      awaiting_ = true;  // Complete() goes on from here.
+      if (!hung_up_) return WatchHangup();
+      if (!handler_.Abandon(session_)) return;  // What follows is read once it completes.
+      awaiting_ = false;
+      continue;
     }
     bool yield = outcome.yield;
     if (!Reply(std::move(outcome))) return;
@@ -100,16 +104,36 @@ void Connection::OnReadable() {
 }
 
 void Connection::WatchHangup() {
-  socket_.async_wait(
-      SeqPacket::socket::wait_read, [self = shared_from_this()](const asio::error_code& ec) {
-        if (self->stopped_ || !self->awaiting_) return;
-        if (ec) return self->Finish();
-        char c;
-        ssize_t n = ::recv(self->socket_.native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
-        if (n > 0) return;  // More requests, read after the reply.
-        if (n < 0 && (errno == EAGAIN || errno == EINTR)) return self->WatchHangup();
-        self->Finish();  // Hung up: a long wait must not keep its connection.
-      });
+  socket_.async_wait(SeqPacket::socket::wait_read,
+                     [self = shared_from_this()](const asio::error_code& ec) {
+                       if (self->stopped_ || !self->awaiting_) return;
+                       if (ec) return self->Finish();
+                       self->CheckHangup();
+                     });
+}
+
+void Connection::CheckHangup() {
+  int fd = socket_.native_handle();
+  char c;
+  ssize_t n = ::recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (n < 0 && (errno == EAGAIN || errno == EINTR)) return WatchHangup();
+  if (n == 0 || (n < 0 && errno != ECONNRESET)) return Finish();  // Gone, all read.
+  // ECONNRESET (gone with replies unread), or requests queued by a client that may be gone:
+  // then they are applied now, not after a long wait.
+  pollfd p{fd, POLLRDHUP, 0};
+  if (n > 0 && !(::poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP)) != 0)) {
+    if (!hangup_timer_)
+      hangup_timer_ = std::make_unique<asio::steady_timer>(socket_.get_executor());
+    hangup_timer_->expires_after(kHangupCheckEvery);
+    hangup_timer_->async_wait([self = shared_from_this()](const asio::error_code& ec) {
+      if (!ec && !self->stopped_ && self->awaiting_) self->CheckHangup();
+    });
+    return;  // Read after the reply.
+  }
+  hung_up_ = true;
+  if (!handler_.Abandon(session_)) return;  // Read on once it completes.
+  awaiting_ = false;
+  OnReadable();
 }
 
 void Connection::Complete(Outcome outcome) {

@@ -42,8 +42,10 @@ class Connection : public std::enable_shared_from_this<Connection>, public Reply
   const Session& session() const { return session_; }
 
  private:
-  // While a reply is deferred (a long wait): close if the client hangs up meanwhile.
+  // While a reply is deferred (a long wait): notice if the client hangs up meanwhile.
   void WatchHangup();
+  // The client is gone, or sent more: then the wait is dropped and what it sent applied.
+  void CheckHangup();
   void WaitReadable();
   void OnReadable();
   // Serializes and sends `outcome`; false when it has to wait for the socket (or the connection
@@ -68,6 +70,9 @@ class Connection : public std::enable_shared_from_this<Connection>, public Reply
   // The client closed with replies unread (the kernel said ECONNRESET or EPIPE): the requests it
   // sent before are still queued and are applied, their replies dropped, until end of file.
   bool hung_up_ = false;
+  // Looks for a hangup now and then while requests wait behind a deferred reply: the socket
+  // stays readable, so epoll says nothing of it.
+  std::unique_ptr<asio::steady_timer> hangup_timer_;
 };
 
 // Owns the live connections: counts them per uid, closes those that never say hello, and stops

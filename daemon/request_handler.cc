@@ -458,6 +458,12 @@ Outcome RequestHandler::Wait(Session& session, const wire::AttachRequest& req, b
   return Outcome::Deferred();
 }
 
+bool RequestHandler::Abandon(Session& session) {
+  if (waiters_.count(session.id) == 0) return false;
+  EndWait(session.id);
+  return true;
+}
+
 void RequestHandler::EndWait(std::uint64_t session) {
   auto it = waiters_.find(session);
   if (it == waiters_.end()) return;

@@ -75,6 +75,9 @@ class RequestHandler {
   void Tick();
   // Attaches waiting for a segment (attach with wait_ms), for stats.
   std::size_t waiters() const { return waiters_.size(); }
+  // The client went while its connection awaited a deferred reply: a wait ends at once, with no
+  // reply (true); other deferred work (a create off the event loop, the fd store) completes.
+  bool Abandon(Session& session);
 
  private:
   Outcome Dispatch(Session& session, const wire::Request& request);

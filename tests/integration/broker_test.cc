@@ -658,6 +658,95 @@ TEST(Broker, RequestsSentBeforeACloseWithRepliesUnreadAreApplied) {
   EXPECT_EQ(watcher.List("unread/*")->size(), 0u);
 }
 
+// The same when a request whose answer takes a while (a wait, a create made off the event loop)
+// comes after the client is known to be gone: the daemon closed there, dropping what followed.
+TEST(Broker, RequestsAfterALongOneFromAGoneClientAreApplied) {
+  TestDaemon d;
+  Client watcher = d.MustConnect();
+  wire::Request first;  // Its reply fails to send: the daemon learns the client is gone.
+  first.mutable_create()->set_name("gone/first");
+  first.mutable_create()->set_dtype("|u1");
+  first.mutable_create()->add_shape(64);
+  wire::Request by_name;  // Waits a minute for a name nobody makes.
+  by_name.mutable_attach()->set_name("gone/never");
+  by_name.mutable_attach()->set_wait_ms(60'000);
+  wire::Request by_ticket;  // Waits for a ticket nobody lends.
+  by_ticket.mutable_attach()->set_by_ticket(true);
+  by_ticket.mutable_attach()->set_ticket(0x5eed);
+  wire::Request large;  // Made by a worker: the reply comes later.
+  large.mutable_create()->set_name("gone/large");
+  large.mutable_create()->set_dtype("|u1");
+  large.mutable_create()->add_shape(32 << 20);
+  for (const wire::Request* slow : {&by_name, &by_ticket, &large}) {
+    ASSERT_TRUE(watcher.Create({.name = "gone/victim", .shape = {64}}).ok());
+    {
+      RawConnection raw(d.socket());
+      ASSERT_TRUE(raw.Hello());
+      ASSERT_EQ(::kill(d.pid(), SIGSTOP), 0);  // So that all comes after the close.
+      wire::Request unlink;
+      unlink.mutable_unlink()->set_name("gone/victim");
+      ASSERT_EQ(raw.Send(first), 0);
+      ASSERT_EQ(raw.Send(*slow), 0);
+      ASSERT_EQ(raw.Send(unlink), 0);
+      unlink.mutable_unlink()->set_name("gone/first");
+      ASSERT_EQ(raw.Send(unlink), 0);
+    }
+    ASSERT_EQ(::kill(d.pid(), SIGCONT), 0);
+    EXPECT_TRUE(Eventually(
+        [&] { return watcher.Stat("gone/victim").status().code() == Code::kNotFound; }, 5s))
+        << slow->ShortDebugString() << ": an unlink after it was dropped";
+    EXPECT_TRUE(Eventually(
+        [&] {
+          auto st = watcher.Stats();
+          return st.ok() && st->clients == 1 && st->waiters == 0;
+        },
+        5s))
+        << slow->ShortDebugString() << ": its connection or wait was kept";
+    // What the gone client made stays (a name lives until unlinked) but is not held.
+    EXPECT_EQ(watcher.List("gone/*")->size(), slow == &large ? 1u : 0u);
+    (void)watcher.Unlink("gone/large");
+  }
+  EXPECT_TRUE(Eventually([&] { return watcher.Stats()->bytes_held < (1u << 20); }, 5s));
+}
+
+// And when the client goes while the daemon already waits on its behalf: what it sent after the
+// wait is applied at once, whether it left replies unread or not. Before, the daemon closed
+// (replies unread) or kept the wait, and the requests behind it, for the whole minute.
+TEST(Broker, RequestsBehindAWaitOfAGoneClientAreAppliedAtOnce) {
+  TestDaemon d;
+  Client watcher = d.MustConnect();
+  for (bool unread : {false, true}) {
+    ASSERT_TRUE(watcher.Create({.name = "gone/victim", .shape = {64}}).ok());
+    {
+      RawConnection raw(d.socket());
+      ASSERT_TRUE(raw.Hello());
+      wire::Request stat;
+      stat.mutable_stat()->set_name("gone/victim");
+      if (unread) {
+        ASSERT_EQ(raw.Send(stat), 0);
+      }
+      wire::Request wait;
+      wait.mutable_attach()->set_name("gone/never");
+      wait.mutable_attach()->set_wait_ms(60'000);
+      ASSERT_EQ(raw.Send(wait), 0);
+      ASSERT_TRUE(Eventually([&] { return watcher.Stats()->waiters == 1; }));
+      wire::Request unlink;
+      unlink.mutable_unlink()->set_name("gone/victim");
+      ASSERT_EQ(raw.Send(unlink), 0);
+    }
+    EXPECT_TRUE(Eventually(
+        [&] { return watcher.Stat("gone/victim").status().code() == Code::kNotFound; }, 5s))
+        << (unread ? "with" : "without") << " replies unread: the unlink was not applied";
+    EXPECT_TRUE(Eventually(
+        [&] {
+          auto st = watcher.Stats();
+          return st.ok() && st->clients == 1 && st->waiters == 0;
+        },
+        5s))
+        << (unread ? "with" : "without") << " replies unread: its connection or wait was kept";
+  }
+}
+
 // Found by review: the segments those queued requests attached were then held until the
 // client's process exited, as if it might map them, though their replies never reached it.
 TEST(Broker, AttachmentsWhoseRepliesWereDroppedAreNotHeldPastTheClose) {
