@@ -37,7 +37,18 @@ FdBudget::FdBudget(std::uint64_t limit, std::uint64_t base) : limit_(limit), bas
 }
 
 std::uint64_t FdBudget::in_use() const {
-  return base_ + connections_ + Region::open_fds() + WarmPool::open_fds();
+  return base_ + connections_ + watches_ + Region::open_fds() + WarmPool::open_fds();
+}
+
+void FdBudget::WatchClosed(std::uint32_t uid) {
+  --watches_;
+  auto it = watches_of_.find(uid);
+  if (it != watches_of_.end() && --it->second == 0) watches_of_.erase(it);
+}
+
+std::uint64_t FdBudget::held_for(std::uint32_t uid) const {
+  auto it = watches_of_.find(uid);
+  return Region::open_fds_of(uid) + (it == watches_of_.end() ? 0 : it->second);
 }
 
 bool FdBudget::MayAccept(std::uint32_t uid) const {
@@ -51,9 +62,9 @@ std::uint64_t FdBudget::per_user() const {
 
 Status FdBudget::MayOpen(std::uint32_t uid, std::uint64_t n) const {
   std::uint64_t ceiling = uid == 0 ? limit_ - std::min(limit_, kFloor) : limit_ - reserve_;
-  if (uid != 0 && Region::open_fds_of(uid) + n > per_user()) {
+  if (uid != 0 && held_for(uid) + n > per_user()) {
     return Status::ResourceExhausted(
-        "uid " + std::to_string(uid) + " holds " + std::to_string(Region::open_fds_of(uid)) +
+        "uid " + std::to_string(uid) + " holds " + std::to_string(held_for(uid)) +
         " of the daemon's descriptors for its segments, the most one user may (a quarter of " +
         "its open-file limit " + std::to_string(limit_) +
         " below the reserve); unlink segments it does not need, or use smaller ones (small "

@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
 
 #include "shmbroker/status.h"
 
@@ -33,10 +34,22 @@ class FdBudget {
 
   void ConnectionOpened() { ++connections_; }
   void ConnectionClosed() { --connections_; }
+  // A pidfd watching a process of `uid` (whose exit releases what it held): counted as that
+  // user's.
+  void WatchOpened(std::uint32_t uid) {
+    ++watches_;
+    ++watches_of_[uid];
+  }
+  void WatchClosed(std::uint32_t uid);
 
  private:
+  // Descriptors held for `uid`: its segments' memory and its processes' watches.
+  std::uint64_t held_for(std::uint32_t uid) const;
+
   std::uint64_t limit_, base_, reserve_;
   std::uint64_t connections_ = 0;
+  std::uint64_t watches_ = 0;
+  std::map<std::uint32_t, std::uint64_t> watches_of_;
 };
 
 }  // namespace shmbroker::daemon

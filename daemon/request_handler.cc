@@ -65,7 +65,12 @@ void RequestHandler::Closed(Session& session) {
   for (auto& [id, seg] : session.regions_sent) {
     if (seg && seg->region()->recyclable()) held.push_back(seg);
   }
-  if (!held.empty() && hold_until_exit_) hold_until_exit_(session.creds.pid, std::move(held));
+  // One entry a segment, however many attachments of it the connection had.
+  std::sort(held.begin(), held.end());
+  held.erase(std::unique(held.begin(), held.end()), held.end());
+  if (!held.empty() && hold_until_exit_) {
+    hold_until_exit_(session.creds.pid, session.creds.uid, std::move(held));
+  }
   session.regions_sent.clear();
   EndWait(session.id);  // A waiter that hangs up costs nothing more.
   registry_.ConnectionClosed(session.id);

@@ -63,10 +63,10 @@ class RequestHandler {
   void set_socket_path(std::string path) { info_.socket_path = std::move(path); }
   // A connection closed without releasing blocks of shared regions (or regions of their own that
   // will go to the warm pool): its process (`pid`) may still map them, so they must not be
-  // zeroed or reused before it exits. `hold(pid, segments)`
-  // keeps them until then. Unset (tests), they are released at once.
-  using HoldUntilExit =
-      std::function<void(std::uint32_t pid, std::vector<std::shared_ptr<SegmentEntry>>)>;
+  // zeroed or reused before it exits. `hold(pid, uid, segments)` keeps them until then. Unset
+  // (tests), they are released at once.
+  using HoldUntilExit = std::function<void(std::uint32_t pid, std::uint32_t uid,
+                                           std::vector<std::shared_ptr<SegmentEntry>>)>;
   void set_hold_until_exit(HoldUntilExit hold) { hold_until_exit_ = std::move(hold); }
   std::uint32_t clients() const { return clients_; }
   // Where timed work is scheduled: `wake_at(unix_ns)` makes the server call Tick() at that time

@@ -64,10 +64,10 @@ Server::Server(asio::io_context& io, ServerOptions options)
   registry_.arena().on_region = [this](const SharedRegion& r) {
     if (FdStore* store = service_.fd_store()) store->RegionAdded(r);
   };
-  handler_.set_hold_until_exit(
-      [this](std::uint32_t pid, std::vector<std::shared_ptr<SegmentEntry>> held) {
-        HoldUntilExit(pid, std::move(held));
-      });
+  handler_.set_hold_until_exit([this](std::uint32_t pid, std::uint32_t uid,
+                                      std::vector<std::shared_ptr<SegmentEntry>> held) {
+    HoldUntilExit(pid, uid, std::move(held));
+  });
   handler_.set_wake_at([this](std::int64_t unix_ns) {
     tick_timer_.expires_after(
         std::chrono::nanoseconds(std::max<std::int64_t>(0, unix_ns - NowUnixNs())));
@@ -147,6 +147,43 @@ Status Server::Start() {
   return Status::Ok();
 }
 
+namespace {
+
+// When process `pid` started, in clock ticks after boot (field 22 of /proc/PID/stat); 0 when
+// unknown (gone, or /proc hides it).
+std::uint64_t ProcessStartTicks(std::uint32_t pid) {
+  std::string stat = ReadWholeFile(("/proc/" + std::to_string(pid) + "/stat").c_str());
+  std::size_t paren = stat.rfind(')');
+  if (paren == std::string::npos) return 0;
+  // Fields after the command name from 3.
+  std::size_t pos = paren + 2;
+  for (int field = 3; field < 22 && pos != std::string::npos; ++field) {
+    pos = stat.find(' ', pos);
+    if (pos != std::string::npos) ++pos;
+  }
+  if (pos == std::string::npos) return 0;
+  return std::strtoull(stat.c_str() + pos, nullptr, 10);
+}
+
+// `ticks` after boot as Unix time (0 when unknown).
+std::int64_t TicksToUnixNs(std::uint64_t ticks) {
+  std::string boot = ReadWholeFile("/proc/stat");
+  std::size_t b = boot.find("\nbtime ");
+  if (b == std::string::npos) return 0;
+  std::int64_t btime = std::strtoll(boot.c_str() + b + 7, nullptr, 10);
+  long hz = ::sysconf(_SC_CLK_TCK);
+  if (hz <= 0) return 0;
+  return btime * 1'000'000'000 + static_cast<std::int64_t>(ticks * 1'000'000'000 / hz);
+}
+
+// Whether process `pid`, which started at `start_ticks` (0: unknown), is gone.
+bool ProcessGone(std::uint32_t pid, std::uint64_t start_ticks) {
+  if (start_ticks != 0) return ProcessStartTicks(pid) != start_ticks;
+  return ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
+}
+
+}  // namespace
+
 void Server::Sweep() {
   std::size_t closed = connections_.CloseSilent(options_.limits.handshake_timeout);
   if (closed > 0) {
@@ -154,6 +191,12 @@ void Server::Sweep() {
               "closed {} connection{} that did not say hello within {} ms", closed,
               closed == 1 ? "" : "s", options_.limits.handshake_timeout.count());
   }
+  // Processes watched without a pidfd.
+  std::vector<std::uint32_t> gone;
+  for (const auto& [pid, w] : exit_watches_) {
+    if (!w.pidfd && ProcessGone(pid, w.start_ticks)) gone.push_back(pid);
+  }
+  for (std::uint32_t pid : gone) Exited(pid);
   sweep_timer_.expires_after(std::chrono::seconds(1));
   sweep_timer_.async_wait([this](const asio::error_code& ec) {
     if (!ec) Sweep();
@@ -251,84 +294,68 @@ void Server::Accept() {
   });
 }
 
-void Server::HoldUntilExit(std::uint32_t pid, std::vector<std::shared_ptr<SegmentEntry>> held) {
-  auto blocks = std::make_shared<std::vector<std::shared_ptr<SegmentEntry>>>(std::move(held));
-  // The blocks go with the callback once the process exits (or the daemon stops). Without
-  // pidfd there is no way to learn when it exits: keep them for the daemon's life rather than
-  // risk it.
-  if (!WhenExited(pid, std::numeric_limits<std::int64_t>::max(), [blocks] {})) {
-    kept_forever_.insert(kept_forever_.end(), blocks->begin(), blocks->end());
-  }
+void Server::HoldUntilExit(std::uint32_t pid, std::uint32_t uid,
+                           std::vector<std::shared_ptr<SegmentEntry>> held) {
+  // The blocks go with the callback once the process exits (or the daemon stops).
+  WhenExited(pid, uid, std::numeric_limits<std::int64_t>::max(), [held = std::move(held)] {});
 }
 
-namespace {
-
-// When process `pid` started, from /proc (0 when unknown).
-std::int64_t ProcessStartUnixNs(std::uint32_t pid) {
-  std::string stat = ReadWholeFile(("/proc/" + std::to_string(pid) + "/stat").c_str());
-  std::size_t paren = stat.rfind(')');
-  if (paren == std::string::npos) return 0;
-  // Field 22, starttime, in clock ticks after boot; fields after the command name from 3.
-  std::size_t pos = paren + 2;
-  for (int field = 3; field < 22 && pos != std::string::npos; ++field) {
-    pos = stat.find(' ', pos);
-    if (pos != std::string::npos) ++pos;
-  }
-  if (pos == std::string::npos) return 0;
-  std::uint64_t ticks = std::strtoull(stat.c_str() + pos, nullptr, 10);
-  std::string boot = ReadWholeFile("/proc/stat");
-  std::size_t b = boot.find("\nbtime ");
-  if (b == std::string::npos) return 0;
-  std::int64_t btime = std::strtoll(boot.c_str() + b + 7, nullptr, 10);
-  long hz = ::sysconf(_SC_CLK_TCK);
-  if (hz <= 0) return 0;
-  return btime * 1'000'000'000 + static_cast<std::int64_t>(ticks * 1'000'000'000 / hz);
-}
-
-}  // namespace
-
-bool Server::WhenExited(std::uint32_t pid, std::int64_t not_after_unix_ns,
+void Server::WhenExited(std::uint32_t pid, std::uint32_t uid, std::int64_t not_after_unix_ns,
                         std::function<void()> exited) {
+  std::uint64_t ticks = ProcessStartTicks(pid);
+  if (ticks == 0 && ProcessGone(pid, 0)) return exited();
+  // btime is whole seconds: a second of slack.
+  std::int64_t started = ticks != 0 ? TicksToUnixNs(ticks) : 0;
+  if (started != 0 && started - 1'000'000'000 > not_after_unix_ns) return exited();
+  if (auto it = exit_watches_.find(pid); it != exit_watches_.end()) {
+    if (it->second.start_ticks == ticks) {
+      it->second.on_exit.push_back(std::move(exited));
+      return;
+    }
+    Exited(pid);  // Another process had the pid, and is gone.
+  }
+  ExitWatch& w = exit_watches_[pid];
+  w.start_ticks = ticks;
+  w.uid = uid;
+  w.on_exit.push_back(std::move(exited));
+  if (!fds_.MayOpen(uid, 1).ok()) return;  // Sweep looks instead.
   int fd = static_cast<int>(::syscall(SYS_pidfd_open, static_cast<pid_t>(pid), 0));
   if (fd < 0) {
-    if (errno != ESRCH) {  // No pidfd before Linux 5.3.
-      spdlog::debug("pidfd_open({}): {}", pid, std::strerror(errno));
-      return false;
-    }
-    exited();
-    return true;
+    if (errno == ESRCH) return Exited(pid);
+    return;  // No pidfd before Linux 5.3: Sweep looks.
   }
-  // btime is whole seconds: a second of slack.
-  std::int64_t started = ProcessStartUnixNs(pid);
-  if (started != 0 && started - 1'000'000'000 > not_after_unix_ns) {
-    ::close(fd);
-    exited();
-    return true;
+  w.pidfd = std::make_unique<asio::posix::stream_descriptor>(io_, fd);
+  fds_.WatchOpened(uid);
+  w.pidfd->async_wait(
+      asio::posix::stream_descriptor::wait_read, [this, pid, ticks](const asio::error_code& ec) {
+        auto it = exit_watches_.find(pid);
+        if (ec || stopped_ || it == exit_watches_.end() || it->second.start_ticks != ticks) {
+          return;
+        }
+        Exited(pid);
+      });
+}
+
+void Server::Exited(std::uint32_t pid) {
+  auto it = exit_watches_.find(pid);
+  if (it == exit_watches_.end()) return;
+  ExitWatch w = std::move(it->second);
+  exit_watches_.erase(it);
+  if (w.pidfd) {
+    asio::error_code ignored;
+    w.pidfd->close(ignored);
+    fds_.WatchClosed(w.uid);
   }
-  auto watch = std::make_shared<asio::posix::stream_descriptor>(io_, fd);
-  watch->async_wait(asio::posix::stream_descriptor::wait_read,
-                    [this, watch, exited = std::move(exited)](const asio::error_code& ec) {
-                      if (!ec && !stopped_) exited();
-                    });
-  exit_watches_.push_back(watch);
-  // Drop finished watches now and then, so the list stays as long as the live ones.
-  if (exit_watches_.size() > 2 * exit_watches_live_ + 16) {
-    std::erase_if(exit_watches_, [](const auto& w) { return w.use_count() == 1; });
-    exit_watches_live_ = exit_watches_.size();
-  }
-  return true;
+  for (auto& f : w.on_exit) f();
 }
 
 void Server::WatchRestoredCreators() {
   for (auto& c : registry_.TakeRestoredCreators()) {
-    bool watched = WhenExited(c.pid, c.created_unix_ns, [this, weak = c.segment] {
+    auto s = c.segment.lock();
+    if (!s) continue;
+    WhenExited(c.pid, s->uid(), c.created_unix_ns, [this, weak = c.segment] {
       if (auto s = weak.lock()) registry_.CreatorExited(s);
     });
-    if (!watched)
-      spdlog::warn(
-          "cannot watch pid {}: its connection and refcount segments stay "
-          "until unlinked",
-          c.pid);
   }
 }
 
@@ -387,7 +414,11 @@ void Server::Stop() {
   tick_timer_.cancel();
   pressure_timer_.cancel();
   connections_.StopAll();
-  listener_.reset();  // Removes the socket file if it is still ours.
+  for (auto& [pid, w] : exit_watches_) {
+    if (w.pidfd) fds_.WatchClosed(w.uid);
+  }
+  exit_watches_.clear();  // What they held goes with the daemon.
+  listener_.reset();      // Removes the socket file if it is still ours.
 }
 
 }  // namespace shmbroker::daemon

@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "common/unique_fd.h"
@@ -64,11 +65,15 @@ class Server {
   void Sweep();  // Once a second: connections that never said hello.
   void RestoreStored();
   std::string StatusLine() const;
-  void HoldUntilExit(std::uint32_t pid, std::vector<std::shared_ptr<SegmentEntry>> held);
-  // Calls `exited` once process `pid` is gone (or, should it have started after
-  // `not_after_unix_ns`, at once: the pid was reused). Never without pidfd (Linux < 5.3).
-  // Returns false when it could not watch (then `exited` is not called).
-  bool WhenExited(std::uint32_t pid, std::int64_t not_after_unix_ns, std::function<void()> exited);
+  void HoldUntilExit(std::uint32_t pid, std::uint32_t uid,
+                     std::vector<std::shared_ptr<SegmentEntry>> held);
+  // Calls `exited` once process `pid` (of user `uid`) is gone, or at once should it have started
+  // after `not_after_unix_ns` (the pid was reused). One watch a process: a pidfd, counted against
+  // its user's descriptors; past them, or without pidfd (Linux < 5.3), Sweep looks every second.
+  void WhenExited(std::uint32_t pid, std::uint32_t uid, std::int64_t not_after_unix_ns,
+                  std::function<void()> exited);
+  // Process `pid` is gone: its watch's callbacks run, its pidfd closes.
+  void Exited(std::uint32_t pid);
   void WatchRestoredCreators();
   // --prealloc: fills the warm pool before serving.
   void Prealloc();
@@ -96,11 +101,15 @@ class Server {
   std::uint64_t next_session_id_ = 1;
   // Last, so that it is joined first: its completions call into the handler and registry.
   Worker worker_;
-  // Blocks of shared regions held until the process of a closed connection exits (see
-  // RequestHandler::set_hold_until_exit).
-  std::vector<std::shared_ptr<asio::posix::stream_descriptor>> exit_watches_;
-  std::size_t exit_watches_live_ = 0;
-  std::vector<std::shared_ptr<SegmentEntry>> kept_forever_;
+  // Processes whose exit releases something: blocks of shared regions held for a closed
+  // connection (RequestHandler::set_hold_until_exit), restored creators. By pid.
+  struct ExitWatch {
+    std::uint64_t start_ticks = 0;  // When it started (/proc/PID/stat), to tell a reused pid.
+    std::uint32_t uid = 0;
+    std::unique_ptr<asio::posix::stream_descriptor> pidfd;  // Null: Sweep looks.
+    std::vector<std::function<void()>> on_exit;
+  };
+  std::unordered_map<std::uint32_t, ExitWatch> exit_watches_;
 };
 
 }  // namespace shmbroker::daemon

@@ -776,6 +776,56 @@ TEST(Broker, AttachmentsWhoseRepliesWereDroppedAreNotHeldPastTheClose) {
       << watcher.Stats()->unlinked_segments << " unlinked segments still held";
 }
 
+namespace {
+
+// Connections of this process that each attach `name` (a block of a shared region) and close
+// without releasing it: the daemon holds the block until the process exits.
+void AttachAndHangUp(const std::string& socket, const std::string& name, int connections) {
+  wire::Request attach;
+  attach.mutable_attach()->set_name(name);
+  for (int i = 0; i < connections; ++i) {
+    RawConnection raw(socket);
+    ASSERT_TRUE(raw.Hello());
+    auto r = raw.Call(attach);
+    ASSERT_TRUE(r && r->code() == wire::OK) << i;
+  }
+}
+
+}  // namespace
+
+// A closed connection's blocks are held until its process exits, watched by one pidfd per
+// process, closed once it fires. Found by review: one pidfd per closed connection, kept past the
+// exit; a thousand hang-ups from one process took every descriptor the daemon had, root's too.
+TEST(Broker, HoldingBlocksUntilAProcessExitsCostsOneDescriptorPerProcess) {
+  TestDaemon d;
+  Client c = d.MustConnect();
+  ASSERT_TRUE(c.Create({.name = "held", .shape = {64}}).ok());
+  auto reader = c.Attach("held");  // The region's read-only descriptor is opened now.
+  ASSERT_TRUE(reader.ok());
+  std::size_t before = OpenFdCount(d.pid());
+  AttachAndHangUp(d.socket(), "held", 300);
+  ASSERT_TRUE(Eventually([&] { return c.Stats()->clients == 1; }));
+  EXPECT_LE(OpenFdCount(d.pid()), before + 1)
+      << OpenFdCount(d.pid()) - before << " descriptors more: more than one to watch one process";
+  // A child does the same and exits: its watch goes, and with it what it held.
+  ASSERT_TRUE(c.Unlink("held").ok());
+  ASSERT_TRUE(c.Create({.name = "held2", .shape = {64}}).ok());
+  pid_t child = ::fork();
+  if (child == 0) {
+    AttachAndHangUp(d.socket(), "held2", 100);
+    ::_exit(::testing::Test::HasFailure() ? 1 : 0);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  ASSERT_TRUE(c.Unlink("held2").ok());
+  EXPECT_TRUE(Eventually([&] { return OpenFdCount(d.pid()) <= before + 1; }, 3s))
+      << OpenFdCount(d.pid()) - before << " descriptors more after the child exited";
+  // "held" stays held by this process; "held2" went with the child.
+  EXPECT_TRUE(Eventually([&] { return c.Stats()->unlinked_segments == 1; }, 3s))
+      << c.Stats()->unlinked_segments;
+}
+
 // With pipeline_releases, dropping a Segment waits for nothing, yet the client's next request
 // finds every release applied: more than the pipeline holds, refcount segments included.
 TEST(Broker, PipelinedReleasesAreAppliedBeforeTheNextRequest) {

@@ -3,6 +3,8 @@
 // The hostile side runs as nobody; every wait is bounded.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -276,6 +278,58 @@ TEST(Limits, OneUserCannotTakeTheDescriptorsOthersNeed) {
           4242),
       0);
   ASSERT_TRUE(hostile.Kill());
+}
+
+// The daemon watches for the exit of each process that closed a connection holding blocks: one
+// pidfd a process, counted as its user's. Past a user's quarter the rest are looked at once a
+// second instead, so many live processes of one user cannot take everyone's descriptors either.
+TEST(Limits, WatchingManyProcessesOfOneUserStaysInItsQuarter) {
+  TestDaemon d(DaemonOptions{.nofile_soft = 512, .nofile_hard = 512});
+  Client root = d.MustConnect();
+  ASSERT_TRUE(root.Create({.name = "shared", .shape = {64}, .mode = 0644}).ok());
+  auto reader = root.Attach("shared");  // The region's read-only descriptor, opened now.
+  ASSERT_TRUE(reader.ok());
+  std::size_t before = OpenFdCount(d.pid());
+  int ready[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  std::vector<pid_t> children;
+  for (int i = 0; i < 200; ++i) {
+    pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {  // Attaches, hangs up holding the block, and lives on.
+      ::close(ready[0]);
+      if (!DropTo(kNobody, kNobody)) ::_exit(1);
+      {
+        RawConnection raw(d.socket());
+        wire::Request attach;
+        attach.mutable_attach()->set_name("shared");
+        auto r = raw.Hello() ? raw.Call(attach) : std::nullopt;
+        if (!r || r->code() != wire::OK) ::_exit(2);
+      }
+      char b = 1;
+      if (::write(ready[1], &b, 1) != 1) ::_exit(3);
+      ::pause();
+      ::_exit(0);
+    }
+    children.push_back(pid);
+  }
+  ::close(ready[1]);
+  char b;
+  for (int i = 0; i < 200; ++i) ASSERT_EQ(::read(ready[0], &b, 1), 1) << i;
+  ::close(ready[0]);
+  ASSERT_TRUE(Eventually([&] { return root.Stats()->clients == 1; }));  // All 200 hung up.
+  // A quarter of the 480 below the reserve, 120, at most.
+  EXPECT_LE(OpenFdCount(d.pid()), before + 120);
+  ASSERT_TRUE(root.Unlink("shared").ok());
+  EXPECT_EQ(root.Stats()->unlinked_segments, 1u);  // Held for the 200 processes.
+  for (pid_t pid : children) ::kill(pid, SIGKILL);
+  for (pid_t pid : children) ::waitpid(pid, nullptr, 0);
+  reader = Status::NotFound("dropped");
+  // Those watched by pidfd at once, the others at the next look.
+  EXPECT_TRUE(Eventually([&] { return root.Stats()->unlinked_segments == 0; }, 4s))
+      << "still held after every process that held it exited";
+  EXPECT_TRUE(Eventually([&] { return OpenFdCount(d.pid()) <= before; }, 2s))
+      << OpenFdCount(d.pid()) << " descriptors open, " << before << " before";
 }
 
 TEST(Limits, AttachmentsPerConnectionAreCapped) {
