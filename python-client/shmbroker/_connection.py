@@ -448,12 +448,17 @@ class Connection:
             return
         if self.unread >= _PIPELINE:
             self._exchange([])
-        try:
-            self.sock.send(payload, _MSG_NOSIGNAL)
-        except OSError as e:
-            raise self._lost(f"lost the connection to the daemon: {e.strerror or e}") from None
+        # Counted first: an exception from a signal handler can come right after a send that
+        # succeeded, and then nobody knows whether the packet left; the stream ends instead.
         self.unread += 1
         self.unread_kinds.append(kind)
+        try:
+            self.sock.send(payload, _MSG_NOSIGNAL)
+        except BaseException as e:
+            self.close()
+            if isinstance(e, OSError):
+                raise self._lost(f"lost the connection to the daemon: {e.strerror or e}") from None
+            raise
 
     def _ride(self, payload, releases):
         """``payload`` with the last of ``releases`` (up to _RIDE) riding in its packet, taken
@@ -686,9 +691,12 @@ class Connection:
         try:
             if reply.code != Code.OK:
                 raise error_for(reply.code, reply.message)
+            # Out of step with the daemon: no later reply could be trusted either.
             if reply.WhichOneof("body") != expect:
+                self.close()
                 raise ProtocolError("the daemon answered with an unexpected reply")
             if fds and fds_out is None:
+                self.close()
                 raise ProtocolError("the daemon sent descriptors with a reply that takes none")
         except BaseException:
             close_fds(fds)
