@@ -161,6 +161,33 @@ def _program_name():
     return "python:" + (os.path.basename(argv0) or "python")
 
 
+
+class _CallLock:
+    """A client's lock: one call at a time. A call from the thread that is already in one (a
+    signal handler, or a finalizer the garbage collector runs mid-call) would wait for itself
+    forever: it raises FailedPreconditionError instead."""
+
+    __slots__ = ("_lock", "_owner")
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._owner = None
+
+    def __enter__(self):
+        me = threading.get_ident()
+        if self._owner == me:
+            raise FailedPreconditionError(
+                "a shmbroker call was made from a signal handler or finalizer while this thread "
+                "was in a call on the same client; make it after that call returns, or from "
+                "another client"
+            )
+        self._lock.acquire()
+        self._owner = me
+
+    def __exit__(self, *exc):
+        self._owner = None
+        self._lock.release()
+
 class Client:
     """A connection to shmbrokerd.
 
@@ -194,7 +221,7 @@ class Client:
         # scope() makes clients whose segments are connection-lifetime by default.
         self._lifetime = "persistent"
         self._prefix = "auto/"
-        self._lock = threading.Lock()
+        self._lock = _CallLock()
         self._conn = None
         self._closed = False
         _clients.add(self)
@@ -727,7 +754,7 @@ def _after_fork_in_child():
         except Exception:
             pass
     for c in list(_clients):
-        c._lock = threading.Lock()
+        c._lock = _CallLock()
         c._conn = None
 
 
