@@ -322,6 +322,9 @@ Result<Segment> ClientCore::CreateAhead(const wire::Request& request, std::optio
   std::string key = kind.SerializeAsString() + (prefault.value_or(prefault_) ? 'p' : '-');
 
   std::lock_guard lock(mu_);
+  // A spare was the daemon's that is gone: nobody's segment now.
+  if (broken_)
+    return Status::Unavailable("the connection to shmbrokerd at '" + path_ + "' was lost");
   std::optional<Segment> seg;
   auto spare =
       std::find_if(spares_.begin(), spares_.end(), [&](const Spare& s) { return s.key == key; });
@@ -356,9 +359,16 @@ Result<Segment> ClientCore::CreateAhead(const wire::Request& request, std::optio
   // Only blocks of shared regions: a spare of a large segment would hold a region of its own.
   if (seg->region_ && kept_.count(seg->region_->id) != 0 && !broken_) {
     while (spares_.size() >= kSpares) DropSpareLocked(0);
-    // A failure here costs only the spare: the connection is then broken for the next call.
-    if (SendUnlinksLocked().ok() &&
-        SendPipelinedLocked(next.SerializeAsString(), ++next_spare_).ok()) {
+    Status sent = SendUnlinksLocked();
+    if (sent.ok()) sent = SendPipelinedLocked(next.SerializeAsString(), ++next_spare_);
+    if (!sent.ok() && broken_) {
+      // The daemon is gone, and with it what was taken (a spare's segment, perhaps read from
+      // the socket after it died). Released here: its ~Segment must not lock mu_ again.
+      seg->core_.reset();
+      (void)ReleaseOfLocked(*seg);
+      return sent;
+    }
+    if (sent.ok()) {
       spares_.push_back({.key = std::move(key),
                          .seq = next_spare_,
                          .prefault = prefault.value_or(prefault_),

@@ -983,6 +983,35 @@ TEST(Ahead, TheNextCreateTakesTheSpareMadeAfterThePrevious) {
   }
 }
 
+// Once the daemon is gone, a create fails as every call does, spare or not: the spare was the
+// dead daemon's, its segment is nobody's now. Found by review: Create returned OK once per kind
+// of spare, from a Client that had already reported the connection lost, even with no daemon.
+TEST(Ahead, NoSpareIsHandedOutOnceTheDaemonIsGone) {
+  for (bool reported : {false, true}) {
+    TestDaemon d;
+    auto c = Client::Connect({.socket_path = d.socket(), .ahead = true});
+    ASSERT_TRUE(c.ok());
+    const CreateOptions small{.shape = {4096}, .lifetime = Lifetime::kRefcount};
+    const CreateOptions tiny{.shape = {64}, .lifetime = Lifetime::kConnection};
+    ASSERT_TRUE(c->Create(small).ok());
+    ASSERT_TRUE(c->Create(tiny).ok());
+    if (reported) {
+      ASSERT_TRUE(c->Stats().ok());  // The spares' replies are read.
+    }
+    ASSERT_EQ(::kill(d.pid(), SIGKILL), 0);
+    EXPECT_EQ(d.Wait(), 128 + SIGKILL);
+    if (reported) {
+      EXPECT_EQ(c->Stats().status().code(), Code::kUnavailable);
+    }
+    for (const auto& o : {small, tiny, small}) {
+      auto s = c->Create(o);
+      EXPECT_EQ(s.status().code(), Code::kUnavailable)
+          << (reported ? "after a call failed: " : "")
+          << "a spare was handed out: " << (s.ok() ? s->name() : s.status().ToString());
+    }
+  }
+}
+
 // Only creates with a generated name, of lifetime connection or refcount, without ttl or attrs,
 // that land in a shared region make a spare; one per kind, four kinds at most.
 TEST(Ahead, OnlyWhatCanBeMadeAheadIsAndFourKindsAtMost) {
