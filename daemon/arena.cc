@@ -106,6 +106,7 @@ Result<std::uint64_t> SharedRegion::Allocate(int order) {
   std::uint64_t length = std::uint64_t{1} << order;
   if (!Resident(offset, length)) {
     ++reservations_;
+    PunchStrays(offset, length);  // So that the block reads zeros.
     if (Fallocate(region_->memfd(), 0, offset, length) != 0) {
       int err = errno;
       allocated_ += length;  // Free() takes it off again (no client saw it: nothing to zero).
@@ -215,6 +216,27 @@ void SharedRegion::Reaccount() {
     overhead_sink_(key_.uid, static_cast<std::int64_t>(now) - static_cast<std::int64_t>(overhead_));
   }
   overhead_ = now;
+}
+
+void SharedRegion::PunchStrays(std::uint64_t offset, std::uint64_t length) {
+  const std::uint64_t last = (offset + length - 1) / kPage;
+  for (std::uint64_t p = offset / kPage; p <= last; ++p) {
+    if (Resident(p * kPage, kPage)) continue;
+    std::uint64_t end = p + 1;  // Runs of pages in one call.
+    while (end <= last && !Resident(end * kPage, kPage)) ++end;
+    (void)Fallocate(region_->memfd(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, p * kPage,
+                    (end - p) * kPage);
+    p = end;
+  }
+}
+
+std::uint64_t SharedRegion::DropStrays() {
+  if (!reuse_) return 0;  // Its freed blocks are never touched (see StopReuse).
+  std::uint64_t before = resident();
+  if (before <= resident_bytes_) return 0;
+  PunchStrays(0, size_);
+  std::uint64_t after = resident();
+  return before > after ? before - after : 0;
 }
 
 std::uint64_t SharedRegion::Trim() {
@@ -396,9 +418,24 @@ std::uint64_t Arena::Trim(std::optional<std::uint32_t> uid) {
   std::uint64_t released = 0;
   for (auto& [key, list] : regions_) {
     if (uid && key.uid != *uid) continue;
-    for (auto& region : list) released += region->Trim();
+    for (auto& region : list) released += region->Trim() + region->DropStrays();
   }
   return released;
+}
+
+std::map<std::uint32_t, std::uint64_t> Arena::DropStrays(std::size_t max_regions) {
+  std::map<std::uint32_t, std::uint64_t> dropped;
+  auto it = by_id_.upper_bound(strays_after_id_);
+  for (std::size_t n = 0; n < max_regions && !by_id_.empty(); ++n) {
+    if (it == by_id_.end()) it = by_id_.begin();
+    if (std::uint64_t bytes = it->second->DropStrays(); bytes > 0) {
+      dropped[it->second->key().uid] += bytes;
+    }
+    strays_after_id_ = it->first;
+    ++it;
+    if (n + 1 >= by_id_.size()) break;  // Each once.
+  }
+  return dropped;
 }
 
 Arena::Totals Arena::totals() const {

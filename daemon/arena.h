@@ -69,6 +69,10 @@ class SharedRegion {
   }
   // Gives every whole free page back to the kernel, below kPunchMinBytes too. Returns the bytes.
   std::uint64_t Trim();
+  // A client maps the region whole, read-write, and may write where no block is: memory the
+  // daemon never reserved, charged to nobody. Gives such pages back (they hold no block).
+  // Returns the bytes.
+  std::uint64_t DropStrays();
 
   static int OrderFor(std::uint64_t bytes);
 
@@ -105,6 +109,9 @@ class SharedRegion {
   int top() const { return top_; }
   // Whether every page of [offset, offset + length) is reserved.
   bool Resident(std::uint64_t offset, std::uint64_t length) const;
+  // Punches the pages of [offset, offset + length), rounded out to whole pages, that are not
+  // resident: no block lives on them, yet a client may have written there.
+  void PunchStrays(std::uint64_t offset, std::uint64_t length);
   void MarkResident(std::uint64_t offset, std::uint64_t length, bool resident);
   // Counts a block handed out (+1) or back (-1) in the pages it touches.
   void Account(std::uint64_t offset, int order, int delta);
@@ -208,6 +215,9 @@ class Arena {
   // Gives the whole free pages of `uid`'s regions (of every region when nullopt) back to the
   // kernel: before a create is refused for a cap. Returns the bytes.
   std::uint64_t Trim(std::optional<std::uint32_t> uid);
+  // SharedRegion::DropStrays of up to `max_regions` regions, from where the last call stopped:
+  // what was given back, by owner uid (none when nothing was).
+  std::map<std::uint32_t, std::uint64_t> DropStrays(std::size_t max_regions);
   // Told of each new region (not of adopted ones), e.g. to store it in systemd's fd store.
   std::function<void(const SharedRegion&)> on_region;
 
@@ -222,6 +232,7 @@ class Arena {
   void AddOverhead(std::uint32_t uid, std::int64_t delta);
   std::map<std::uint32_t, std::uint64_t> overhead_;
   std::uint64_t overhead_total_ = 0;
+  std::uint64_t strays_after_id_ = 0;  // Where DropStrays goes on.
 };
 
 }  // namespace shmbroker::daemon

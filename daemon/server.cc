@@ -19,6 +19,10 @@ namespace shmbroker::daemon {
 
 namespace {
 
+// Shared regions the sweep looks at a second for pages written outside any block (an fstat each,
+// and a punch where there are some).
+constexpr std::size_t kStrayRegionsPerSweep = 256;
+
 // The default of --max-connections: a quarter of the file limit, at most 4096.
 std::uint32_t DefaultMaxConnections(const FdBudget& fds) {
   return static_cast<std::uint32_t>(std::min<std::uint64_t>(4096, fds.limit() / 4));
@@ -190,6 +194,13 @@ void Server::Sweep() {
     Throttled(refusals_, spdlog::level::warn,
               "closed {} connection{} that did not say hello within {} ms", closed,
               closed == 1 ? "" : "s", options_.limits.handshake_timeout.count());
+  }
+  // What clients wrote into shared regions outside their blocks: given back, a slice a second.
+  for (const auto& [uid, bytes] : registry_.arena().DropStrays(kStrayRegionsPerSweep)) {
+    Throttled(refusals_, spdlog::level::warn,
+              "gave back {} that clients of uid {} wrote into its shared regions outside any "
+              "segment",
+              HumanBytes(bytes), uid);
   }
   // Processes watched without a pidfd.
   std::vector<std::uint32_t> gone;
