@@ -670,12 +670,13 @@ Status Registry::Lend(const std::shared_ptr<SegmentEntry>& s, std::uint64_t tick
   if (ticket == 0) return Status::InvalidArgument("ticket 0 is not a ticket");
   auto it = tickets_.find(ticket);
   if (it != tickets_.end()) {
-    if (it->second.segment == nullptr) {  // The receiver attached already.
-      --early_redeems_;
-      tickets_.erase(it);
-      return Status::Ok();
+    if (it->second.segment != nullptr) {
+      return Status::AlreadyExists("ticket " + std::to_string(ticket) + " is in use");
     }
-    return Status::AlreadyExists("ticket " + std::to_string(ticket) + " is in use");
+    bool same = it->second.redeemed.lock() == s;
+    DropTicket(it);
+    if (same) return Status::Ok();  // The receiver attached already.
+    // Else another segment's early redeem (stale, or someone's guess): this lend holds.
   }
   std::size_t& mine = tickets_per_uid_[uid];
   if (mine >= kMaxTicketsPerUser) {
@@ -695,6 +696,10 @@ void Registry::DropTicket(std::unordered_map<std::uint64_t, Ticket>::iterator it
   tickets_.erase(it);
   if (t.segment == nullptr) {
     --early_redeems_;
+    auto per = early_redeems_per_uid_.find(t.uid);
+    if (per != early_redeems_per_uid_.end() && --per->second == 0) {
+      early_redeems_per_uid_.erase(per);
+    }
     return;
   }
   --t.segment->in_flight_;
@@ -703,16 +708,19 @@ void Registry::DropTicket(std::unordered_map<std::uint64_t, Ticket>::iterator it
   CheckReferences(*t.segment);
 }
 
-void Registry::Redeem(std::uint64_t ticket, const SegmentEntry& s, std::int64_t lapse_unix_ns) {
+void Registry::Redeem(std::uint64_t ticket, const std::shared_ptr<SegmentEntry>& s,
+                      std::uint32_t uid, std::int64_t lapse_unix_ns) {
   if (ticket == 0) return;
   auto it = tickets_.find(ticket);
   if (it != tickets_.end()) {
-    if (it->second.segment.get() == &s) DropTicket(it);
+    if (it->second.segment == s) DropTicket(it);
     return;
   }
-  if (early_redeems_ >= kMaxTicketsPerUser) return;  // Then it lapses instead.
+  std::size_t& mine = early_redeems_per_uid_[uid];
+  if (mine >= kMaxTicketsPerUser) return;  // Then its ticket lapses instead.
+  ++mine;
   ++early_redeems_;
-  tickets_.emplace(ticket, Ticket{nullptr, 0, lapse_unix_ns});
+  tickets_.emplace(ticket, Ticket{nullptr, uid, lapse_unix_ns, s});
   ticket_lapses_.emplace_back(lapse_unix_ns, ticket);
 }
 

@@ -202,10 +202,11 @@ class Registry {
   // A reference of an array in flight (wire::TicketRequest), until Redeem or `lapse_unix_ns`.
   Status Lend(const std::shared_ptr<SegmentEntry>& s, std::uint64_t ticket, std::uint32_t uid,
               std::int64_t lapse_unix_ns);
-  // The receiver attached `s` with `ticket`: the sender's reference goes. A ticket not lent yet
-  // (the receiver's attach overtook it) is remembered until `lapse_unix_ns`, so that it does not
-  // hold the segment when it comes.
-  void Redeem(std::uint64_t ticket, const SegmentEntry& s, std::int64_t lapse_unix_ns);
+  // The receiver (of user `uid`) attached `s` with `ticket`: the sender's reference goes. A
+  // ticket not lent yet (the receiver's attach overtook it) is remembered until `lapse_unix_ns`
+  // (at most kMaxTicketsPerUser a user), so that it does not hold `s` when it comes.
+  void Redeem(std::uint64_t ticket, const std::shared_ptr<SegmentEntry>& s, std::uint32_t uid,
+              std::int64_t lapse_unix_ns);
   // Unlinks the segments whose ttl ran out and lets lapsed tickets go, as of `now_unix_ns`.
   // Returns when to call it next (0: nothing is due ever).
   std::int64_t Expire(std::int64_t now_unix_ns);
@@ -309,15 +310,17 @@ class Registry {
   std::map<std::pair<std::uint64_t, std::uint64_t>, std::weak_ptr<SegmentEntry>> by_connection_;
   struct Ticket {
     std::shared_ptr<SegmentEntry> segment;  // Null: redeemed before it was lent.
-    std::uint32_t uid = 0;
+    std::uint32_t uid = 0;                  // The lender's; the redeemer's when redeemed early.
     std::int64_t lapse_unix_ns = 0;
+    std::weak_ptr<SegmentEntry> redeemed;  // Redeemed early: what the receiver attached.
   };
   std::unordered_map<std::uint64_t, Ticket> tickets_;
   void DropTicket(std::unordered_map<std::uint64_t, Ticket>::iterator it);
   // Tickets in the order they lapse (all lapse after the same timeout): (lapse, ticket).
   std::deque<std::pair<std::int64_t, std::uint64_t>> ticket_lapses_;
   std::unordered_map<std::uint32_t, std::size_t> tickets_per_uid_;
-  std::size_t early_redeems_ = 0;  // Tickets with a null segment, bounded.
+  std::size_t early_redeems_ = 0;  // Tickets with a null segment,
+  std::unordered_map<std::uint32_t, std::size_t> early_redeems_per_uid_;  // bounded per user.
   std::vector<Creator> restored_creators_;
   std::array<std::uint64_t, 3> auto_unlinked_{};
   std::uint64_t tickets_lapsed_ = 0;

@@ -424,7 +424,7 @@ Outcome RequestHandler::Attach(Session& session, const wire::AttachRequest& req)
   Outcome out = AttachReply(session, *seg, *access, req.resend_fd(), req.attachment_id(),
                             req.attachment_id() == 0);
   if (out.reply.code() == wire::OK) {
-    registry_.Redeem(req.ticket(), **seg, NowUnixNs() + InFlightNs());
+    registry_.Redeem(req.ticket(), *seg, session.creds.uid, NowUnixNs() + InFlightNs());
   }
   return out;
 }

@@ -1,5 +1,6 @@
 // The daemon's request path without sockets: packets in, replies and fds out.
 #include "request_handler.h"
+#include "validate.h"
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
@@ -342,6 +343,46 @@ TEST_F(RequestHandlerTest, AnAttachByTicketWaitsForItsTicket) {
   ASSERT_EQ(replies->got.size(), 3u);
   EXPECT_EQ(replies->got[2].reply.code(), wire::NOT_FOUND) << replies->got[2].reply.message();
   EXPECT_EQ(Attachments("lent"), 1u);  // The new one: its creator's only.
+}
+
+// A receiver may attach (by name, with the ticket) before the sender lends the ticket: the daemon
+// remembers the redeem, and the lend that follows holds nothing. Found by review: one user's
+// attaches with invented tickets filled a cap all users shared, after which another user's
+// arrays stayed held until the in-flight timeout; and a remembered redeem matched the ticket of
+// any segment. Now capped per user, and only the same segment's lend consumes it.
+TEST_F(RequestHandlerTest, EarlyRedeemsAreCappedPerUserAndMatchTheirSegment) {
+  auto redeem = [](const std::string& name, std::uint64_t ticket) {
+    wire::Request r;
+    r.mutable_attach()->set_name(name);
+    r.mutable_attach()->set_access(wire::READ_ONLY);
+    r.mutable_attach()->set_ticket(ticket);
+    return r;
+  };
+  Session hostile = Greeted(65534);
+  ASSERT_EQ(Create(hostile, "mine").reply.code(), wire::OK);
+  for (std::uint64_t t = 1; t <= kMaxTicketsPerUser + 10; ++t) {
+    Outcome a = Send(hostile, redeem("mine", t));
+    ASSERT_EQ(a.reply.code(), wire::OK) << t;
+    ASSERT_EQ(Detach(hostile, a.reply.attach().attachment_id()).reply.code(), wire::OK);
+  }
+  Session sender = Greeted();
+  Session receiver = Greeted();
+  Outcome made = Create(sender, "v");
+  ASSERT_EQ(made.reply.code(), wire::OK);
+  auto lend = [&](std::uint64_t ticket) {
+    wire::Request r;
+    r.mutable_ticket()->set_attachment_id(made.reply.attach().attachment_id());
+    r.mutable_ticket()->set_ticket(ticket);
+    return Send(sender, r).reply.code();
+  };
+  std::uint64_t in_flight = registry_.tickets_in_flight();
+  ASSERT_EQ(Send(receiver, redeem("v", 1u << 30)).reply.code(), wire::OK);
+  EXPECT_EQ(lend(1u << 30), wire::OK);
+  EXPECT_EQ(registry_.tickets_in_flight(), in_flight) << "the early redeem was not remembered";
+  // The hostile user's redeem of ticket 5, for its own segment, does not consume v's ticket 5.
+  in_flight = registry_.tickets_in_flight();
+  EXPECT_EQ(lend(5), wire::OK);
+  EXPECT_EQ(registry_.tickets_in_flight(), in_flight + 1) << "v is not held while in flight";
 }
 
 // A client pickling an array made ahead sends its ticket riding on the next spare's create. The
