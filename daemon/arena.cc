@@ -53,7 +53,8 @@ Result<std::shared_ptr<SharedRegion>> SharedRegion::Make(std::uint64_t id, Arena
 
 SharedRegion::SharedRegion(std::uint64_t id, ArenaKey key, UniqueFd fd, std::uint64_t size,
                            void* map)
-    : region_(std::make_shared<Region>(id, std::move(fd), size)),
+    // No charge (its blocks are charged), but its descriptors are its owner's.
+    : region_(std::make_shared<Region>(id, std::move(fd), size, nullptr, key.uid)),
       key_(key),
       size_(size),
       top_(std::countr_zero(size)),

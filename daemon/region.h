@@ -69,8 +69,8 @@ class Region {
   void clear_recycler();
   bool recyclable() const { return static_cast<bool>(recycler_); }
 
-  // Descriptors all regions hold now (for the daemon's fd budget), and those of the regions of
-  // `owner`'s own segments (shared regions count as uid 0's: a few per user at most).
+  // Descriptors all regions hold now (for the daemon's fd budget), and those of `owner`'s regions
+  // (of its own segments, and its shared regions: one per group and mode it uses).
   static std::size_t open_fds() { return open_fds_; }
   static std::size_t open_fds_of(std::uint32_t owner) {
     auto it = open_fds_by_owner_.find(owner);

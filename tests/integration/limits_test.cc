@@ -280,6 +280,37 @@ TEST(Limits, OneUserCannotTakeTheDescriptorsOthersNeed) {
   ASSERT_TRUE(hostile.Kill());
 }
 
+// Small segments share a region per (owner, group, mode), a descriptor each: a user who spreads
+// its segments over many modes holds a descriptor per mode. Found by review: those counted as
+// root's, so one user's 256 regions went past its quarter.
+TEST(Limits, AUsersSharedRegionsCountInItsQuarter) {
+  TestDaemon d(DaemonOptions{.nofile_soft = 512, .nofile_hard = 512});
+  EXPECT_EQ(RunInChild(
+                [&] {
+                  auto c = d.Connect("spreader");
+                  if (!c.ok()) return 2;
+                  for (std::uint32_t mode = 0400; mode <= 0777; ++mode) {
+                    std::string name = "mode/" + std::to_string(mode);
+                    auto s = c->Create({.name = name, .shape = {64}, .mode = mode});
+                    if (s.ok()) continue;
+                    if (s.status().code() != Code::kResourceExhausted ||
+                        s.status().message().find("the most one user may") == std::string::npos) {
+                      ADD_FAILURE() << s.status().ToString();
+                      return 3;
+                    }
+                    // A quarter of the 480 below the reserve.
+                    if (mode - 0400 > 120) {
+                      ADD_FAILURE() << "refused after " << mode - 0400 << " regions";
+                      return 4;
+                    }
+                    return 0;
+                  }
+                  return 5;  // Never refused.
+                },
+                kNobody),
+            0);
+}
+
 // The daemon watches for the exit of each process that closed a connection holding blocks: one
 // pidfd a process, counted as its user's. Past a user's quarter the rest are looked at once a
 // second instead, so many live processes of one user cannot take everyone's descriptors either.
