@@ -18,14 +18,15 @@ enum class Limit {
   kConnections,               // --max-connections
   kConnectionsPerUser,        // --max-connections-per-user
   kFileDescriptors,           // the daemon's RLIMIT_NOFILE
+  kAttachmentsPerUser,        // kAttachmentsPerUserFactor connections' worth
 };
 
 class Refusals {
  public:
-  static constexpr std::array<std::string_view, 9> kNames = {
-      "memory_per_user", "segments_per_user",    "max_memory",
-      "machine_memory",  "tickets_per_user",     "attachments_per_connection",
-      "connections",     "connections_per_user", "file_descriptors"};
+  static constexpr std::array<std::string_view, 10> kNames = {
+      "memory_per_user",  "segments_per_user",          "max_memory",  "machine_memory",
+      "tickets_per_user", "attachments_per_connection", "connections", "connections_per_user",
+      "file_descriptors", "attachments_per_user"};
 
   void Count(Limit limit) { ++counts_[static_cast<std::size_t>(limit)]; }
   std::uint64_t operator[](std::size_t i) const { return counts_[i]; }

@@ -59,6 +59,7 @@ void RequestHandler::Closed(Session& session) {
     registry_.Detach(*att.segment, session.id, att.access);
     if (att.segment->shared() && att.delivered) held.push_back(att.segment);
   }
+  Unattached(session.creds.uid, session.attachments.size());
   session.attachments.clear();
   // A region of its own that goes to the warm pool once released must not be reused while this
   // process may still map it either.
@@ -85,6 +86,13 @@ void RequestHandler::Undelivered(Session& session, const Outcome& out) {
   auto it = session.attachments.find(a.attachment_id());
   if (it != session.attachments.end()) it->second.delivered = false;
   if (a.mapping().fd_attached()) session.regions_sent.erase(a.mapping().region_id());
+}
+
+void RequestHandler::Unattached(std::uint32_t uid, std::uint64_t n) {
+  auto it = attachments_of_.find(uid);
+  if (it == attachments_of_.end() || n == 0) return;
+  it->second -= std::min(it->second, n);
+  if (it->second == 0) attachments_of_.erase(it);
 }
 
 Outcome RequestHandler::Error(const Status& status) {
@@ -267,6 +275,7 @@ Outcome RequestHandler::AttachReply(Session& session, std::shared_ptr<SegmentEnt
   }
   std::uint64_t id = client_id != 0 ? client_id : session.next_attachment_id++;
   session.attachments.emplace(id, Session::Attachment{segment, access});
+  ++attachments_of_[session.creds.uid];
   registry_.Attach(*segment, session.id, access);
 
   auto* r = out.reply.mutable_attach();
@@ -284,6 +293,18 @@ Outcome RequestHandler::AttachReply(Session& session, std::shared_ptr<SegmentEnt
 }
 
 Status RequestHandler::MayAttach(const Session& session) const {
+  std::uint32_t uid = session.creds.uid;
+  std::uint64_t per_user =
+      std::uint64_t{kAttachmentsPerUserFactor} * limits_.max_attachments_per_connection;
+  if (auto it = attachments_of_.find(uid);
+      uid != 0 && it != attachments_of_.end() && it->second >= per_user) {
+    registry_.refusals().Count(Limit::kAttachmentsPerUser);
+    return Status::ResourceExhausted(
+        "uid " + std::to_string(uid) + " holds " + std::to_string(it->second) +
+        " attachments, the most attachments one user may (" +
+        std::to_string(kAttachmentsPerUserFactor) +
+        " times --max-attachments-per-connection); release some first");
+  }
   if (session.attachments.size() < limits_.max_attachments_per_connection) return Status::Ok();
   registry_.refusals().Count(Limit::kAttachmentsPerConnection);
   return Status::ResourceExhausted(
@@ -594,6 +615,7 @@ Outcome RequestHandler::Detach(Session& session, const wire::DetachRequest& req)
   }
   registry_.Detach(*it->second.segment, session.id, it->second.access);
   session.attachments.erase(it);
+  Unattached(session.creds.uid, 1);
   Outcome out;
   out.reply.mutable_empty();
   return out;

@@ -125,8 +125,10 @@ class RequestHandler {
   void CreateOffLoop(std::shared_ptr<PendingCreate> pending, std::uint64_t session);
   // `out`, or Deferred until the fd store has what `out` acknowledges (see set_when_stored).
   Outcome AfterStored(Session& session, Outcome out);
-  // RESOURCE_EXHAUSTED when the connection holds all the attachments it may.
+  // RESOURCE_EXHAUSTED when the connection, or its user, holds all the attachments it may.
   Status MayAttach(const Session& session) const;
+  // `n` attachments of `uid` ended.
+  void Unattached(std::uint32_t uid, std::uint64_t n);
   void FillInfo(const SegmentEntry& s, wire::SegmentInfo* info) const;
   std::int64_t InFlightNs() const {
     return std::chrono::duration_cast<std::chrono::nanoseconds>(limits_.in_flight_timeout).count();
@@ -146,6 +148,10 @@ class RequestHandler {
   Throttle protocol_errors_{20, std::chrono::seconds(1)};
   std::uint32_t clients_ = 0;
   std::unordered_map<std::uint64_t, Session*> sessions_;  // Open ones, by id.
+  // Attachments held, by uid: each costs the daemon memory, so one user (root exempt) holds at
+  // most kAttachmentsPerUserFactor connections' worth.
+  static constexpr std::uint32_t kAttachmentsPerUserFactor = 16;
+  std::unordered_map<std::uint32_t, std::uint64_t> attachments_of_;
   std::array<std::uint64_t, wire::Request::kTrim + 1> requests_{};
   struct Waiter {
     wire::AttachRequest request;
