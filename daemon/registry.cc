@@ -653,8 +653,9 @@ Result<std::shared_ptr<SegmentEntry>> Registry::Seal(std::string_view name,
     if (errno == EBUSY) {
       return Status::FailedPrecondition(
           Quoted(name) +
-          " is still mapped writable (by the caller, or by a process that inherited a mapping); "
-          "remap it read-only first");
+          " is still mapped writable (by the caller, or by a process that inherited a mapping), "
+          "or I/O in flight pins some of its pages (vmsplice, O_DIRECT, io_uring); remap it "
+          "read-only, or retry once that I/O is done");
     }
     return PosixError("F_ADD_SEALS", errno);
   } else {
