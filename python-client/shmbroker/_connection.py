@@ -25,6 +25,7 @@ import warnings
 import weakref
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from . import _mem
 from ._types import map_info_from_wire, server_from_wire
@@ -208,8 +209,10 @@ class Connection:
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)  # close-on-exec
         try:
             sock.connect(path)
-        except OSError as e:
+        except BaseException as e:
             sock.close()
+            if not isinstance(e, OSError) or e.errno is None:
+                raise
             raise UnavailableError(
                 f"no shmbrokerd answers at '{path}': {e.strerror or e} (is the daemon running? "
                 "see --socket / $SHMBROKER_SOCKET)"
@@ -338,7 +341,9 @@ class Connection:
                 close_fds(fds)
             if isinstance(e, Error):
                 raise
-            if isinstance(e, OSError):
+            # Only the socket's own errors (they carry an errno) say the daemon is gone; an
+            # OSError without one (a handler's TimeoutError) goes to the caller as it was.
+            if isinstance(e, OSError) and e.errno is not None:
                 # A daemon that refuses a connection (too many, no descriptors left) says why
                 # and closes, maybe before our first request left: read its reason.
                 refusal = self._refusal()
@@ -682,9 +687,11 @@ class Connection:
             if last:
                 try:
                     reply = pb.Reply.FromString(data)
-                except Exception:
+                except BaseException as e:
                     close_fds(fds)
                     self.close()
+                    if not isinstance(e, DecodeError):
+                        raise  # a handler's, while it parsed
                     raise ProtocolError("the daemon's reply could not be parsed") from None
         if request is None:
             return None  # a release of an attachment the daemon already ended is no error

@@ -115,3 +115,28 @@ def test_a_call_from_a_signal_handler_during_a_call_raises_rather_than_hangs(nam
     assert seen and "signal handler or finalizer" in str(seen[0])
     assert c.stat(names("a")).name == names("a")
     c.close()
+
+
+def test_an_exception_from_a_handler_reaches_the_caller_unchanged(names):
+    # A handler's own exception (a deadline idiom raising TimeoutError, an OSError without an
+    # errno) is not the daemon's fault: it reaches the caller as it was, and the connection,
+    # out of step, is closed. Found by review: it became UnavailableError "lost the connection".
+    c = shmbroker.connect()
+    c.create(names("a"), 10, "uint8")
+
+    class _DeadlineInRecv:
+        def __init__(self, sock):
+            self.sock = sock
+
+        def recvmsg(self, *args):
+            raise TimeoutError("my deadline")
+
+        def __getattr__(self, name):
+            return getattr(self.sock, name)
+
+    with _testing.interpose_socket(_DeadlineInRecv, c):
+        with pytest.raises(TimeoutError, match="my deadline") as info:
+            c.stat(names("a"))
+    assert not isinstance(info.value, shmbroker.Error)
+    assert c.stat(names("a")).name == names("a")  # a new connection
+    c.close()
