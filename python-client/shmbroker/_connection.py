@@ -283,8 +283,20 @@ class Connection:
         self.held = None
 
     def __del__(self):
-        sock = self.sock
-        if sock is not None:
+        sock = getattr(self, "sock", None)
+        if sock is None:
+            return
+        try:
+            if self.pid == os.getpid() and not self.broken:
+                # Unreachable, so every array of this connection is gone (each holds it; the
+                # last may be dying now): all its attachments end. Told without waiting, or the
+                # daemon would hold their blocks until the process exits.
+                releases = self._take_releases() + [(aid, 0) for aid in self.anchors]
+                for packet in self._release_packets(releases):
+                    sock.send(packet, _socket.MSG_DONTWAIT | _MSG_NOSIGNAL)
+        except Exception:  # noqa: BLE001 (a full socket or a gone daemon: then it holds them)
+            pass
+        finally:
             sock.close()
 
     def _lost(self, what):

@@ -235,3 +235,29 @@ def test_a_closed_client_leaves_nothing_held(ahead):
         c.close()
         assert eventually(lambda: watcher.stats().unlinked_segments == 1)
         assert watcher.stats().segments == 0 and (kept == 9).all()
+
+
+@pytest.mark.parametrize("ahead", [True, False])
+@pytest.mark.parametrize("order", ["arrays first", "client first"])
+def test_a_dropped_client_leaves_nothing_held(ahead, order):
+    # A client dropped without close(): its connection goes with its last array (each holds
+    # it), and says so: every attachment it had ends then. Found by review: the releases queued
+    # were dropped with it, so the daemon held each block until the process exited.
+    with private_daemon() as watcher:
+        for _ in range(20):
+            c = shmbroker.connect(watcher.socket_path, ahead=ahead)
+            a = c.create(None, 512, lifetime="refcount")
+            b = c.attach(a.shm_name)
+            if order == "arrays first":
+                del a, b
+                del c
+            else:
+                del c
+                del a, b
+            gc.collect()
+
+        def nothing_held():
+            s = watcher.stats()
+            return s.segments == 0 and s.unlinked_segments == 0 and s.clients == 1
+
+        assert eventually(nothing_held), watcher.stats()
