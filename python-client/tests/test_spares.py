@@ -248,6 +248,7 @@ def test_a_dropped_client_leaves_nothing_held(ahead, order):
             c = shmbroker.connect(watcher.socket_path, ahead=ahead)
             a = c.create(None, 512, lifetime="refcount")
             b = c.attach(a.shm_name)
+            assert b.shape == a.shape
             if order == "arrays first":
                 del a, b
                 del c
