@@ -1,5 +1,7 @@
 #include "region.h"
 
+#include <sys/stat.h>
+
 #include "memfd.h"
 
 namespace shmbroker::daemon {
@@ -16,6 +18,8 @@ void Region::set_huge_bytes(std::uint64_t bytes) {
 Region::Region(std::uint64_t id, UniqueFd memfd, std::uint64_t size, std::shared_ptr<Ledger> ledger,
                std::uint32_t owner)
     : id_(id), size_(size), ledger_(std::move(ledger)), owner_(owner) {
+  struct stat st {};
+  if (::fstat(memfd.get(), &st) == 0) inode_ = st.st_ino;
   Set(rw_, std::move(memfd));
   if (ledger_) ledger_->Charge(owner_, size_);
 }

@@ -32,6 +32,8 @@ class Region {
 
   std::uint64_t id() const { return id_; }
   std::uint64_t size() const { return size_; }
+  // The memfd's inode: how a process's /proc/PID/maps names a mapping of this region.
+  std::uint64_t inode() const { return inode_; }
   std::uint64_t WireId(Access access) const { return id_ * 2 + (access == Access::kReadWrite); }
 
   // The read-write memfd (-1 once dropped).
@@ -86,6 +88,7 @@ class Region {
 
   const std::uint64_t id_;
   const std::uint64_t size_;
+  std::uint64_t inode_ = 0;
   UniqueFd rw_, ro_;
   UniqueFd kept_;  // The read-write memfd of a retired region, for the recycler.
   Recycler recycler_;

@@ -3,6 +3,7 @@
 // hold references, so the memory outlives an unlink while it is in use.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -70,6 +71,12 @@ class SegmentEntry {
       return b && b->shared_region()->region()->id() == region_id && b->offset() == offset;
     };
     return at(block_) || at(old_block_);
+  }
+  // The inodes of the memfds a process may map to read it (its region, and the shared region it
+  // was in before a seal moved it; 0 for none).
+  std::array<std::uint64_t, 2> inodes() const {
+    return {region_ ? region_->inode() : 0,
+            old_block_ ? old_block_->shared_region()->region()->inode() : 0};
   }
   // The segment lost its name: its memory counts as unlinked until released, and a region of its
   // own closes its descriptors.

@@ -8,6 +8,9 @@
 #include <cerrno>
 #include <cstring>
 #include <limits>
+#include <optional>
+#include <set>
+#include <string_view>
 
 #include <spdlog/spdlog.h>
 
@@ -18,6 +21,9 @@
 namespace shmbroker::daemon {
 
 namespace {
+
+// Processes holding blocks after their connection closed whose mappings the sweep looks at.
+constexpr std::size_t kMapsPerSweep = 16;
 
 // Shared regions the sweep looks at a second for pages written outside any block (an fstat each,
 // and a punch where there are some).
@@ -208,6 +214,7 @@ void Server::Sweep() {
     if (!w.pidfd && ProcessGone(pid, w.start_ticks)) gone.push_back(pid);
   }
   for (std::uint32_t pid : gone) Exited(pid);
+  ReleaseUnmapped();
   sweep_timer_.expires_after(std::chrono::seconds(1));
   sweep_timer_.async_wait([this](const asio::error_code& ec) {
     if (!ec) Sweep();
@@ -307,34 +314,40 @@ void Server::Accept() {
 
 void Server::HoldUntilExit(std::uint32_t pid, std::uint32_t uid,
                            std::vector<std::shared_ptr<SegmentEntry>> held) {
-  // The blocks go with the callback once the process exits (or the daemon stops).
-  WhenExited(pid, uid, std::numeric_limits<std::int64_t>::max(), [held = std::move(held)] {});
+  // Until the process exits or no longer maps their memory (see Sweep), or the daemon stops.
+  ExitWatch* w = Watch(pid, uid, std::numeric_limits<std::int64_t>::max());
+  if (w == nullptr) return;  // Gone already.
+  w->held.insert(w->held.end(), std::make_move_iterator(held.begin()),
+                 std::make_move_iterator(held.end()));
 }
 
 void Server::WhenExited(std::uint32_t pid, std::uint32_t uid, std::int64_t not_after_unix_ns,
                         std::function<void()> exited) {
+  ExitWatch* w = Watch(pid, uid, not_after_unix_ns);
+  if (w == nullptr) return exited();
+  w->on_exit.push_back(std::move(exited));
+}
+
+Server::ExitWatch* Server::Watch(std::uint32_t pid, std::uint32_t uid,
+                                 std::int64_t not_after_unix_ns) {
   std::uint64_t ticks = ProcessStartTicks(pid);
-  if (ticks == 0 && ProcessGone(pid, 0)) return exited();
+  if (ticks == 0 && ProcessGone(pid, 0)) return nullptr;
   // btime is whole seconds: a second of slack.
   std::int64_t started = ticks != 0 ? TicksToUnixNs(ticks) : 0;
-  if (started != 0 && started - 1'000'000'000 > not_after_unix_ns) return exited();
+  if (started != 0 && started - 1'000'000'000 > not_after_unix_ns) return nullptr;
   if (auto it = exit_watches_.find(pid); it != exit_watches_.end()) {
-    if (it->second.start_ticks == ticks) {
-      it->second.on_exit.push_back(std::move(exited));
-      return;
-    }
+    if (it->second.start_ticks == ticks) return &it->second;
     Exited(pid);  // Another process had the pid, and is gone.
+  }
+  int fd = -1;
+  if (fds_.MayOpen(uid, 1).ok()) {  // Else, or without pidfd (Linux < 5.3), Sweep looks.
+    fd = static_cast<int>(::syscall(SYS_pidfd_open, static_cast<pid_t>(pid), 0));
+    if (fd < 0 && errno == ESRCH) return nullptr;
   }
   ExitWatch& w = exit_watches_[pid];
   w.start_ticks = ticks;
   w.uid = uid;
-  w.on_exit.push_back(std::move(exited));
-  if (!fds_.MayOpen(uid, 1).ok()) return;  // Sweep looks instead.
-  int fd = static_cast<int>(::syscall(SYS_pidfd_open, static_cast<pid_t>(pid), 0));
-  if (fd < 0) {
-    if (errno == ESRCH) return Exited(pid);
-    return;  // No pidfd before Linux 5.3: Sweep looks.
-  }
+  if (fd < 0) return &w;
   w.pidfd = std::make_unique<asio::posix::stream_descriptor>(io_, fd);
   fds_.WatchOpened(uid);
   w.pidfd->async_wait(
@@ -345,6 +358,7 @@ void Server::WhenExited(std::uint32_t pid, std::uint32_t uid, std::int64_t not_a
         }
         Exited(pid);
       });
+  return &w;
 }
 
 void Server::Exited(std::uint32_t pid) {
@@ -358,6 +372,60 @@ void Server::Exited(std::uint32_t pid) {
     fds_.WatchClosed(w.uid);
   }
   for (auto& f : w.on_exit) f();
+}
+
+namespace {
+
+// The inodes of the shmbroker memfds process `pid` maps now; nullopt when unknown.
+std::optional<std::set<std::uint64_t>> MappedMemfds(std::uint32_t pid) {
+  std::string maps = ReadWholeFile(("/proc/" + std::to_string(pid) + "/maps").c_str());
+  if (maps.empty()) return std::nullopt;  // Gone, or hidden from us.
+  std::set<std::uint64_t> inodes;
+  std::size_t pos = 0;
+  while (pos < maps.size()) {
+    std::size_t end = maps.find('\n', pos);
+    if (end == std::string::npos) end = maps.size();
+    std::string_view line(maps.data() + pos, end - pos);
+    pos = end + 1;
+    if (line.find("/memfd:shmbroker") == std::string_view::npos) continue;
+    // address perms offset dev inode path
+    std::size_t field = 0, i = 0;
+    while (field < 4 && i < line.size()) {
+      if (line[i++] == ' ') {
+        ++field;
+        while (i < line.size() && line[i] == ' ') ++i;
+      }
+    }
+    inodes.insert(std::strtoull(std::string(line.substr(i, 24)).c_str(), nullptr, 10));
+  }
+  return inodes;
+}
+
+}  // namespace
+
+void Server::ReleaseUnmapped() {
+  // A few processes a sweep, in turn: each costs a read of its /proc/PID/maps.
+  std::vector<std::shared_ptr<SegmentEntry>> released;  // Dropped after the loop.
+  std::vector<std::uint32_t> done;
+  auto it = exit_watches_.upper_bound(maps_after_pid_);
+  for (std::size_t n = 0; n < kMapsPerSweep && n < exit_watches_.size(); ++n) {
+    if (it == exit_watches_.end()) it = exit_watches_.begin();
+    auto& [pid, w] = *it;
+    maps_after_pid_ = pid;
+    ++it;
+    if (w.held.empty()) continue;
+    auto mapped = MappedMemfds(pid);
+    if (!mapped) continue;
+    std::erase_if(w.held, [&](std::shared_ptr<SegmentEntry>& s) {
+      for (std::uint64_t ino : s->inodes()) {
+        if (ino != 0 && mapped->count(ino) != 0) return false;
+      }
+      released.push_back(std::move(s));
+      return true;
+    });
+    if (w.held.empty() && w.on_exit.empty()) done.push_back(pid);
+  }
+  for (std::uint32_t pid : done) Exited(pid);  // Nothing left to wait for: its pidfd closes.
 }
 
 void Server::WatchRestoredCreators() {

@@ -5,10 +5,10 @@
 
 #include <asio.hpp>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 #include "common/unique_fd.h"
@@ -74,6 +74,13 @@ class Server {
                   std::function<void()> exited);
   // Process `pid` is gone: its watch's callbacks run, its pidfd closes.
   void Exited(std::uint32_t pid);
+  struct ExitWatch;
+  // The watch of process `pid`, made if need be; null when it is gone (or, should it have started
+  // after `not_after_unix_ns`, the pid was reused).
+  ExitWatch* Watch(std::uint32_t pid, std::uint32_t uid, std::int64_t not_after_unix_ns);
+  // From Sweep: segments held for a process it no longer maps (its arrays went after its
+  // connection closed) are released before it exits.
+  void ReleaseUnmapped();
   void WatchRestoredCreators();
   // --prealloc: fills the warm pool before serving.
   void Prealloc();
@@ -108,8 +115,10 @@ class Server {
     std::uint32_t uid = 0;
     std::unique_ptr<asio::posix::stream_descriptor> pidfd;  // Null: Sweep looks.
     std::vector<std::function<void()>> on_exit;
+    std::vector<std::shared_ptr<SegmentEntry>> held;  // Until it exits or maps them no more.
   };
-  std::unordered_map<std::uint32_t, ExitWatch> exit_watches_;
+  std::map<std::uint32_t, ExitWatch> exit_watches_;
+  std::uint32_t maps_after_pid_ = 0;  // Where ReleaseUnmapped goes on.
 };
 
 }  // namespace shmbroker::daemon
