@@ -465,11 +465,12 @@ class Connection:
             return
         if self.unread >= _PIPELINE:
             self._exchange([])
-        # Counted first: an exception from a signal handler can come right after a send that
-        # succeeded, and then nobody knows whether the packet left; the stream ends instead.
-        self.unread += 1
-        self.unread_kinds.append(kind)
+        # Counted first, all inside the try: an exception from a signal handler can come
+        # between any two of these lines, and then nobody knows whether the packet left; the
+        # stream ends instead.
         try:
+            self.unread += 1
+            self.unread_kinds.append(kind)
             self.sock.send(payload, _MSG_NOSIGNAL)
         except BaseException as e:
             self.close()

@@ -162,32 +162,6 @@ def _program_name():
 
 
 
-class _CallLock:
-    """A client's lock: one call at a time. A call from the thread that is already in one (a
-    signal handler, or a finalizer the garbage collector runs mid-call) would wait for itself
-    forever: it raises FailedPreconditionError instead."""
-
-    __slots__ = ("_lock", "_owner")
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._owner = None
-
-    def __enter__(self):
-        me = threading.get_ident()
-        if self._owner == me:
-            raise FailedPreconditionError(
-                "a shmbroker call was made from a signal handler or finalizer while this thread "
-                "was in a call on the same client; make it after that call returns, or from "
-                "another client"
-            )
-        self._lock.acquire()
-        self._owner = me
-
-    def __exit__(self, *exc):
-        self._owner = None
-        self._lock.release()
-
 class Client:
     """A connection to shmbrokerd.
 
@@ -221,15 +195,29 @@ class Client:
         # scope() makes clients whose segments are connection-lifetime by default.
         self._lifetime = "persistent"
         self._prefix = "auto/"
-        self._lock = _CallLock()
+        # Re-entrant only so that a call made from a signal handler or finalizer during a call on
+        # the same thread can be told (see _check_reentry) and refused, not deadlock.
+        self._lock = threading.RLock()
         self._conn = None
         self._closed = False
         _clients.add(self)
         if not _lazy:
+            self._check_reentry()
             with self._lock:
                 self._connection()
 
     # -- plumbing --
+
+    def _check_reentry(self):
+        # Before taking the lock (a C lock taken by `with`, so that no exception can leave it
+        # held): this thread holding it already means a signal handler or finalizer calls in
+        # the middle of a call, which would interleave with it.
+        if self._lock._is_owned():
+            raise FailedPreconditionError(
+                "a shmbroker call was made from a signal handler or finalizer while this thread "
+                "was in a call on the same client; make it after that call returns, or from "
+                "another client"
+            )
 
     def _connection(self):
         # With self._lock held.
@@ -250,6 +238,7 @@ class Client:
         return conn
 
     def _call(self, request, expect):
+        self._check_reentry()
         with self._lock:
             return self._connection().call(request, expect)
 
@@ -258,6 +247,7 @@ class Client:
         # client's).
         if want is None:
             want = self._prefault
+        self._check_reentry()
         with self._lock:
             conn = self._connection()
             return conn.map(request, prefault if want else None)
@@ -286,6 +276,7 @@ class Client:
         block of a shared region, `fast` says where the bytes are, so that a receiver that maps
         the region can read them at once: (daemon instance, region, offset, length, the
         monotonic clock now, time namespace). Else None."""
+        self._check_reentry()
         with self._lock:
             conn = self._conn
             if conn is None or conn is not getattr(anchor, "_conn", None) or not conn.usable():
@@ -302,6 +293,7 @@ class Client:
 
     def _release_now(self):
         """Sends the releases queued so far, pipelined (no round trip)."""
+        self._check_reentry()
         with self._lock:
             conn = self._conn
             if conn is not None and conn.usable():
@@ -316,6 +308,7 @@ class Client:
     @property
     def server(self):
         """:class:`ServerInfo` from the handshake (connects if needed)."""
+        self._check_reentry()
         with self._lock:
             return self._connection().server
 
@@ -323,6 +316,7 @@ class Client:
         """Closes the connection, after sending the releases still queued. Arrays stay valid;
         the daemon forgets this connection's attachments. Further calls raise
         UnavailableError."""
+        self._check_reentry()
         with self._lock:
             self._closed = True
             if self._conn is not None:
@@ -339,6 +333,7 @@ class Client:
         """Tells the daemon now about attachments released since the last request (this is
         otherwise done with the next request), and reads the replies still due to requests sent
         without waiting (a fast attach that failed warns then)."""
+        self._check_reentry()
         with self._lock:
             conn = self._conn
             if conn is not None and conn.usable():
@@ -404,6 +399,7 @@ class Client:
         else:
             tail = create_tail(dt.str, shape, order == "F", mode, life, ttl_ms, attrs)
         pf = (0, None) if (self._prefault if prefault is None else prefault) else None
+        self._check_reentry()
         with self._lock:
             conn = self._connection()
             if key is not None and conn.held is not None and conn.held[0] == key:
@@ -496,6 +492,7 @@ class Client:
         name = _check_name(name)
         req = pb.Request()
         req.seal.name = name
+        self._check_reentry()
         with self._lock:
             conn = self._connection()
             conn.remap_readonly(name)
@@ -522,6 +519,7 @@ class Client:
         # See Connection.fast_attach; None: attach the usual way.
         if len(fast) != 7 or hi > fast[3]:
             return None
+        self._check_reentry()
         with self._lock:
             conn = self._conn
             if conn is None or not conn.usable():
@@ -754,7 +752,7 @@ def _after_fork_in_child():
         except Exception:
             pass
     for c in list(_clients):
-        c._lock = _CallLock()
+        c._lock = threading.RLock()
         c._conn = None
 
 

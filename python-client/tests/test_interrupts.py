@@ -7,6 +7,7 @@ attach('b') returned a's memory."""
 
 import gc
 import pickle
+import threading
 from multiprocessing.reduction import ForkingPickler
 
 import pytest
@@ -139,4 +140,58 @@ def test_an_exception_from_a_handler_reaches_the_caller_unchanged(names):
             c.stat(names("a"))
     assert not isinstance(info.value, shmbroker.Error)
     assert c.stat(names("a")).name == names("a")  # a new connection
+    c.close()
+
+
+def _interrupt_at(n, call):
+    """Runs ``call`` raising KeyboardInterrupt at its n-th point where CPython runs a signal
+    handler (a function entered, a call returned) in the package; True when it was raised."""
+    import os
+    import sys
+
+    package = os.path.dirname(shmbroker.__file__)
+    count = [0]
+
+    def profile(frame, event, arg):
+        if event in ("call", "return", "c_return") and frame.f_code.co_filename.startswith(
+            package
+        ):
+            count[0] += 1
+            if count[0] == n:
+                raise KeyboardInterrupt
+
+    sys.setprofile(profile)
+    try:
+        call()
+    except KeyboardInterrupt:
+        return True
+    finally:
+        sys.setprofile(None)
+    return False
+
+
+@pytest.mark.parametrize("what", ["stat", "pickle"])
+def test_an_interrupt_anywhere_in_a_call_leaves_the_client_usable(what, names):
+    # Found by review: an exception inside the client's own lock code left the lock held (other
+    # threads hung, the same thread refused), and one between counting a pipelined packet and
+    # sending it left a reply expected that never came (the next call hung). Each point of
+    # the call in turn.
+    c = shmbroker.connect()
+    c.create(names("a"), 10, "uint8")[:] = 7
+    arr = c.create(None, 10, "uint8", lifetime="refcount")
+    calls = {
+        "stat": lambda: c.stat(names("a")),
+        "pickle": lambda: pickle.dumps(arr),
+    }
+    n = 1
+    while _interrupt_at(n, calls[what]):
+        done = []  # Another thread's call neither hangs nor gets another's reply.
+        t = threading.Thread(target=lambda: done.append(c.stat(names("a")).name), daemon=True)
+        t.start()
+        t.join(5)
+        assert done == [names("a")], n
+        assert c.stat(names("a")).name == names("a"), n
+        assert (c.attach(names("a")) == 7).all(), n
+        n += 1
+    assert n > 20  # it went through the whole call
     c.close()
