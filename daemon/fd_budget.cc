@@ -46,9 +46,10 @@ void FdBudget::WatchClosed(std::uint32_t uid) {
   if (it != watches_of_.end() && --it->second == 0) watches_of_.erase(it);
 }
 
-std::uint64_t FdBudget::held_for(std::uint32_t uid) const {
+bool FdBudget::MayWatch(std::uint32_t uid) const {
+  if (in_use() + 1 > limit_ - std::min(limit_, reserve_)) return false;
   auto it = watches_of_.find(uid);
-  return Region::open_fds_of(uid) + (it == watches_of_.end() ? 0 : it->second);
+  return it == watches_of_.end() || it->second < per_user() / 2;
 }
 
 bool FdBudget::MayAccept(std::uint32_t uid) const {
@@ -62,9 +63,9 @@ std::uint64_t FdBudget::per_user() const {
 
 Status FdBudget::MayOpen(std::uint32_t uid, std::uint64_t n) const {
   std::uint64_t ceiling = uid == 0 ? limit_ - std::min(limit_, kFloor) : limit_ - reserve_;
-  if (uid != 0 && held_for(uid) + n > per_user()) {
+  if (uid != 0 && Region::open_fds_of(uid) + n > per_user()) {
     return Status::ResourceExhausted(
-        "uid " + std::to_string(uid) + " holds " + std::to_string(held_for(uid)) +
+        "uid " + std::to_string(uid) + " holds " + std::to_string(Region::open_fds_of(uid)) +
         " of the daemon's descriptors for its segments, the most one user may (a quarter of " +
         "its open-file limit " + std::to_string(limit_) +
         " below the reserve); unlink segments it does not need, or use smaller ones (small "

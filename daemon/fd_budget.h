@@ -34,8 +34,10 @@ class FdBudget {
 
   void ConnectionOpened() { ++connections_; }
   void ConnectionClosed() { --connections_; }
-  // A pidfd watching a process of `uid` (whose exit releases what it held): counted as that
-  // user's.
+  // Whether a pidfd may watch one more process of `uid` (whose exit releases what it held): each
+  // user's watches take at most half its quarter, apart from the descriptors its segments may
+  // use (past it, the daemon looks at the process once a second instead).
+  bool MayWatch(std::uint32_t uid) const;
   void WatchOpened(std::uint32_t uid) {
     ++watches_;
     ++watches_of_[uid];
@@ -43,9 +45,6 @@ class FdBudget {
   void WatchClosed(std::uint32_t uid);
 
  private:
-  // Descriptors held for `uid`: its segments' memory and its processes' watches.
-  std::uint64_t held_for(std::uint32_t uid) const;
-
   std::uint64_t limit_, base_, reserve_;
   std::uint64_t connections_ = 0;
   std::uint64_t watches_ = 0;

@@ -186,9 +186,12 @@ std::int64_t TicksToUnixNs(std::uint64_t ticks) {
   return btime * 1'000'000'000 + static_cast<std::int64_t>(ticks * 1'000'000'000 / hz);
 }
 
-// Whether process `pid`, which started at `start_ticks` (0: unknown), is gone.
+// Whether process `pid`, which started at `start_ticks` (0: unknown), is gone. Only a pid that
+// is not there, or is another process's, counts: a /proc that cannot be read says nothing.
 bool ProcessGone(std::uint32_t pid, std::uint64_t start_ticks) {
-  if (start_ticks != 0) return ProcessStartTicks(pid) != start_ticks;
+  if (start_ticks != 0) {
+    if (std::uint64_t now = ProcessStartTicks(pid); now != 0) return now != start_ticks;
+  }
   return ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
 }
 
@@ -340,7 +343,7 @@ Server::ExitWatch* Server::Watch(std::uint32_t pid, std::uint32_t uid,
     Exited(pid);  // Another process had the pid, and is gone.
   }
   int fd = -1;
-  if (fds_.MayOpen(uid, 1).ok()) {  // Else, or without pidfd (Linux < 5.3), Sweep looks.
+  if (fds_.MayWatch(uid)) {  // Else, or without pidfd (Linux < 5.3), Sweep looks.
     fd = static_cast<int>(::syscall(SYS_pidfd_open, static_cast<pid_t>(pid), 0));
     if (fd < 0 && errno == ESRCH) return nullptr;
   }
