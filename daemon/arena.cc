@@ -107,7 +107,9 @@ Result<std::uint64_t> SharedRegion::Allocate(int order) {
   std::uint64_t length = std::uint64_t{1} << order;
   if (!Resident(offset, length)) {
     ++reservations_;
-    PunchStrays(offset, length);  // So that the block reads zeros.
+    // So that the block reads zeros; only when a client wrote where no block is (the region
+    // holds more than the daemon reserved): a punch walks every mapping of the range.
+    if (resident() > resident_bytes_) PunchStrays(offset, length);
     if (Fallocate(region_->memfd(), 0, offset, length) != 0) {
       int err = errno;
       allocated_ += length;  // Free() takes it off again (no client saw it: nothing to zero).
