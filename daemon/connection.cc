@@ -139,6 +139,7 @@ void Connection::CheckHangup() {
 void Connection::Complete(Outcome outcome) {
   if (stopped_ || !awaiting_) return;
   awaiting_ = false;
+  if (hangup_timer_) hangup_timer_->cancel();  // Its look was for this reply's wait.
   if (Reply(std::move(outcome))) WaitReadable();
 }
 
