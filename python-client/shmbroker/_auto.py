@@ -278,18 +278,24 @@ def _release_loop(rfd):
         except OSError:
             return
         _woken = False  # before sending: a release queued from now on wakes us again
-        try:
-            clients = list(_clients)
-        except RuntimeError:  # the set changed meanwhile
-            clients = []
-            _wake()
-        for c in clients:
-            conn = c._conn
-            if conn is not None and conn.pending:
-                try:
-                    c._release_now()
-                except Exception:  # noqa: BLE001  (a lost connection: the daemon lets go anyway)
-                    pass
+        _release_all()
+
+
+def _release_all():
+    # A function of its own: its list of clients must not outlive the pass (kept in the loop's
+    # frame while it waits, it kept every client alive, and their connections open).
+    try:
+        clients = list(_clients)
+    except RuntimeError:  # the set changed meanwhile
+        clients = []
+        _wake()
+    for c in clients:
+        conn = c._conn
+        if conn is not None and conn.pending:
+            try:
+                c._release_now()
+            except Exception:  # noqa: BLE001  (a lost connection: the daemon lets go anyway)
+                pass
 
 
 def _warn_once(e):

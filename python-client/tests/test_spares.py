@@ -268,3 +268,25 @@ def test_a_dropped_client_leaves_nothing_held(ahead, order):
             return s.segments == 0 and s.unlinked_segments == 0 and s.clients == 1
 
         assert eventually(nothing_held), watcher.stats()
+
+
+def test_the_releaser_thread_keeps_no_client_alive():
+    # auto_share's releaser thread sends queued releases for every client. Found by a test
+    # above run after auto_share's: its list of clients stayed in its frame while it waited,
+    # so every client it had seen stayed alive, connected, holding its blocks.
+    from shmbroker import _auto
+
+    _auto._start_releaser()
+    with private_daemon() as watcher:
+        for _ in range(20):
+            c = shmbroker.connect(watcher.socket_path)
+            a = c.create(None, 512, lifetime="refcount")
+            del a  # wakes the releaser, which sends the release
+            del c
+            gc.collect()
+
+        def nothing_held():
+            s = watcher.stats()
+            return s.segments == 0 and s.unlinked_segments == 0 and s.clients == 1
+
+        assert eventually(nothing_held), watcher.stats()
