@@ -335,10 +335,21 @@ Result<std::uint64_t> Registry::CheckRestored(const SegmentSpec& spec,
   return CheckNew(spec);
 }
 
+Status Registry::CheckRestoredId(std::uint64_t id, std::uint64_t region_id) {
+  // The counter must not come near wrapping (ids are also fd-store names), and a region's wire id
+  // is twice its id.
+  constexpr std::uint64_t kMaxId = std::uint64_t{1} << 62;
+  if (id == 0 || region_id == 0 || id >= kMaxId || region_id >= kMaxId) {
+    return Status::InvalidArgument("stored id " + std::to_string(id) + " (region " +
+                                   std::to_string(region_id) + ") is out of range");
+  }
+  return Status::Ok();
+}
+
 Status Registry::RestoreShared(std::uint64_t id, SegmentSpec spec, const Credentials& owner,
                                std::int64_t created_unix_ns, std::uint64_t region_id,
                                std::uint64_t offset, bool sealed) {
-  if (id == 0) return Status::InvalidArgument("segment id 0");
+  if (Status s = CheckRestoredId(id, region_id); !s.ok()) return s;
   auto nbytes = CheckRestored(spec, created_unix_ns);
   if (!nbytes.ok()) return nbytes.status();
   auto block = arena_.Claim(region_id, {owner.uid, owner.gid, spec.mode}, offset, *nbytes);
@@ -358,7 +369,7 @@ Status Registry::RestoreShared(std::uint64_t id, SegmentSpec spec, const Credent
 
 Status Registry::Restore(std::uint64_t id, SegmentSpec spec, const Credentials& owner,
                          std::int64_t created_unix_ns, UniqueFd fd) {
-  if (id == 0) return Status::InvalidArgument("segment id 0");
+  if (Status s = CheckRestoredId(id, id); !s.ok()) return s;
   auto nbytes = CheckRestored(spec, created_unix_ns);
   if (!nbytes.ok()) return nbytes.status();
   struct stat st {};

@@ -145,8 +145,10 @@ class Registry {
   // through systemd's fd store). Checks the spec and that `fd` is a memfd of the right size.
   Status Restore(std::uint64_t id, SegmentSpec spec, const Credentials& owner,
                  std::int64_t created_unix_ns, UniqueFd fd);
-  // The same for a segment in a shared region (adopted first with arena().Adopt); `sealed` as
-  // recorded (only an empty block can be: others move to memory of their own).
+  // OK when restored ids `id` and `region_id` are in range (not 0, below 2^62).
+  static Status CheckRestoredId(std::uint64_t id, std::uint64_t region_id);
+  // The same as Restore for a segment in a shared region (adopted first with arena().Adopt);
+  // `sealed` as recorded (only an empty block can be: others move to memory of their own).
   Status RestoreShared(std::uint64_t id, SegmentSpec spec, const Credentials& owner,
                        std::int64_t created_unix_ns, std::uint64_t region_id, std::uint64_t offset,
                        bool sealed = false);

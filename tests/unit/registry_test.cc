@@ -530,6 +530,24 @@ TEST(Registry, RestoreRefusesCreationTimesOutOfRangeAndPurgeNeverOverflows) {
   }
 }
 
+// Found by review: a stored id near 2^64 (a crafted or corrupt store) made the id counter wrap,
+// and new segments took the ids (and fd-store names) of live ones: another user's bytes shown
+// under a new name, then removed with it. Ids from 2^62 up are refused at restore.
+TEST(Registry, RestoreRefusesIdsThatWouldWrapTheCounter) {
+  Registry reg;
+  auto fd = CreateSegmentMemfd("t", 128);
+  ASSERT_TRUE(fd.ok());
+  Status s = reg.Restore(~std::uint64_t{0} - 1, Spec("wrap", {16}), kAlice, 0, std::move(fd->fd));
+  EXPECT_EQ(s.code(), Code::kInvalidArgument) << s.ToString();
+  s = reg.RestoreShared(std::uint64_t{1} << 62, Spec("wrap2", {16}), kAlice, 0, 5, 0, false);
+  EXPECT_EQ(s.code(), Code::kInvalidArgument) << s.ToString();
+  s = reg.RestoreShared(5, Spec("wrap3", {16}), kAlice, 0, ~std::uint64_t{0}, 0, false);
+  EXPECT_EQ(s.code(), Code::kInvalidArgument) << s.ToString();
+  auto made = reg.Create(Spec("after", {16}), kAlice, 1);
+  ASSERT_TRUE(made.ok());
+  EXPECT_LT((*made)->id(), 100u);
+}
+
 TEST(Registry, NamesUnderTildeUserBelongToThatUser) {
   Registry reg({.user_uid = [](const std::string& user) -> std::optional<std::uint32_t> {
     if (user == "alice") return 1000;
