@@ -94,14 +94,18 @@ void FdStore::RegionAdded(const SharedRegion& r) {
 }
 
 void FdStore::Added(const SegmentEntry& s) {
-  // The data goes first (a shared region went when it was made): a record without its data is
-  // dropped at restore.
-  if (!s.shared()) Send(DataName(s.id()), s.memfd());
   std::string record = Journal::EncodePut(s.id(), Describe(s));
   std::uint32_t& size = put_bytes_[s.id()];  // 0 for a new one
   live_bytes_ += record.size() - size;
   size = static_cast<std::uint32_t>(record.size());
-  Write(record, 0);
+  if (s.shared()) return Write(record, 0);  // Its region went when it was made.
+  // The data first, and the record once the manager has it: a record whose data is missing is
+  // dropped at restore, and may replace one that was good (a small segment's, before a seal).
+  Send(DataName(s.id()), s.memfd());
+  auto write = [this, id = s.id(), record = std::move(record)] {
+    if (put_bytes_.count(id) != 0) Write(record, 0);  // Unless removed meanwhile.
+  };
+  if (!notifier_.WhenSent(write)) write();
 }
 
 void FdStore::Removed(const SegmentEntry& s) {

@@ -651,15 +651,16 @@ Result<std::shared_ptr<SegmentEntry>> Registry::Seal(std::string_view name,
     if (::fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_SEAL) != 0) {
       return PosixError("F_ADD_SEALS", errno);
     }
-    if (options_.on_removed) options_.on_removed(*s);  // The store forgets the block...
     auto region =
         std::make_shared<Region>(next_id_++, std::move(memory->fd), s->nbytes(), ledger_, s->uid());
     region->set_huge_bytes(memory->huge_bytes);
     s->region_ = std::move(region);
     s->old_block_ = std::move(s->block_);
     s->block_.reset();
-    s->charge_.reset();                                // The region charges the bytes now.
-    if (options_.on_created) options_.on_created(*s);  // ...and keeps the new memory.
+    s->charge_.reset();  // The region charges the bytes now.
+    // The store's record moves to the new memory (once the store has it: until then the
+    // block's record holds, so a crash meanwhile loses only the seal).
+    if (options_.on_created) options_.on_created(*s);
   } else if (::fcntl(s->memfd(), F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_SEAL) != 0) {
     if (errno == EBUSY) {
       return Status::FailedPrecondition(
