@@ -205,6 +205,9 @@ class Arena {
     std::uint64_t allocated = 0;  // Of it, in blocks handed out.
   };
   Totals totals() const;
+  void ForEachRegion(const std::function<void(const SharedRegion&)>& fn) const {
+    for (const auto& entry : by_id_) fn(*entry.second);
+  }
   // Reserved bytes in `uid`'s regions that no block holds (SharedRegion::overhead), and in all
   // regions: the caps count them, since the daemon holds that memory for the user.
   std::uint64_t overhead(std::uint32_t uid) const {

@@ -89,8 +89,44 @@ void FdStore::Send(const std::string& name, int fd) {
   notifier_.Send("FDSTORE=1\nFDNAME=" + name, std::move(dup));
 }
 
+void FdStore::Count(std::uint32_t uid, int delta) {
+  std::size_t& mine = entries_of_[uid];
+  if (delta > 0) {
+    ++mine;
+    ++entries_;
+  } else {
+    if (mine > 0) --mine;
+    if (entries_ > 0) --entries_;
+  }
+  if (mine == 0) entries_of_.erase(uid);
+}
+
+Status FdStore::MayStore(std::uint32_t uid, std::size_t n) const {
+  constexpr std::size_t kJournalSlots = 2;  // The journal and its next generation.
+  std::size_t room = max_entries_ > kJournalSlots ? max_entries_ - kJournalSlots : 0;
+  if (entries_ + n > room) {
+    return Status::ResourceExhausted(
+        "the service manager's fd store is full (" + std::to_string(entries_) + " of " +
+        std::to_string(max_entries_) +
+        " entries, --fd-store-max): a new segment would not survive a restart; unlink "
+        "segments nobody needs, or raise FileDescriptorStoreMax and --fd-store-max together");
+  }
+  auto it = entries_of_.find(uid);
+  std::size_t mine = it == entries_of_.end() ? 0 : it->second;
+  if (uid != 0 && mine + n > room / 4) {
+    return Status::ResourceExhausted(
+        "uid " + std::to_string(uid) + " holds " + std::to_string(mine) +
+        " of the service manager's fd store entries, the most one user may (a quarter of "
+        "--fd-store-max " +
+        std::to_string(max_entries_) +
+        "); unlink segments it does not need, or seal fewer small ones (each gets an entry)");
+  }
+  return Status::Ok();
+}
+
 void FdStore::RegionAdded(const SharedRegion& r) {
   Send(RegionName(r.region()->id()), r.region()->memfd());
+  if (region_owner_.emplace(r.region()->id(), r.key().uid).second) Count(r.key().uid, +1);
 }
 
 void FdStore::Added(const SegmentEntry& s) {
@@ -102,6 +138,7 @@ void FdStore::Added(const SegmentEntry& s) {
   // The data first, and the record once the manager has it: a record whose data is missing is
   // dropped at restore, and may replace one that was good (a small segment's, before a seal).
   Send(DataName(s.id()), s.memfd());
+  if (data_owner_.emplace(s.id(), s.uid()).second) Count(s.uid(), +1);
   auto write = [this, id = s.id(), record = std::move(record)] {
     if (put_bytes_.count(id) != 0) Write(record, 0);  // Unless removed meanwhile.
   };
@@ -116,6 +153,10 @@ void FdStore::Removed(const SegmentEntry& s) {
   // The registry still names it while it is being removed: a rewrite now must leave it out.
   Write(Journal::EncodeDelete(s.id()), s.id());
   if (!s.shared()) notifier_.Send("FDSTOREREMOVE=1\nFDNAME=" + DataName(s.id()));
+  if (auto it = data_owner_.find(s.id()); it != data_owner_.end()) {
+    Count(it->second, -1);
+    data_owner_.erase(it);
+  }
 }
 
 void FdStore::Write(std::string_view record, std::uint64_t removing) {
@@ -293,11 +334,13 @@ std::size_t FdStore::Restore(std::vector<ListenFd>& fds, Registry& registry) {
           "read-only attaches to it will fail",
           name, data_st.st_uid, ::geteuid());
     }
+    std::uint32_t uid = owner.uid;
     Status s = registry.Restore(id, std::move(spec), owner, info.created_unix_ns(), std::move(own));
     if (!s.ok()) {
       skip("'" + name + "': " + s.ToString());
       continue;
     }
+    if (data_owner_.emplace(id, uid).second) Count(uid, +1);
     ++restored;
   }
   for (auto& [id, fd] : data) {
@@ -311,10 +354,18 @@ std::size_t FdStore::Restore(std::vector<ListenFd>& fds, Registry& registry) {
     spdlog::info("stored shared region {} holds no segment any more; dropping it", id);
     notifier_.Send("FDSTOREREMOVE=1\nFDNAME=" + RegionName(id));
   }
+  arena.ForEachRegion([this](const SharedRegion& r) {
+    if (region_owner_.emplace(r.region()->id(), r.key().uid).second) Count(r.key().uid, +1);
+  });
   // Clients of the old daemon may still map the restored regions' free blocks: nothing is carved
   // from them any more, and each goes when its last segment does.
-  arena.RetireAdopted(
-      [this](std::uint64_t id) { notifier_.Send("FDSTOREREMOVE=1\nFDNAME=" + RegionName(id)); });
+  arena.RetireAdopted([this](std::uint64_t id) {
+    notifier_.Send("FDSTOREREMOVE=1\nFDNAME=" + RegionName(id));
+    if (auto it = region_owner_.find(id); it != region_owner_.end()) {
+      Count(it->second, -1);
+      region_owner_.erase(it);
+    }
+  });
   return restored;
 }
 

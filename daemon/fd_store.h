@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstddef>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string_view>
@@ -43,6 +44,15 @@ class FdStore {
   // the store and skipped; a journal torn at its end (a crash mid-write) gives what precedes the
   // tear. Returns the number of segments restored.
   std::size_t Restore(std::vector<ListenFd>& fds, Registry& registry);
+
+  // Entries the service manager keeps at most (its FileDescriptorStoreMax; --fd-store-max).
+  void set_max_entries(std::size_t n) { max_entries_ = n; }
+  // OK when `uid` may add `n` more entries (a segment's memory, a shared region): two stay free
+  // for the journal's next generation, and one user (root exempt) holds at most a quarter of the
+  // rest, so that nobody can push everyone's segments out of the store. RESOURCE_EXHAUSTED
+  // otherwise: systemd would refuse the entry silently, and the segment not survive a restart.
+  Status MayStore(std::uint32_t uid, std::size_t n) const;
+  std::size_t entries() const { return entries_; }
 
   // The current journal's generation (0 before Restore or after a failure to write one).
   std::uint64_t generation() const {
@@ -76,6 +86,13 @@ class FdStore {
   std::uint64_t live_bytes_ = 0;
   std::optional<std::chrono::steady_clock::time_point> last_failure_;
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // For callbacks left with the notifier.
+  // Entries holding memory (seg-<id>, region-<id>), in all and by owner; journals aside.
+  void Count(std::uint32_t uid, int delta);
+  std::size_t max_entries_ = 65536;
+  std::size_t entries_ = 0;
+  std::map<std::uint32_t, std::size_t> entries_of_;
+  std::unordered_map<std::uint64_t, std::uint32_t> data_owner_;    // Segments with a seg- entry.
+  std::unordered_map<std::uint64_t, std::uint32_t> region_owner_;  // Regions with a region- entry.
 };
 
 }  // namespace shmbroker::daemon

@@ -125,6 +125,10 @@ int main(int argc, char** argv) {
   app.add_option("--max-attachments-per-connection", limits.max_attachments_per_connection,
                  "Attachments one connection may hold")
       ->capture_default_str();
+  app.add_option("--fd-store-max", limits.fd_store_max,
+                 "Entries the service manager's fd store keeps (FileDescriptorStoreMax of the "
+                 "unit): creates that would not fit are refused, one user gets a quarter")
+      ->capture_default_str();
   app.add_option("--handshake-timeout", handshake_text,
                  "How long a new connection may take to say hello: 500ms, 10s, 1m")
       ->capture_default_str();

@@ -19,14 +19,17 @@ enum class Limit {
   kConnectionsPerUser,        // --max-connections-per-user
   kFileDescriptors,           // the daemon's RLIMIT_NOFILE
   kAttachmentsPerUser,        // kAttachmentsPerUserFactor connections' worth
+  kFdStore,                   // --fd-store-max: systemd's fd store, all or a user's quarter
 };
 
 class Refusals {
  public:
-  static constexpr std::array<std::string_view, 10> kNames = {
+  static constexpr std::array<std::string_view, 11> kNames = {
       "memory_per_user",  "segments_per_user",          "max_memory",  "machine_memory",
       "tickets_per_user", "attachments_per_connection", "connections", "connections_per_user",
-      "file_descriptors", "attachments_per_user"};
+      "file_descriptors", "attachments_per_user",       "fd_store"};
+  // One name a Limit, in its order.
+  static_assert(static_cast<std::size_t>(Limit::kFdStore) + 1 == kNames.size());
 
   void Count(Limit limit) { ++counts_[static_cast<std::size_t>(limit)]; }
   std::uint64_t operator[](std::size_t i) const { return counts_[i]; }

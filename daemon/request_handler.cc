@@ -321,6 +321,8 @@ Outcome RequestHandler::Create(Session& session, const wire::CreateRequest& req)
   if (fds_ != nullptr) {
     if (Status s = fds_->MayOpen(session.creds.uid, 2); !s.ok()) return Error(s);
   }
+  // An entry in the fd store: its memory, or a new shared region.
+  if (Status s = MayStoreEntries(session.creds.uid, 1); !s.ok()) return Error(s);
   auto reserved = registry_.Reserve(std::move(spec).value(), session.creds, session.id);
   if (!reserved.ok()) return Created(session, reserved.status());
   if (registry_.Shared(reserved->size)) {
@@ -569,12 +571,13 @@ void RequestHandler::Reschedule() {
 }
 
 Outcome RequestHandler::Seal(Session& session, const wire::SealRequest& req) {
-  if (fds_ != nullptr) {
-    auto found = registry_.Find(req.name());
-    if (found.ok() && (*found)->shared() && (*found)->nbytes() > 0 && !(*found)->sealed()) {
-      // Its bytes move to memory of its own: descriptors, counted as its owner's.
+  auto found = registry_.Find(req.name());
+  if (found.ok() && (*found)->shared() && (*found)->nbytes() > 0 && !(*found)->sealed()) {
+    // Its bytes move to memory of its own: descriptors and an fd store entry, its owner's.
+    if (fds_ != nullptr) {
       if (Status s = fds_->MayOpen((*found)->uid(), 2); !s.ok()) return Error(s);
     }
+    if (Status s = MayStoreEntries((*found)->uid(), 1); !s.ok()) return Error(s);
   }
   auto seg = registry_.Seal(req.name(), session.creds, session.id);
   if (!seg.ok()) return Error(seg.status());
@@ -630,6 +633,13 @@ Outcome RequestHandler::Unlink(Session& session, const wire::UnlinkRequest& req)
   Outcome out;
   out.reply.mutable_empty();
   return AfterStored(session, std::move(out));
+}
+
+Status RequestHandler::MayStoreEntries(std::uint32_t uid, std::size_t n) {
+  if (!may_store_) return Status::Ok();
+  Status s = may_store_(uid, n);
+  if (!s.ok()) registry_.refusals().Count(Limit::kFdStore);
+  return s;
 }
 
 Outcome RequestHandler::AfterStored(Session& session, Outcome out) {

@@ -25,6 +25,8 @@ struct Limits {
   std::chrono::milliseconds handshake_timeout{10'000};
   // --in-flight-timeout: how long a ticket (an array in flight) holds its segment unredeemed.
   std::chrono::milliseconds in_flight_timeout{60'000};
+  // --fd-store-max: the service manager's FileDescriptorStoreMax (entries it keeps at most).
+  std::uint32_t fd_store_max = 65'536;
 };
 
 }  // namespace shmbroker::daemon

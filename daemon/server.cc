@@ -92,6 +92,10 @@ Server::Server(asio::io_context& io, ServerOptions options)
   registry_.pool().set_offload([this](std::function<void()> job, std::function<void()> then) {
     worker_.Run(std::move(job), std::move(then));
   });
+  handler_.set_may_store([this](std::uint32_t uid, std::size_t n) {
+    FdStore* store = service_.fd_store();
+    return store != nullptr ? store->MayStore(uid, n) : Status::Ok();
+  });
   handler_.set_when_stored([this](std::function<void()> done) {
     FdStore* store = service_.fd_store();
     return store != nullptr && store->WhenStored(std::move(done));
@@ -103,6 +107,7 @@ Server::~Server() { Stop(); }
 void Server::RestoreStored() {
   FdStore* store = service_.fd_store();
   if (store == nullptr) return;
+  store->set_max_entries(options_.limits.fd_store_max);
   std::size_t restored = store->Restore(options_.inherited, registry_);
   WatchRestoredCreators();
   if (restored > 0) {

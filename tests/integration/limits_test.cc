@@ -511,7 +511,7 @@ TEST(Limits, PerUserQuotasOnMemoryAndSegments) {
   EXPECT_EQ(st->refusals["segments_per_user"], 1u);
   EXPECT_EQ(st->refusals["memory_per_user"], 1u);
   EXPECT_EQ(st->refusals["max_memory"], 0u);
-  EXPECT_EQ(st->refusals.size(), 10u);
+  EXPECT_EQ(st->refusals.size(), 11u);
 }
 
 std::size_t DescriptorsOf(pid_t pid) {

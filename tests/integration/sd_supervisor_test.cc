@@ -3,6 +3,7 @@
 // WATCHDOG, STOPPING) and keeps the fd store (FDSTORE / FDSTOREREMOVE), and restarts the daemon
 // with the stored fds after a SIGKILL.
 #include <fcntl.h>
+#include <grp.h>
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <signal.h>
@@ -10,6 +11,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -197,6 +199,8 @@ class FakeSystemd {
   }
 
   Result<Client> Connect() { return Client::Connect({.socket_path = socket_path_}); }
+  const std::string& dir() const { return dir_; }
+  const std::string& socket_path() const { return socket_path_; }
   // Store entries whose names start with `prefix` ("seg-", "journal-", "region-"). With the
   // lock held (inside PumpUntil).
   std::size_t Count(std::string_view prefix) const {
@@ -660,6 +664,73 @@ TEST(SystemdSupervisor, ASmallSegmentSealedWhileTheManagerStallsSurvivesACrash) 
     auto seg = after->Attach(name);
     ASSERT_TRUE(seg.ok()) << name << " lost: " << seg.status().ToString();
     EXPECT_EQ(seg->bytes()[299], std::byte(i + 1)) << name;
+  }
+}
+
+// systemd keeps at most FileDescriptorStoreMax entries and refuses the rest silently. Found by
+// review: one user sealing one-byte segments (an entry each) filled the store, after which
+// others' acknowledged segments, and then the journal itself, were not stored, and a restart
+// lost every user's segments. Now a create or seal that would not fit is refused, and one user
+// holds at most a quarter of the entries (--fd-store-max).
+TEST(SystemdSupervisor, OneUserCannotPushOthersSegmentsOutOfTheFdStore) {
+  FakeSystemd sd;
+  std::string config = sd.dir() + "/shmbrokerd.conf";
+  std::ofstream(config) << "fd-store-max = 42\n";
+  ::chmod(sd.dir().c_str(), 0755);
+  sd.Start({"SHMBROKERD_CONFIG=" + config});
+  ASSERT_TRUE(sd.PumpUntil([&] { return sd.ready_; })) << "no READY=1";
+  ::chmod(sd.socket_path().c_str(), 0666);
+  auto as = [&](uid_t uid, const std::function<int(Client&)>& fn) {
+    pid_t pid = ::fork();
+    if (pid == 0) {
+      if (::setgroups(0, nullptr) != 0 || ::setgid(uid) != 0 || ::setuid(uid) != 0) ::_exit(125);
+      auto c = sd.Connect();
+      ::_exit(c.ok() ? fn(*c) : 126);
+    }
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  };
+  // A quarter of the 40 entries besides the journal's two: 10 (a region, then sealed segments).
+  EXPECT_EQ(
+      as(65534,
+         [](Client& c) {
+           for (int i = 0; i < 40; ++i) {
+             std::string name = "hoard/" + std::to_string(i);
+             auto made = c.Create({.name = name, .dtype = "|u1", .shape = {1}});
+             Status s = made.ok() ? c.Seal(name).status() : made.status();
+             if (s.ok()) continue;
+             if (s.code() != Code::kResourceExhausted ||
+                 s.message().find("fd store entries, the most one user may") == std::string::npos) {
+               std::fprintf(stderr, "%s\n", s.ToString().c_str());
+               return 3;
+             }
+             return i >= 8 && i <= 10 ? 0 : 4;
+           }
+           return 5;  // Never refused.
+         }),
+      0);
+  // Another user's segments are all stored, and survive a crash.
+  EXPECT_EQ(as(4242,
+               [](Client& c) {
+                 for (int i = 0; i < 8; ++i) {
+                   auto made = c.Create(
+                       {.name = "kept/" + std::to_string(i), .dtype = "|u1", .shape = {2 << 20}});
+                   if (!made.ok()) return 3;
+                 }
+                 return 0;
+               }),
+            0);
+  std::this_thread::sleep_for(200ms);
+  sd.Kill(SIGKILL);
+  sd.PumpUntil([] { return false; }, 200ms);
+  EXPECT_LE(sd.store_.size(), 42u);
+  sd.Start({"SHMBROKERD_CONFIG=" + config});
+  ASSERT_TRUE(sd.PumpUntil([&] { return sd.ready_; })) << "no READY=1 after restart";
+  auto c = sd.Connect();
+  ASSERT_TRUE(c.ok());
+  for (int i = 0; i < 8; ++i) {
+    EXPECT_TRUE(c->Stat("kept/" + std::to_string(i)).ok()) << i << " lost";
   }
 }
 
