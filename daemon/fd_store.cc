@@ -14,6 +14,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "common/units.h"
 #include "journal.h"
 #include "memfd.h"
 #include "store.pb.h"
@@ -101,7 +102,37 @@ void FdStore::Count(std::uint32_t uid, int delta) {
   if (mine == 0) entries_of_.erase(uid);
 }
 
-Status FdStore::MayStore(std::uint32_t uid, std::size_t n) const {
+void FdStore::SetPut(std::uint64_t id, std::uint32_t uid, std::size_t size) {
+  if (auto it = puts_.find(id); it != puts_.end()) {
+    live_bytes_ -= it->second.size;
+    auto of = live_of_.find(it->second.uid);
+    if (of != live_of_.end() && (of->second -= it->second.size) == 0) live_of_.erase(of);
+    puts_.erase(it);
+  }
+  if (size == 0) return;
+  puts_.emplace(id, Put{static_cast<std::uint32_t>(size), uid});
+  live_bytes_ += size;
+  live_of_[uid] += size;
+}
+
+Status FdStore::MayStore(std::uint32_t uid, std::size_t n, std::size_t record_bytes) const {
+  // The journal grows to twice its live records before a rewrite, and must stay readable.
+  if (live_bytes_ + record_bytes > max_live_bytes_) {
+    return Status::ResourceExhausted("the restart journal holds " + HumanBytes(live_bytes_) +
+                                     " of segment metadata, the " + "most it may (" +
+                                     HumanBytes(max_live_bytes_) +
+                                     "); unlink segments nobody needs, or give them fewer attrs");
+  }
+  auto live = live_of_.find(uid);
+  std::uint64_t mine_bytes = live == live_of_.end() ? 0 : live->second;
+  if (uid != 0 && mine_bytes + record_bytes > max_live_bytes_ / 4) {
+    return Status::ResourceExhausted(
+        "uid " + std::to_string(uid) + " has " + HumanBytes(mine_bytes) +
+        " of segment metadata in the restart journal, the most one user may (a quarter of " +
+        HumanBytes(max_live_bytes_) +
+        "); unlink segments it does not need, or give them fewer "
+        "attrs");
+  }
   constexpr std::size_t kJournalSlots = 2;  // The journal and its next generation.
   std::size_t room = max_entries_ > kJournalSlots ? max_entries_ - kJournalSlots : 0;
   if (entries_ + n > room) {
@@ -131,25 +162,20 @@ void FdStore::RegionAdded(const SharedRegion& r) {
 
 void FdStore::Added(const SegmentEntry& s) {
   std::string record = Journal::EncodePut(s.id(), Describe(s));
-  std::uint32_t& size = put_bytes_[s.id()];  // 0 for a new one
-  live_bytes_ += record.size() - size;
-  size = static_cast<std::uint32_t>(record.size());
+  SetPut(s.id(), s.uid(), record.size());
   if (s.shared()) return Write(record, 0);  // Its region went when it was made.
   // The data first, and the record once the manager has it: a record whose data is missing is
   // dropped at restore, and may replace one that was good (a small segment's, before a seal).
   Send(DataName(s.id()), s.memfd());
   if (data_owner_.emplace(s.id(), s.uid()).second) Count(s.uid(), +1);
   auto write = [this, id = s.id(), record = std::move(record)] {
-    if (put_bytes_.count(id) != 0) Write(record, 0);  // Unless removed meanwhile.
+    if (puts_.count(id) != 0) Write(record, 0);  // Unless removed meanwhile.
   };
   if (!notifier_.WhenSent(write)) write();
 }
 
 void FdStore::Removed(const SegmentEntry& s) {
-  if (auto it = put_bytes_.find(s.id()); it != put_bytes_.end()) {
-    live_bytes_ -= it->second;
-    put_bytes_.erase(it);
-  }
+  SetPut(s.id(), s.uid(), 0);
   // The registry still names it while it is being removed: a rewrite now must leave it out.
   Write(Journal::EncodeDelete(s.id()), s.id());
   if (!s.shared()) notifier_.Send("FDSTOREREMOVE=1\nFDNAME=" + DataName(s.id()));
@@ -183,7 +209,8 @@ bool FdStore::Rewrite(std::uint64_t removing) {
   if (retry && last_failure_ && now - *last_failure_ < kRetryInterval) return false;
   Log log{next_generation_++, Journal::Make(), Journal::kMagic.size(), false};
   bool ok = static_cast<bool>(log.fd);
-  put_bytes_.clear();
+  puts_.clear();
+  live_of_.clear();
   live_bytes_ = 0;
   std::string batch;
   auto flush = [&] {
@@ -195,8 +222,7 @@ bool FdStore::Rewrite(std::uint64_t removing) {
     Status listed = registry_->List("", "", [&](const SegmentEntry& s) {
       if (s.id() == removing) return true;
       std::string record = Journal::EncodePut(s.id(), Describe(s));
-      put_bytes_[s.id()] = static_cast<std::uint32_t>(record.size());
-      live_bytes_ += record.size();
+      SetPut(s.id(), s.uid(), record.size());
       batch += record;
       return batch.size() < (1 << 20) || flush();
     });

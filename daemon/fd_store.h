@@ -51,7 +51,11 @@ class FdStore {
   // for the journal's next generation, and one user (root exempt) holds at most a quarter of the
   // rest, so that nobody can push everyone's segments out of the store. RESOURCE_EXHAUSTED
   // otherwise: systemd would refuse the entry silently, and the segment not survive a restart.
-  Status MayStore(std::uint32_t uid, std::size_t n) const;
+  // `record_bytes`: the metadata the new segment adds to the journal; its live records are held
+  // to max_live_bytes (one user to a quarter), so that it stays far below what a restart reads.
+  Status MayStore(std::uint32_t uid, std::size_t n, std::size_t record_bytes = 0) const;
+  static constexpr std::uint64_t kMaxLiveBytes = std::uint64_t{1} << 30;
+  void set_max_live_bytes(std::uint64_t bytes) { max_live_bytes_ = bytes; }
   std::size_t entries() const { return entries_; }
 
   // The current journal's generation (0 before Restore or after a failure to write one).
@@ -81,9 +85,17 @@ class FdStore {
   Registry* registry_ = nullptr;
   std::vector<Log> logs_;  // The current journal last.
   std::uint64_t next_generation_ = 1;
-  // Bytes of the live puts, by segment: a rewrite is due when the journal is mostly dead.
-  std::unordered_map<std::uint64_t, std::uint32_t> put_bytes_;
+  // Bytes of the live puts, by segment (with its owner): a rewrite is due when the journal is
+  // mostly dead. Set by SetPut (size 0: none).
+  struct Put {
+    std::uint32_t size = 0;
+    std::uint32_t uid = 0;
+  };
+  void SetPut(std::uint64_t id, std::uint32_t uid, std::size_t size);
+  std::unordered_map<std::uint64_t, Put> puts_;
   std::uint64_t live_bytes_ = 0;
+  std::map<std::uint32_t, std::uint64_t> live_of_;
+  std::uint64_t max_live_bytes_ = kMaxLiveBytes;
   std::optional<std::chrono::steady_clock::time_point> last_failure_;
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // For callbacks left with the notifier.
   // Entries holding memory (seg-<id>, region-<id>), in all and by owner; journals aside.

@@ -313,6 +313,9 @@ Status RequestHandler::MayAttach(const Session& session) const {
       std::to_string(limits_.max_attachments_per_connection) + "); release some first");
 }
 
+// A stored record beyond its create request: ids, owner, times, framing.
+constexpr std::size_t kRecordOverhead = 96;
+
 Outcome RequestHandler::Create(Session& session, const wire::CreateRequest& req) {
   auto spec = SpecFromCreate(req, NowUnixNs());
   if (!spec.ok()) return Error(spec.status());
@@ -321,8 +324,12 @@ Outcome RequestHandler::Create(Session& session, const wire::CreateRequest& req)
   if (fds_ != nullptr) {
     if (Status s = fds_->MayOpen(session.creds.uid, 2); !s.ok()) return Error(s);
   }
-  // An entry in the fd store: its memory, or a new shared region.
-  if (Status s = MayStoreEntries(session.creds.uid, 1); !s.ok()) return Error(s);
+  // An entry in the fd store (its memory, or a new shared region) and its record in the journal
+  // (about the request's size).
+  if (Status s = MayStoreEntries(session.creds.uid, 1, req.ByteSizeLong() + kRecordOverhead);
+      !s.ok()) {
+    return Error(s);
+  }
   auto reserved = registry_.Reserve(std::move(spec).value(), session.creds, session.id);
   if (!reserved.ok()) return Created(session, reserved.status());
   if (registry_.Shared(reserved->size)) {
@@ -635,9 +642,9 @@ Outcome RequestHandler::Unlink(Session& session, const wire::UnlinkRequest& req)
   return AfterStored(session, std::move(out));
 }
 
-Status RequestHandler::MayStoreEntries(std::uint32_t uid, std::size_t n) {
+Status RequestHandler::MayStoreEntries(std::uint32_t uid, std::size_t n, std::size_t record_bytes) {
   if (!may_store_) return Status::Ok();
-  Status s = may_store_(uid, n);
+  Status s = may_store_(uid, n, record_bytes);
   if (!s.ok()) registry_.refusals().Count(Limit::kFdStore);
   return s;
 }

@@ -56,7 +56,8 @@ class RequestHandler {
   void set_when_stored(WhenStored when_stored) { when_stored_ = std::move(when_stored); }
   // OK when `uid` may add `n` entries to the service manager's fd store (FdStore::MayStore).
   // Unset (no fd store): always.
-  using MayStore = std::function<Status(std::uint32_t uid, std::size_t n)>;
+  using MayStore =
+      std::function<Status(std::uint32_t uid, std::size_t n, std::size_t record_bytes)>;
   void set_may_store(MayStore may_store) { may_store_ = std::move(may_store); }
   // Where slow work goes: `offload(job, then)` runs `job` off the event loop, then `then` on it.
   // Unset (tests), creates of any size reserve their memory inline.
@@ -148,7 +149,7 @@ class RequestHandler {
   WhenStored when_stored_;
   MayStore may_store_;
   // RESOURCE_EXHAUSTED (counted) when `uid` may not add `n` entries to the fd store.
-  Status MayStoreEntries(std::uint32_t uid, std::size_t n);
+  Status MayStoreEntries(std::uint32_t uid, std::size_t n, std::size_t record_bytes = 0);
   Offload offload_;
   HoldUntilExit hold_until_exit_;
   // A flood of bad packets (one per connection) costs a bounded number of log lines.

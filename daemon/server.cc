@@ -92,9 +92,9 @@ Server::Server(asio::io_context& io, ServerOptions options)
   registry_.pool().set_offload([this](std::function<void()> job, std::function<void()> then) {
     worker_.Run(std::move(job), std::move(then));
   });
-  handler_.set_may_store([this](std::uint32_t uid, std::size_t n) {
+  handler_.set_may_store([this](std::uint32_t uid, std::size_t n, std::size_t record_bytes) {
     FdStore* store = service_.fd_store();
-    return store != nullptr ? store->MayStore(uid, n) : Status::Ok();
+    return store != nullptr ? store->MayStore(uid, n, record_bytes) : Status::Ok();
   });
   handler_.set_when_stored([this](std::function<void()> done) {
     FdStore* store = service_.fd_store();

@@ -137,5 +137,47 @@ TEST(FdStore, AnOlderDaemonsSegmentsMoveIntoTheJournal) {
   EXPECT_EQ(messages[0].first, "FDSTOREREMOVE=1\nFDNAME=seg-5");
 }
 
+// Found by review: metadata cost its owner nothing, so one user's zero-byte segments with large
+// attrs grew the journal past the 4 GiB a restart reads, and every user's segments were lost.
+// The live records are held to a cap (one user to a quarter), so the journal, at most twice them
+// before a rewrite, stays readable.
+TEST(FdStore, SegmentMetadataInTheJournalIsCappedPerUser) {
+  spdlog::set_level(spdlog::level::off);
+  Manager manager;
+  FdStore store(manager.notifier());
+  RegistryOptions opts;
+  opts.on_created = [&](const SegmentEntry& s) { store.Added(s); };
+  opts.on_removed = [&](const SegmentEntry& s) { store.Removed(s); };
+  Registry registry(opts);
+  std::vector<ListenFd> none;
+  store.Restore(none, registry);
+  store.set_max_live_bytes(400 << 10);
+  const Credentials hostile{65534, 65534, 1, {}};
+  const std::string attr(1000, 'x');
+  int made = 0;
+  for (; made < 1000; ++made) {
+    if (!store.MayStore(hostile.uid, 1, 1200).ok()) break;
+    SegmentSpec spec;
+    spec.name = "meta/" + std::to_string(made);
+    spec.dtype = "|u1";
+    spec.shape = {0};
+    spec.attrs = {{"a", attr}};
+    ASSERT_TRUE(registry.Create(std::move(spec), hostile, 1).ok()) << made;
+  }
+  // A quarter of 400 KiB in records of about 1.1 KiB.
+  EXPECT_GT(made, 60);
+  EXPECT_LT(made, 100);
+  Status refused = store.MayStore(hostile.uid, 1, 1200);
+  EXPECT_EQ(refused.code(), Code::kResourceExhausted);
+  EXPECT_NE(refused.message().find("the most one user may"), std::string::npos)
+      << refused.message();
+  EXPECT_TRUE(store.MayStore(1000, 1, 1200).ok()) << "another user is refused too";
+  // Unlinks give the room back.
+  for (int i = 0; i < 10; ++i) {
+    ASSERT_TRUE(registry.Unlink("meta/" + std::to_string(i), hostile).ok());
+  }
+  EXPECT_TRUE(store.MayStore(hostile.uid, 1, 1200).ok());
+}
+
 }  // namespace
 }  // namespace shmbroker::daemon
