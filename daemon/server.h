@@ -62,14 +62,17 @@ class Server {
   Status Admit(const Credentials& creds);
   // Sends `why` as the reply to the hello the client sends first, then closes.
   void Refuse(int fd, const Credentials& creds, const Status& why);
-  void Sweep();  // Once a second: connections that never said hello.
+  // Once a second: connections that never said hello, stray pages in shared regions, processes
+  // watched without a pidfd, held blocks a process no longer maps.
+  void Sweep();
   void RestoreStored();
   std::string StatusLine() const;
   void HoldUntilExit(std::uint32_t pid, std::uint32_t uid,
                      std::vector<std::shared_ptr<SegmentEntry>> held);
   // Calls `exited` once process `pid` (of user `uid`) is gone, or at once should it have started
-  // after `not_after_unix_ns` (the pid was reused). One watch a process: a pidfd, counted against
-  // its user's descriptors; past them, or without pidfd (Linux < 5.3), Sweep looks every second.
+  // after `not_after_unix_ns` (the pid was reused). One watch a process: a pidfd, at most half a
+  // user's descriptor quarter (FdBudget::MayWatch); past that, or without pidfd (Linux < 5.3),
+  // Sweep looks every second.
   void WhenExited(std::uint32_t pid, std::uint32_t uid, std::int64_t not_after_unix_ns,
                   std::function<void()> exited);
   // Process `pid` is gone: its watch's callbacks run, its pidfd closes.

@@ -385,6 +385,25 @@ TEST_F(RequestHandlerTest, EarlyRedeemsAreCappedPerUserAndMatchTheirSegment) {
   EXPECT_EQ(registry_.tickets_in_flight(), in_flight + 1) << "v is not held while in flight";
 }
 
+// A create asks the fd store for room for its memory and for its record, about the size of its
+// request: the journal's metadata cap counts attrs. A refusal is the create's error.
+TEST_F(RequestHandlerTest, ACreateAsksTheFdStoreForRoomForItsRecord) {
+  Session s = Greeted(65534);
+  std::size_t asked = 0;
+  handler_.set_may_store([&](std::uint32_t uid, std::size_t n, std::size_t record_bytes) {
+    EXPECT_EQ(uid, 65534u);
+    EXPECT_EQ(n, 1u);
+    asked = record_bytes;
+    return record_bytes > 4000 ? Status::ResourceExhausted("no room") : Status::Ok();
+  });
+  ASSERT_EQ(Create(s, "small").reply.code(), wire::OK);
+  EXPECT_GT(asked, 0u);
+  Outcome big = Create(s, "big", 64, {{"a", std::string(5000, 'x')}});
+  EXPECT_GT(asked, 5000u);
+  EXPECT_EQ(big.reply.code(), wire::RESOURCE_EXHAUSTED);
+  EXPECT_FALSE(registry_.Find("big").ok());
+}
+
 // A client pickling an array made ahead sends its ticket riding on the next spare's create. The
 // tickets go first: a release of the lent array in the same packet leaves the ticket holding the
 // segment. A refused riding ticket only counts as an error; the body still runs.
